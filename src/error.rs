@@ -1,0 +1,104 @@
+//! The crate's error types, grouped by who is at fault.
+
+use std::io;
+use std::net::SocketAddr;
+
+use async_tungstenite::tungstenite::Error as WsError;
+use async_tungstenite::tungstenite::error::ProtocolError;
+
+use crate::{CloseCode, Message};
+
+/// Everything that can go wrong in wsgate's public API.
+///
+/// Variants are grouped by who is at fault: the configuration, the caller
+/// (misuse of the lifecycle), or the operating system (I/O).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration was rejected (caller's fault).
+    #[error("invalid configuration")]
+    Config(#[from] ConfigError),
+    /// A listen address could not be bound (environment's fault).
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address from the configuration.
+        addr: SocketAddr,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The context has been torn down (or is being torn down); handles are inert.
+    #[error("the context has been torn down")]
+    Closed,
+    /// `add_vhost` was given a name that is already in use.
+    #[error("a vhost named {0:?} already exists")]
+    VhostExists(String),
+    /// No vhost has this name.
+    #[error("no vhost named {0:?}")]
+    NoSuchVhost(String),
+    /// The session is closing or closed.
+    #[error("the session is closed")]
+    SessionClosed,
+    /// Another I/O failure.
+    #[error("i/o error")]
+    Io(#[from] io::Error),
+}
+
+/// A configuration value was out of range or inconsistent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    /// The offending key, as a dotted path (`vhost.default.limits.max_message_size`).
+    pub key: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why a message could not be queued for a session; the message is handed back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The session is closing or closed; nothing more can be sent.
+    #[error("the session is closed")]
+    Closed(Message),
+    /// The session's outbound queue is at its byte bound.
+    #[error("the session's outbound queue is full")]
+    Full(Message),
+}
+
+impl SendError {
+    /// The message that could not be sent.
+    pub fn into_message(self) -> Message {
+        match self {
+            Self::Closed(m) | Self::Full(m) => m,
+        }
+    }
+
+    /// Whether the session is gone (as opposed to merely busy).
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Self::Closed(_))
+    }
+}
+
+/// The one place where a failure of the peer's byte stream becomes a close
+/// code on the wire (RFC 6455 section 7.4.1). `None` means the transport is
+/// gone and there is nobody left to tell.
+pub(crate) fn wire_close(e: &WsError) -> Option<(CloseCode, &'static str)> {
+    match e {
+        WsError::Capacity(_) => Some((CloseCode::Size, "message too big")),
+        WsError::Utf8(_) => Some((CloseCode::Invalid, "invalid utf-8 in text message")),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) => Some((CloseCode::Protocol, "protocol error")),
+        WsError::AttackAttempt => Some((CloseCode::Policy, "policy violation")),
+        _ => None,
+    }
+}

@@ -1,0 +1,104 @@
+//! An embeddable async WebSocket gateway that attaches to the host's event loop.
+//!
+//! wsgate serves WebSocket and plain HTTP on the same ports, from inside an
+//! application that already owns an [`async_executor::Executor`]. The host
+//! keeps its loop; wsgate attaches to it, spawns its tasks there, and tears
+//! down in an order that the type system enforces.
+//!
+//! # What wsgate never does
+//!
+//! - Start a thread, a runtime or a global executor. Its tasks run only when
+//!   the host runs its loop, and only on the host's threads. (The reactor is
+//!   async-io's, shared with the host, as with any smol-stack library.)
+//! - Install a signal handler, unless the host calls [`signals`] (feature
+//!   `signals`).
+//! - Keep state in statics: any number of contexts live side by side.
+//! - Let a peer grow its memory without bound: every head, frame, message and
+//!   queue is limited (see [`Limits`]).
+//!
+//! # Data path
+//!
+//! ```text
+//! TCP accept ─► request head (httparse; size, count and time limits) ─► route: Host → vhost, path → mount
+//!    ├─ HTTP mount: /healthz, index, handlers → response, keep-alive or close
+//!    └─ WebSocket mount: Protocol::open accepts or rejects → 101 → session task
+//!          one task per session: frames → Protocol::message   bounded queue → frames, one flush per batch
+//! ```
+//!
+//! # Lifecycle
+//!
+//! ```text
+//! let ex = Executor::new();                   // the host's loop
+//! let ctx = Context::attach(&ex, config)?;    // listeners bound, tasks spawned on ex
+//! let handle = ctx.handle();                  // for worker threads, signal handlers, GUIs
+//! ... the host runs ex (run / tick / try_tick / N threads) ...
+//! let drain = ctx.destroy();                  // 1. stop accepting, Close 1001 to every session
+//!                                             // 2. the host stops running ex
+//! let report = drain.drain(&ex, deadline);    // 3. extra iterations until the closes finish
+//! drop(ex);
+//! ```
+//!
+//! [`Context`] and [`Drain`] borrow the executor, so it cannot be dropped
+//! first; `destroy` consumes the context, so it cannot be used afterwards.
+//! Dropping a `Context` or a `Drain` early is safe: the remaining sessions are
+//! closed at the TCP level, logged, without blocking or panicking.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use std::time::{Duration, Instant};
+//! use async_executor::Executor;
+//! use wsgate::{Config, Context, Mount, VhostConfig, protocols::Echo};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ex = Executor::new();
+//! let vhost = VhostConfig::builder("default")
+//!     .listen("127.0.0.1:7681".parse()?)
+//!     .protocol(Echo)
+//!     .mount(Mount::websocket("/echo", ["echo"]))
+//!     .build()?;
+//! let ctx = Context::attach(&ex, Config::builder().vhost(vhost).build()?)?;
+//! let handle = ctx.handle();
+//! // Run the loop until someone calls handle.shutdown() (a signal, a worker thread).
+//! async_io::block_on(ex.run(handle.shutdown_requested()));
+//! let report = ctx.destroy().drain(&ex, Instant::now() + Duration::from_secs(5));
+//! assert!(report.is_clean());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Feature flags
+//!
+//! - `toml-config`: [`config::load_toml`] reads the TOML configuration format
+//!   the binary uses, naming the key and line of every error.
+//! - `signals`: [`signals`] turns SIGINT/SIGTERM into a graceful shutdown
+//!   through signal-hook's self-pipe, on the host's request only.
+//! - `cli` (default): the `wsgate` binary (enables both of the above).
+
+pub mod config;
+mod connection;
+mod context;
+mod error;
+pub mod http;
+mod listener;
+mod protocol;
+pub mod protocols;
+mod session;
+#[cfg(feature = "signals")]
+pub mod signals;
+mod tasks;
+mod teardown;
+mod vhost;
+
+pub use async_tungstenite::tungstenite::Message;
+pub use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+pub use config::{
+    Config, ConfigBuilder, Limits, Mount, MountTarget, OverflowPolicy, VhostBuilder, VhostConfig,
+};
+pub use context::{Context, ContextHandle, Counters};
+pub use error::{ConfigError, Error, SendError};
+pub use http::{HttpHandler, Request, Response};
+pub use protocol::{CloseReason, ClosedBy, Options, Protocol, Reject, Wake};
+pub use session::{SessionHandle, SessionId};
+pub use teardown::{Drain, DrainReport};
+pub use vhost::Vhost;

@@ -1,0 +1,170 @@
+//! Listening sockets: binding (all before anything starts), the accept loop,
+//! and the vhosts that share each listener.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_io::{Async, Timer};
+use event_listener::Event;
+use futures_lite::future;
+
+use crate::connection::{refuse_busy, serve};
+use crate::context::ContextShared;
+use crate::error::Error;
+use crate::vhost::{Vhost, lock};
+
+/// The accept backlog: deep enough for connection storms (the same as tokio's).
+const BACKLOG: i32 = 1024;
+
+/// Connections refused with a polite 503 at once; above this they are reset.
+const MAX_REFUSING: usize = 64;
+
+pub(crate) struct Listener {
+    pub(crate) configured: SocketAddr,
+    pub(crate) local: SocketAddr,
+    vhosts: Mutex<Vec<Vhost>>,
+    stopped: AtomicBool,
+    stop: Event,
+    refusing: Arc<AtomicUsize>,
+}
+
+/// Binds every address in `addrs` not in `skip` (duplicates once). On any
+/// failure the sockets bound so far are closed and the error returned.
+pub(crate) fn bind_all(
+    addrs: &[SocketAddr],
+    skip: &[SocketAddr],
+) -> Result<Vec<(SocketAddr, TcpListener)>, Error> {
+    let mut bound: Vec<(SocketAddr, TcpListener)> = Vec::new();
+    for addr in addrs {
+        if skip.contains(addr) || bound.iter().any(|(a, _)| a == addr) {
+            continue;
+        }
+        let socket = bind(*addr).map_err(|source| Error::Bind {
+            addr: *addr,
+            source,
+        })?;
+        bound.push((*addr, socket));
+    }
+    Ok(bound)
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+impl Listener {
+    /// Wraps a bound socket and spawns its accept loop on the task set.
+    pub(crate) fn start(
+        configured: SocketAddr,
+        socket: TcpListener,
+        ctx: &Arc<ContextShared>,
+    ) -> Arc<Self> {
+        let local = socket.local_addr().unwrap_or(configured);
+        let listener = Arc::new(Self {
+            configured,
+            local,
+            vhosts: Mutex::new(Vec::new()),
+            stopped: AtomicBool::new(false),
+            stop: Event::new(),
+            refusing: Arc::new(AtomicUsize::new(0)),
+        });
+        match Async::new(socket) {
+            Ok(socket) => {
+                let l = listener.clone();
+                let c = ctx.clone();
+                ctx.spawner.spawn(accept_loop(l, socket, c));
+            }
+            Err(e) => tracing::error!(%local, error = %e, "cannot register listener"),
+        }
+        listener
+    }
+
+    pub(crate) fn add_vhost(&self, vhost: Vhost) {
+        lock(&self.vhosts).push(vhost);
+    }
+
+    /// Removes `vhost`; returns `true` if no vhost is left.
+    pub(crate) fn remove_vhost(&self, vhost: &Vhost) -> bool {
+        let mut v = lock(&self.vhosts);
+        v.retain(|w| !Arc::ptr_eq(&w.0, &vhost.0));
+        v.is_empty()
+    }
+
+    pub(crate) fn vhosts(&self) -> Vec<Vhost> {
+        lock(&self.vhosts).clone()
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.stop.notify(usize::MAX);
+    }
+}
+
+async fn accept_loop(listener: Arc<Listener>, socket: Async<TcpListener>, ctx: Arc<ContextShared>) {
+    tracing::debug!(local = %listener.local, "accepting");
+    loop {
+        let stop = listener.stop.listen();
+        if listener.stopped.load(Ordering::Acquire) {
+            break;
+        }
+        let accepted = future::or(async { Some(socket.accept().await) }, async {
+            stop.await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok((stream, peer))) => on_accept(&listener, &ctx, stream, peer),
+            Some(Err(e)) => {
+                // Out of descriptors or memory: back off instead of spinning;
+                // the listener stays up and retries.
+                tracing::warn!(local = %listener.local, error = %e, "accept failed");
+                Timer::after(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::debug!(local = %listener.local, "listener stopped");
+}
+
+fn on_accept(
+    listener: &Arc<Listener>,
+    ctx: &Arc<ContextShared>,
+    stream: Async<TcpStream>,
+    peer: SocketAddr,
+) {
+    let _ = stream.get_ref().set_nodelay(true);
+    match ctx.try_connection() {
+        Some(slot) => {
+            ctx.spawner
+                .spawn(serve(stream, peer, listener.clone(), slot));
+        }
+        None => {
+            ctx.rejected();
+            if listener.refusing.fetch_add(1, Ordering::AcqRel) < MAX_REFUSING {
+                let refusing = listener.refusing.clone();
+                ctx.spawner.spawn(async move {
+                    refuse_busy(stream).await;
+                    refusing.fetch_sub(1, Ordering::AcqRel);
+                });
+            } else {
+                listener.refusing.fetch_sub(1, Ordering::AcqRel);
+                tracing::debug!(%peer, "over the connection limit; reset");
+            }
+        }
+    }
+}

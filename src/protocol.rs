@@ -1,0 +1,270 @@
+//! The `Protocol` trait that applications implement, and the type-erased form a
+//! vhost stores.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::http::Request;
+use crate::session::SessionHandle;
+use crate::vhost::Vhost;
+use crate::{CloseCode, Message};
+
+/// An application protocol: the callbacks of one WebSocket endpoint.
+///
+/// A protocol instance belongs to one vhost (register it with
+/// [`VhostConfig::protocol`](crate::VhostConfig)) and is shared by all of that
+/// vhost's sessions that negotiated it. Its name is matched against the
+/// client's `Sec-WebSocket-Protocol` offer.
+///
+/// Callbacks are plain methods that run on the host's loop; they must not
+/// block. Long work belongs in a task that holds a clone of the
+/// [`SessionHandle`], which can send from anywhere.
+///
+/// # Examples
+///
+/// ```
+/// use wsgate::{Message, Protocol, Reject, Request, SessionHandle};
+///
+/// /// Counts the messages of each session and answers with the count.
+/// struct Counter;
+///
+/// impl Protocol for Counter {
+///     type State = u64;
+///
+///     fn name(&self) -> &str {
+///         "counter"
+///     }
+///
+///     fn open(&self, _req: &Request, _session: &SessionHandle) -> Result<u64, Reject> {
+///         Ok(0)
+///     }
+///
+///     fn message(&self, count: &mut u64, session: &SessionHandle, _msg: Message) {
+///         *count += 1;
+///         let _ = session.try_send(Message::text(count.to_string()));
+///     }
+/// }
+/// ```
+pub trait Protocol: Send + Sync + 'static {
+    /// Per-session state, created by [`open`](Self::open) and handed back by
+    /// [`close`](Self::close).
+    type State: Send + 'static;
+
+    /// The protocol's name, as offered in `Sec-WebSocket-Protocol`.
+    fn name(&self) -> &str;
+
+    /// Decides whether to accept the upgrade, seeing the whole request head.
+    ///
+    /// Returning `Err(Reject)` answers the handshake with that HTTP status
+    /// instead of `101`. Messages sent through `session` here are delivered
+    /// right after the handshake.
+    fn open(&self, request: &Request, session: &SessionHandle) -> Result<Self::State, Reject>;
+
+    /// A complete text or binary message arrived.
+    fn message(&self, state: &mut Self::State, session: &SessionHandle, message: Message);
+
+    /// The session ended; `reason` says how. Called exactly once per opened
+    /// session, also when the session is forced down by teardown.
+    fn close(&self, state: Self::State, session: &SessionHandle, reason: &CloseReason) {
+        let _ = (state, session, reason);
+    }
+
+    /// [`ContextHandle::wake`](crate::ContextHandle::wake) was called; runs on
+    /// the loop once per vhost that registered this protocol.
+    fn wake(&self, vhost: &Vhost, payload: &Wake) {
+        let _ = (vhost, payload);
+    }
+
+    /// The vhost is going away (context teardown or vhost removal). Called once.
+    fn destroy(&self, vhost: &Vhost) {
+        let _ = vhost;
+    }
+}
+
+/// A refusal of a WebSocket handshake: the HTTP status and a short reason that
+/// becomes the response body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    status: u16,
+    reason: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Reject {
+    /// Refuse with `status` (a 4xx or 5xx code; anything else becomes 500).
+    pub fn new(status: u16, reason: impl Into<String>) -> Self {
+        let status = if (400..=599).contains(&status) {
+            status
+        } else {
+            500
+        };
+        Self {
+            status,
+            reason: reason.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// 401 Unauthorized.
+    pub fn unauthorized(reason: impl Into<String>) -> Self {
+        Self::new(401, reason)
+    }
+
+    /// 403 Forbidden.
+    pub fn forbidden(reason: impl Into<String>) -> Self {
+        Self::new(403, reason)
+    }
+
+    /// Adds a response header (for example `WWW-Authenticate`).
+    #[must_use = "the header is added to the returned value"]
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The reason (the response body).
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    pub(crate) fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+}
+
+/// Which side started the close, or that nobody did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClosedBy {
+    /// The server (the application, a limit, or teardown) sent Close first.
+    Server,
+    /// The client sent Close first.
+    Client,
+    /// The connection ended without a close handshake (reset, EOF, forced).
+    Transport,
+}
+
+/// How a session ended. A normal close is an outcome, never an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    /// The close code that went (or would have gone) on the wire; 1006 when
+    /// the connection ended without a close handshake, 1005 when the peer's
+    /// Close carried no code.
+    pub code: CloseCode,
+    /// The reason text from the Close frame.
+    pub reason: String,
+    /// Who started the close.
+    pub closed_by: ClosedBy,
+    /// Whether the RFC 6455 close handshake completed in both directions.
+    pub clean: bool,
+}
+
+impl CloseReason {
+    pub(crate) fn abnormal(reason: &str) -> Self {
+        Self {
+            code: CloseCode::Abnormal,
+            reason: reason.to_owned(),
+            closed_by: ClosedBy::Transport,
+            clean: false,
+        }
+    }
+}
+
+/// A payload delivered by [`ContextHandle::wake`](crate::ContextHandle::wake)
+/// to every protocol's [`wake`](Protocol::wake) callback.
+#[derive(Clone)]
+pub struct Wake(Arc<dyn Any + Send + Sync>);
+
+impl Wake {
+    pub(crate) fn new<T: Any + Send + Sync>(payload: T) -> Self {
+        Self(Arc::new(payload))
+    }
+
+    /// The payload, if it is a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.downcast_ref::<T>()
+    }
+}
+
+impl fmt::Debug for Wake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wake").finish_non_exhaustive()
+    }
+}
+
+/// Per-protocol options of one vhost: string keys and values, like
+/// libwebsockets' per-vhost options.
+pub type Options = BTreeMap<String, String>;
+
+/// The object-safe form of [`Protocol`] that a vhost stores.
+pub(crate) trait ErasedProtocol: Send + Sync {
+    fn name(&self) -> &str;
+    fn open(
+        self: Arc<Self>,
+        request: &Request,
+        session: &SessionHandle,
+    ) -> Result<Box<dyn SessionCallbacks>, Reject>;
+    fn wake(&self, vhost: &Vhost, payload: &Wake);
+    fn destroy(&self, vhost: &Vhost);
+}
+
+/// The callbacks of one open session, with its state bound in.
+pub(crate) trait SessionCallbacks: Send {
+    fn message(&mut self, session: &SessionHandle, message: Message);
+    fn close(self: Box<Self>, session: &SessionHandle, reason: &CloseReason);
+}
+
+pub(crate) struct Erased<P>(pub(crate) P);
+
+struct Bound<P: Protocol> {
+    protocol: Arc<Erased<P>>,
+    state: P::State,
+}
+
+impl<P: Protocol> ErasedProtocol for Erased<P> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn open(
+        self: Arc<Self>,
+        request: &Request,
+        session: &SessionHandle,
+    ) -> Result<Box<dyn SessionCallbacks>, Reject> {
+        let state = self.0.open(request, session)?;
+        Ok(Box::new(Bound {
+            protocol: self,
+            state,
+        }))
+    }
+
+    fn wake(&self, vhost: &Vhost, payload: &Wake) {
+        self.0.wake(vhost, payload);
+    }
+
+    fn destroy(&self, vhost: &Vhost) {
+        self.0.destroy(vhost);
+    }
+}
+
+impl<P: Protocol> SessionCallbacks for Bound<P> {
+    fn message(&mut self, session: &SessionHandle, message: Message) {
+        self.protocol.0.message(&mut self.state, session, message);
+    }
+
+    fn close(self: Box<Self>, session: &SessionHandle, reason: &CloseReason) {
+        let Self { protocol, state } = *self;
+        protocol.0.close(state, session, reason);
+    }
+}
+
+pub(crate) fn erase<P: Protocol>(protocol: P) -> Arc<dyn ErasedProtocol> {
+    Arc::new(Erased(protocol))
+}

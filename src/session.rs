@@ -1,0 +1,663 @@
+//! Sessions: one task per WebSocket connection that both reads and writes,
+//! the bounded outbound queue in front of its single writer, and the
+//! thread-safe [`SessionHandle`].
+//!
+//! # Invariants
+//!
+//! - Only the session task touches the socket. Everybody else (protocol
+//!   callbacks, other tasks, other threads) appends to the outbound queue, so
+//!   there is exactly one writer and frames never interleave.
+//! - The queue is bounded in bytes. A non-waiting send to a full queue applies
+//!   the vhost's [`OverflowPolicy`]; a waiting send waits for room.
+//! - While the queue is over its bound the task stops reading, so a peer that
+//!   sends without reading is throttled by TCP instead of growing our memory.
+//! - A close request is queued behind the messages already accepted, so they
+//!   go out before the Close frame.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use async_io::Timer;
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::Error as WsError;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use event_listener::{Event, EventListener};
+use futures_lite::Stream;
+use futures_lite::{AsyncRead, AsyncWrite};
+use futures_sink::Sink;
+
+use crate::config::OverflowPolicy;
+use crate::error::{SendError, wire_close};
+use crate::protocol::{CloseReason, ClosedBy, SessionCallbacks};
+use crate::vhost::Vhost;
+use crate::{CloseCode, Message};
+
+/// A session's identifier, unique within its context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub(crate) u64);
+
+impl SessionId {
+    /// The number behind the id.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+/// A cloneable, thread-safe handle to one session: send to it, close it, or
+/// ask who it is, from any thread.
+///
+/// The handle never touches the socket: it feeds the session's bounded queue,
+/// whose only reader is the session's writer. Once the session has closed,
+/// every send returns [`SendError::Closed`].
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub(crate) shared: Arc<SessionShared>,
+}
+
+pub(crate) struct SessionShared {
+    id: SessionId,
+    peer: SocketAddr,
+    vhost: Vhost,
+    path: String,
+    protocol: String,
+    max_bytes: usize,
+    overflow: OverflowPolicy,
+    outbox: Mutex<Outbox>,
+    /// Notified when the writer has something to do.
+    data_ready: Event,
+    /// Notified when room frees up or the session closes.
+    room: Event,
+}
+
+struct Outbox {
+    queue: VecDeque<Message>,
+    bytes: usize,
+    state: OutState,
+}
+
+#[derive(Debug)]
+enum OutState {
+    Open,
+    /// A close was requested; it goes out once the queue is empty.
+    Closing(CloseFrame),
+    /// The Close frame has been handed to the writer, or the peer closed.
+    Closed,
+}
+
+pub(crate) enum Pop {
+    Message(Message),
+    Close(CloseFrame),
+    Empty,
+}
+
+impl SessionHandle {
+    pub(crate) fn new(
+        id: SessionId,
+        peer: SocketAddr,
+        vhost: Vhost,
+        path: String,
+        protocol: String,
+    ) -> Self {
+        let limits = vhost.limits();
+        let (max_bytes, overflow) = (limits.max_queue_bytes, limits.overflow);
+        Self {
+            shared: Arc::new(SessionShared {
+                id,
+                peer,
+                vhost,
+                path,
+                protocol,
+                max_bytes,
+                overflow,
+                outbox: Mutex::new(Outbox {
+                    queue: VecDeque::new(),
+                    bytes: 0,
+                    state: OutState::Open,
+                }),
+                data_ready: Event::new(),
+                room: Event::new(),
+            }),
+        }
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.shared.id
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    /// The vhost that serves this session.
+    pub fn vhost(&self) -> &Vhost {
+        &self.shared.vhost
+    }
+
+    /// The mount path the session connected to.
+    pub fn path(&self) -> &str {
+        &self.shared.path
+    }
+
+    /// The negotiated protocol's name.
+    pub fn protocol(&self) -> &str {
+        &self.shared.protocol
+    }
+
+    /// Whether the session still accepts messages.
+    pub fn is_open(&self) -> bool {
+        matches!(self.shared.lock().state, OutState::Open)
+    }
+
+    /// Bytes waiting in the outbound queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.lock().bytes
+    }
+
+    /// Queues `message` without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] once the session is closing or closed;
+    /// [`SendError::Full`] when the queue is at its byte bound, after which the
+    /// vhost's [`OverflowPolicy`] may also close the session.
+    pub fn try_send(&self, message: Message) -> Result<(), SendError> {
+        self.shared.push(message, true)
+    }
+
+    /// Queues `message`, waiting for room in the queue if it is full.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] if the session closes before the message is queued.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes drops the message unsent.
+    pub async fn send(&self, message: Message) -> Result<(), SendError> {
+        let mut message = message;
+        loop {
+            let listener = self.shared.room.listen();
+            match self.shared.push(message, false) {
+                Err(SendError::Full(m)) => message = m,
+                other => return other,
+            }
+            listener.await;
+        }
+    }
+
+    /// Starts the close handshake with `code` and `reason` (truncated to the
+    /// 123 bytes a Close frame allows) once the already queued messages are out.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::SessionClosed`] when the session is already closing or closed.
+    pub fn close(&self, code: CloseCode, reason: &str) -> Result<(), crate::Error> {
+        if self.shared.request_close(code, reason) {
+            Ok(())
+        } else {
+            Err(crate::Error::SessionClosed)
+        }
+    }
+}
+
+impl fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionHandle")
+            .field("id", &self.shared.id)
+            .field("peer", &self.shared.peer)
+            .field("vhost", &self.shared.vhost.name())
+            .field("path", &self.shared.path)
+            .finish()
+    }
+}
+
+impl SessionShared {
+    fn lock(&self) -> MutexGuard<'_, Outbox> {
+        // A panic while holding this lock cannot leave the queue inconsistent
+        // (every critical section is a few field updates), so poisoning is ignored.
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, message: Message, apply_policy: bool) -> Result<(), SendError> {
+        let size = message.len();
+        let mut out = self.lock();
+        if !matches!(out.state, OutState::Open) {
+            return Err(SendError::Closed(message));
+        }
+        // One message larger than the whole bound may still go out alone, or it
+        // could never be sent at all; its size is the application's choice.
+        if out.bytes + size > self.max_bytes && !out.queue.is_empty() {
+            if apply_policy {
+                if let OverflowPolicy::Close(code) = self.overflow {
+                    out.state = OutState::Closing(close_frame(code, "outbound queue full"));
+                    drop(out);
+                    tracing::debug!(session = %self.id, "outbound queue full, closing");
+                    self.data_ready.notify(1);
+                }
+            }
+            return Err(SendError::Full(message));
+        }
+        out.bytes += size;
+        out.queue.push_back(message);
+        drop(out);
+        self.data_ready.notify(1);
+        Ok(())
+    }
+
+    /// Returns `true` if this call started the close.
+    pub(crate) fn request_close(&self, code: CloseCode, reason: &str) -> bool {
+        let mut out = self.lock();
+        if !matches!(out.state, OutState::Open) {
+            return false;
+        }
+        out.state = OutState::Closing(close_frame(code, reason));
+        drop(out);
+        self.data_ready.notify(1);
+        true
+    }
+
+    pub(crate) fn pop(&self) -> Pop {
+        let mut out = self.lock();
+        if let Some(m) = out.queue.pop_front() {
+            out.bytes -= m.len();
+            drop(out);
+            self.room.notify(usize::MAX);
+            return Pop::Message(m);
+        }
+        match std::mem::replace(&mut out.state, OutState::Closed) {
+            OutState::Closing(frame) => Pop::Close(frame),
+            other => {
+                out.state = other;
+                Pop::Empty
+            }
+        }
+    }
+
+    fn over_bound(&self) -> bool {
+        self.lock().bytes >= self.max_bytes
+    }
+
+    /// No more sends: drop what is queued and release waiting senders.
+    pub(crate) fn mark_closed(&self) {
+        let mut out = self.lock();
+        out.state = OutState::Closed;
+        out.queue.clear();
+        out.bytes = 0;
+        drop(out);
+        self.room.notify(usize::MAX);
+    }
+}
+
+/// Builds a Close frame, truncating the reason to what fits in a control frame.
+pub(crate) fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    CloseFrame {
+        code,
+        reason: reason[..end].to_owned().into(),
+    }
+}
+
+/// Timing limits a session enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub(crate) ping_interval: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+}
+
+/// The session task's state: one future that reads, writes, pings and closes.
+pub(crate) struct Driver<S> {
+    ws: WebSocketStream<S>,
+    handle: SessionHandle,
+    timing: Timing,
+    listener: Option<EventListener>,
+    need_flush: bool,
+    ping_due: bool,
+    pinged: bool,
+    /// The Close frame we sent, if any.
+    we_closed: Option<CloseFrame>,
+    /// The peer answered our Close.
+    acked: bool,
+    /// The peer's Close, if it closed first (`Some(None)`: without a code).
+    peer_closed: Option<Option<CloseFrame>>,
+    /// Reading failed with a protocol violation; we only flush our Close.
+    failing: bool,
+    close_deadline: Option<Instant>,
+    last_rx: Instant,
+    timer: Timer,
+    timer_at: Instant,
+}
+
+/// How many frames a session handles per poll before yielding, so that one
+/// busy connection cannot starve the others on the same loop.
+const BUDGET: usize = 64;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
+    pub(crate) fn new(ws: WebSocketStream<S>, handle: SessionHandle, timing: Timing) -> Self {
+        let now = Instant::now();
+        let timer_at = now + timing.ping_interval;
+        Self {
+            ws,
+            handle,
+            timing,
+            listener: None,
+            need_flush: false,
+            ping_due: false,
+            pinged: false,
+            we_closed: None,
+            acked: false,
+            peer_closed: None,
+            failing: false,
+            close_deadline: None,
+            last_rx: now,
+            timer: Timer::at(timer_at),
+            timer_at,
+        }
+    }
+
+    /// Runs the session to its end, feeding messages to `callbacks`, and
+    /// reports how it ended. The caller calls the `close` callback.
+    pub(crate) async fn run(&mut self, callbacks: &mut dyn SessionCallbacks) -> CloseReason {
+        std::future::poll_fn(|cx| self.poll_session(cx, callbacks)).await
+    }
+
+    fn poll_session(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        callbacks: &mut dyn SessionCallbacks,
+    ) -> Poll<CloseReason> {
+        let mut budget = BUDGET;
+        let mut received = false;
+        loop {
+            let mut progress = false;
+
+            // Outbound: queued messages, then a requested Close, then pings.
+            if self.we_closed.is_none() && self.peer_closed.is_none() {
+                loop {
+                    match Pin::new(&mut self.ws).poll_ready(cx) {
+                        Poll::Pending => break,
+                        Poll::Ready(Err(e)) => return Poll::Ready(self.transport_end(&e)),
+                        Poll::Ready(Ok(())) => {}
+                    }
+                    let item = match self.handle.shared.pop() {
+                        Pop::Message(m) => m,
+                        Pop::Close(frame) => {
+                            self.we_closed = Some(frame.clone());
+                            self.arm_close_deadline();
+                            Message::Close(Some(frame))
+                        }
+                        Pop::Empty if self.ping_due => {
+                            self.ping_due = false;
+                            Message::Ping(Default::default())
+                        }
+                        Pop::Empty => break,
+                    };
+                    let closing = matches!(item, Message::Close(_));
+                    if let Err(e) = Pin::new(&mut self.ws).start_send(item) {
+                        return Poll::Ready(self.transport_end(&e));
+                    }
+                    self.need_flush = true;
+                    progress = true;
+                    if closing {
+                        break;
+                    }
+                }
+            }
+
+            // Flush only once nothing more is ready to go, so that the answers
+            // to one read leave in as few writes as possible.
+            if self.need_flush {
+                match Pin::new(&mut self.ws).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.need_flush = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(self.transport_end(&e)),
+                    Poll::Pending => {}
+                }
+            }
+
+            if self.failing {
+                if !self.need_flush {
+                    return Poll::Ready(self.failed_reason());
+                }
+            } else if self.may_read() {
+                match Pin::new(&mut self.ws).poll_next(cx) {
+                    Poll::Ready(Some(Ok(msg))) => {
+                        received = true;
+                        progress = true;
+                        self.on_message(msg, callbacks);
+                    }
+                    Poll::Ready(None) => return Poll::Ready(self.stream_end()),
+                    Poll::Ready(Some(Err(e))) => match wire_close(&e) {
+                        Some((code, reason)) => {
+                            tracing::debug!(session = %self.handle.id(), error = %e, "failing the connection");
+                            self.fail(code, reason);
+                            progress = true;
+                        }
+                        None => return Poll::Ready(self.transport_end(&e)),
+                    },
+                    Poll::Pending => {}
+                }
+            }
+
+            if received {
+                received = false;
+                self.last_rx = Instant::now();
+                self.pinged = false;
+            }
+
+            if progress {
+                budget -= 1;
+                if budget == 0 {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                continue;
+            }
+
+            // Nothing moved. Make sure a push to the queue wakes us: register
+            // first, then look again, so that no notification is lost.
+            if self.we_closed.is_none() && self.peer_closed.is_none() {
+                match &mut self.listener {
+                    None => {
+                        self.listener = Some(self.handle.shared.data_ready.listen());
+                        continue;
+                    }
+                    Some(l) => {
+                        if Pin::new(l).poll(cx).is_ready() {
+                            self.listener = None;
+                            continue;
+                        }
+                    }
+                }
+            }
+
+            if self.poll_timer(cx) {
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+
+    fn may_read(&self) -> bool {
+        // Keep reading while closing so that the peer's Close is seen.
+        self.we_closed.is_some() || !self.handle.shared.over_bound()
+    }
+
+    fn on_message(&mut self, msg: Message, callbacks: &mut dyn SessionCallbacks) {
+        match msg {
+            Message::Text(_) | Message::Binary(_) => {
+                if self.we_closed.is_none() && self.peer_closed.is_none() {
+                    callbacks.message(&self.handle, msg);
+                }
+            }
+            // tungstenite queued the Pong; it leaves with the next flush.
+            Message::Ping(_) => self.need_flush = true,
+            Message::Pong(_) | Message::Frame(_) => {}
+            Message::Close(frame) => {
+                if self.we_closed.is_some() {
+                    self.acked = true;
+                } else {
+                    // The peer closed first: tungstenite queued the echo of its
+                    // Close; nothing else may be sent after it.
+                    self.peer_closed = Some(frame);
+                    self.handle.shared.mark_closed();
+                    self.need_flush = true;
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, code: CloseCode, reason: &str) {
+        self.failing = true;
+        self.handle.shared.mark_closed();
+        if self.we_closed.is_none() && self.peer_closed.is_none() {
+            let frame = close_frame(code, reason);
+            self.we_closed = Some(frame.clone());
+            if Pin::new(&mut self.ws)
+                .start_send(Message::Close(Some(frame)))
+                .is_ok()
+            {
+                self.need_flush = true;
+            }
+        } else {
+            self.need_flush = true;
+        }
+        self.arm_close_deadline();
+    }
+
+    fn arm_close_deadline(&mut self) {
+        if self.close_deadline.is_none() {
+            self.close_deadline = Some(Instant::now() + self.timing.close_timeout);
+        }
+    }
+
+    /// Returns `true` if the timer fired and there may be new work.
+    fn poll_timer(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        let target = if let Some(d) = self.close_deadline {
+            d
+        } else if self.pinged {
+            self.last_rx + self.timing.idle_timeout
+        } else {
+            self.last_rx + self.timing.ping_interval
+        };
+        // Activity only moves the target later; the timer is re-armed lazily
+        // when it fires early, so reading a message never touches the reactor.
+        if target < self.timer_at {
+            self.timer.set_at(target);
+            self.timer_at = target;
+        }
+        if Pin::new(&mut self.timer).poll(cx).is_pending() {
+            return false;
+        }
+        let now = Instant::now();
+        if now < target {
+            self.timer.set_at(target);
+            self.timer_at = target;
+            return true;
+        }
+        // Push the timer far out until a new target is computed.
+        self.timer_at = now + Duration::from_secs(86_400 * 365);
+        self.timer.set_at(self.timer_at);
+        if self.close_deadline.is_some() {
+            self.close_deadline = Some(now);
+            self.failing = true;
+            self.need_flush = false;
+            return true;
+        }
+        if !self.pinged {
+            self.pinged = true;
+            self.ping_due = true;
+        } else {
+            tracing::debug!(session = %self.handle.id(), "idle timeout");
+            self.handle
+                .shared
+                .request_close(CloseCode::Away, "idle timeout");
+            self.arm_close_deadline();
+        }
+        true
+    }
+
+    fn failed_reason(&self) -> CloseReason {
+        match &self.we_closed {
+            Some(f) => CloseReason {
+                code: f.code,
+                reason: f.reason.to_string(),
+                closed_by: ClosedBy::Server,
+                clean: false,
+            },
+            None => CloseReason::abnormal("close handshake timed out"),
+        }
+    }
+
+    fn stream_end(&self) -> CloseReason {
+        if let Some(frame) = &self.peer_closed {
+            return match frame {
+                Some(f) => CloseReason {
+                    code: f.code,
+                    reason: f.reason.to_string(),
+                    closed_by: ClosedBy::Client,
+                    clean: true,
+                },
+                None => CloseReason {
+                    code: CloseCode::Status,
+                    reason: String::new(),
+                    closed_by: ClosedBy::Client,
+                    clean: true,
+                },
+            };
+        }
+        if let Some(f) = &self.we_closed {
+            return CloseReason {
+                code: f.code,
+                reason: f.reason.to_string(),
+                closed_by: ClosedBy::Server,
+                clean: self.acked,
+            };
+        }
+        CloseReason::abnormal("connection closed without a close handshake")
+    }
+
+    fn transport_end(&self, e: &WsError) -> CloseReason {
+        tracing::debug!(session = %self.handle.id(), error = %e, "transport ended");
+        let mut r = self.stream_end();
+        r.clean = r.clean && matches!(e, WsError::ConnectionClosed | WsError::AlreadyClosed);
+        r
+    }
+}
+
+impl<S> fmt::Debug for Driver<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver")
+            .field("session", &self.handle)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reason_is_truncated_on_a_char_boundary() {
+        let long = "é".repeat(100);
+        let f = close_frame(CloseCode::Normal, &long);
+        assert!(f.reason.len() <= 123);
+        assert_eq!(f.reason.len() % 2, 0);
+    }
+}

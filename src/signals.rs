@@ -1,0 +1,1 @@
+//! Signal handling (being written).

@@ -1,0 +1,177 @@
+//! wsgate's tasks and how the host's executor drives them.
+//!
+//! A task that accepts a connection must spawn the task that serves it, but
+//! wsgate only *borrows* the host's `Executor`, and a borrowed executor cannot
+//! be reached from a `'static` task. So each context keeps its tasks in a task
+//! set of its own (an `async_executor::Executor<'static>`, which is only a run
+//! queue: it owns no thread and never runs by itself) and spawns `pumps` tasks
+//! on the host's executor that run it. Nothing of wsgate's runs unless the host
+//! runs its loop, and everything runs on the host's threads.
+//!
+//! Dropping the task set drops every task's future at once, which closes their
+//! sockets: that is how a deadline forces the remaining sessions down.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use async_executor::{Executor, Task};
+use event_listener::Event;
+
+/// The host's executor, as wsgate uses it: spawn the pumps, and tick it while
+/// draining. Implemented for every `async_executor::Executor`.
+pub(crate) trait Host: Send + Sync {
+    fn spawn_pump(&self, pump: Pin<Box<dyn Future<Output = ()> + Send + 'static>>) -> Task<()>;
+    fn tick(&self) -> Pin<Box<dyn Future<Output = ()> + '_>>;
+    fn try_tick(&self) -> bool;
+    fn id(&self) -> usize;
+}
+
+impl Host for Executor<'_> {
+    fn spawn_pump(&self, pump: Pin<Box<dyn Future<Output = ()> + Send + 'static>>) -> Task<()> {
+        self.spawn(pump)
+    }
+
+    fn tick(&self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+        Box::pin(Executor::tick(self))
+    }
+
+    fn try_tick(&self) -> bool {
+        Executor::try_tick(self)
+    }
+
+    fn id(&self) -> usize {
+        executor_id(self)
+    }
+}
+
+/// An executor's identity (its address), to check that `drain` ticks the
+/// executor the context was attached to.
+pub(crate) fn executor_id(ex: &Executor<'_>) -> usize {
+    std::ptr::from_ref(ex) as usize
+}
+
+/// The owning side of a context's task set.
+pub(crate) struct TaskSet {
+    exec: Option<Arc<Executor<'static>>>,
+    pumps: Vec<Task<()>>,
+}
+
+impl TaskSet {
+    pub(crate) fn new(host: &dyn Host, pumps: usize) -> (Self, Spawner) {
+        let exec = Arc::new(Executor::new());
+        let pumps = (0..pumps)
+            .map(|_| {
+                let exec = exec.clone();
+                host.spawn_pump(Box::pin(async move {
+                    exec.run(std::future::pending::<()>()).await;
+                }))
+            })
+            .collect();
+        let spawner = Spawner {
+            exec: Arc::downgrade(&exec),
+            live: Arc::new(Live {
+                count: AtomicUsize::new(0),
+                zero: Event::new(),
+            }),
+        };
+        (
+            Self {
+                exec: Some(exec),
+                pumps,
+            },
+            spawner,
+        )
+    }
+
+    /// Cancels the pumps and drops every remaining task, ticking `host` until
+    /// the pumps have let go of the task set (at most `max_ticks` times).
+    /// Returns the number of ticks used.
+    pub(crate) fn force(&mut self, host: Option<&dyn Host>, max_ticks: usize) -> usize {
+        // Dropping a pump's `Task` cancels it; the executor drops the pump's
+        // future (and with it the pump's reference) the next time it runs.
+        self.pumps.clear();
+        let Some(exec) = self.exec.take() else {
+            return 0;
+        };
+        let weak = Arc::downgrade(&exec);
+        drop(exec);
+        let mut ticks = 0;
+        if let Some(host) = host {
+            while weak.strong_count() > 0 && ticks < max_ticks {
+                if !host.try_tick() {
+                    break;
+                }
+                ticks += 1;
+            }
+        }
+        if weak.strong_count() > 0 {
+            tracing::debug!(
+                "task set outlives the pumps until the host executor runs or drops them"
+            );
+        }
+        ticks
+    }
+}
+
+impl Drop for TaskSet {
+    fn drop(&mut self) {
+        self.force(None, 0);
+    }
+}
+
+/// Spawns onto a context's task set from anywhere; counts live tasks.
+#[derive(Clone)]
+pub(crate) struct Spawner {
+    exec: Weak<Executor<'static>>,
+    live: Arc<Live>,
+}
+
+struct Live {
+    count: AtomicUsize,
+    zero: Event,
+}
+
+struct LiveGuard(Arc<Live>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.zero.notify(usize::MAX);
+        }
+    }
+}
+
+impl Spawner {
+    /// Spawns `fut`; returns `false` if the task set is gone.
+    pub(crate) fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) -> bool {
+        let Some(exec) = self.exec.upgrade() else {
+            return false;
+        };
+        self.live.count.fetch_add(1, Ordering::AcqRel);
+        let guard = LiveGuard(self.live.clone());
+        exec.spawn(async move {
+            let _guard = guard;
+            fut.await;
+        })
+        .detach();
+        true
+    }
+
+    /// Tasks spawned and not yet finished (or dropped).
+    pub(crate) fn live(&self) -> usize {
+        self.live.count.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no task is left.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let l = self.live.zero.listen();
+            if self.live() == 0 {
+                return;
+            }
+            l.await;
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! Vhosts: refcounted handles to one virtual host's configuration, sessions
+//! and user data, and the routing from `Host` and path to a mount.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::config::{Limits, Mount, ProtocolEntry, VhostConfig};
+use crate::context::ContextShared;
+use crate::http::Request;
+use crate::protocol::{ErasedProtocol, Options};
+use crate::session::{SessionHandle, SessionShared};
+
+/// A reference-counted handle to a virtual host.
+///
+/// Every session holds one, so a vhost removed with
+/// [`Context::remove_vhost`](crate::Context::remove_vhost) lives on until its
+/// last session has closed; its user data is dropped with the last handle.
+#[derive(Clone)]
+pub struct Vhost(pub(crate) Arc<VhostInner>);
+
+pub(crate) struct VhostInner {
+    name: String,
+    hosts: Vec<String>,
+    listen: Vec<SocketAddr>,
+    mounts: Vec<Mount>,
+    protocols: Vec<ProtocolEntry>,
+    limits: Limits,
+    user_data: Option<Box<dyn Any + Send + Sync>>,
+    local_addrs: Mutex<Vec<SocketAddr>>,
+    sessions: Mutex<HashMap<u64, SessionHandle>>,
+    removed: AtomicBool,
+    destroyed: AtomicBool,
+    ctx: Weak<ContextShared>,
+}
+
+impl Vhost {
+    pub(crate) fn new(cfg: VhostConfig, ctx: Weak<ContextShared>) -> Self {
+        Self(Arc::new(VhostInner {
+            name: cfg.name,
+            hosts: cfg.hosts,
+            listen: cfg.listen,
+            mounts: cfg.mounts,
+            protocols: cfg.protocols,
+            limits: cfg.limits,
+            user_data: cfg.user_data,
+            local_addrs: Mutex::new(Vec::new()),
+            sessions: Mutex::new(HashMap::new()),
+            removed: AtomicBool::new(false),
+            destroyed: AtomicBool::new(false),
+            ctx,
+        }))
+    }
+
+    /// The vhost's name.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The user data, if it was set and is a `T`.
+    pub fn user_data<T: Any>(&self) -> Option<&T> {
+        self.0.user_data.as_ref()?.downcast_ref::<T>()
+    }
+
+    /// The options registered with protocol `protocol` on this vhost.
+    pub fn options(&self, protocol: &str) -> Option<&Options> {
+        self.0
+            .protocols
+            .iter()
+            .find(|p| p.protocol.name() == protocol)
+            .map(|p| &p.options)
+    }
+
+    /// The mounts, in configuration order.
+    pub fn mounts(&self) -> &[Mount] {
+        &self.0.mounts
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &Limits {
+        &self.0.limits
+    }
+
+    /// The `Host` names this vhost answers to.
+    pub fn hosts(&self) -> &[String] {
+        &self.0.hosts
+    }
+
+    /// The addresses actually bound (port 0 resolved), in `listen` order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        lock(&self.0.local_addrs).clone()
+    }
+
+    /// Handles to the open sessions.
+    pub fn sessions(&self) -> Vec<SessionHandle> {
+        lock(&self.0.sessions).values().cloned().collect()
+    }
+
+    /// How many sessions are open.
+    pub fn session_count(&self) -> usize {
+        lock(&self.0.sessions).len()
+    }
+
+    /// Whether the vhost still accepts connections (not removed, context not
+    /// tearing down).
+    pub fn is_serving(&self) -> bool {
+        !self.0.removed.load(Ordering::Acquire)
+            && self.0.ctx.upgrade().is_some_and(|c| c.is_running())
+    }
+
+    pub(crate) fn listen(&self) -> &[SocketAddr] {
+        &self.0.listen
+    }
+
+    pub(crate) fn set_local_addrs(&self, addrs: Vec<SocketAddr>) {
+        *lock(&self.0.local_addrs) = addrs;
+    }
+
+    pub(crate) fn protocol(&self, name: &str) -> Option<Arc<dyn ErasedProtocol>> {
+        self.0
+            .protocols
+            .iter()
+            .find(|p| p.protocol.name() == name)
+            .map(|p| p.protocol.clone())
+    }
+
+    pub(crate) fn protocols(&self) -> impl Iterator<Item = &Arc<dyn ErasedProtocol>> {
+        self.0.protocols.iter().map(|p| &p.protocol)
+    }
+
+    pub(crate) fn register(&self, session: &SessionHandle) {
+        lock(&self.0.sessions).insert(session.id().get(), session.clone());
+    }
+
+    pub(crate) fn unregister(&self, id: u64) {
+        lock(&self.0.sessions).remove(&id);
+    }
+
+    pub(crate) fn mark_removed(&self) {
+        self.0.removed.store(true, Ordering::Release);
+    }
+
+    /// Calls every protocol's destroy hook, once per vhost.
+    pub(crate) fn destroy_protocols(&self) {
+        if !self.0.destroyed.swap(true, Ordering::AcqRel) {
+            for p in self.protocols() {
+                p.destroy(self);
+            }
+        }
+    }
+
+    /// Sends Close (`code`, `reason`) to every session.
+    pub(crate) fn close_sessions(&self, code: crate::CloseCode, reason: &str) -> usize {
+        let sessions: Vec<Arc<SessionShared>> = lock(&self.0.sessions)
+            .values()
+            .map(|s| s.shared.clone())
+            .collect();
+        sessions
+            .iter()
+            .filter(|s| s.request_close(code, reason))
+            .count()
+    }
+
+    /// The mount serving `path`: an exact match, else the longest prefix mount.
+    pub(crate) fn find_mount(&self, path: &str) -> Option<&Mount> {
+        self.0
+            .mounts
+            .iter()
+            .filter(|m| m.matches(path))
+            .max_by_key(|m| (m.path == path, m.path.len()))
+    }
+}
+
+impl fmt::Debug for Vhost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vhost")
+            .field("name", &self.0.name)
+            .field("hosts", &self.0.hosts)
+            .field("local_addrs", &self.local_addrs())
+            .field("sessions", &self.session_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Picks the vhost for a request among those sharing a listener: the one whose
+/// names include the `Host` header, else the first without names, else the first.
+pub(crate) fn route<'a>(vhosts: &'a [Vhost], req: &Request) -> Option<&'a Vhost> {
+    if let Some(host) = req.host() {
+        if let Some(v) = vhosts.iter().find(|v| v.hosts().iter().any(|h| *h == host)) {
+            return Some(v);
+        }
+    }
+    vhosts
+        .iter()
+        .find(|v| v.hosts().is_empty())
+        .or_else(|| vhosts.first())
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section in wsgate leaves its data consistent, so a panic
+    // elsewhere while a lock was held does not make the data unusable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocols::Echo;
+
+    fn vhost(name: &str, hosts: &[&str]) -> Vhost {
+        let mut b = VhostConfig::builder(name)
+            .listen("127.0.0.1:0".parse().unwrap())
+            .protocol(Echo)
+            .mount(Mount::websocket("/echo", ["echo"]))
+            .mount(Mount::websocket("/api", ["echo"]).prefix(true));
+        for h in hosts {
+            b = b.host(*h);
+        }
+        Vhost::new(b.build().unwrap(), Weak::new())
+    }
+
+    fn req(host: &str) -> Request {
+        Request::synthetic(
+            "GET",
+            "/",
+            &[("Host", host)],
+            "127.0.0.1:9".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn routes_by_host_then_default() {
+        let vs = [
+            vhost("a", &["a.example"]),
+            vhost("b", &["b.example"]),
+            vhost("d", &[]),
+        ];
+        assert_eq!(route(&vs, &req("b.example:8080")).unwrap().name(), "b");
+        assert_eq!(route(&vs, &req("A.EXAMPLE")).unwrap().name(), "a");
+        assert_eq!(route(&vs, &req("other")).unwrap().name(), "d");
+    }
+
+    #[test]
+    fn mounts_exact_and_prefix() {
+        let v = vhost("a", &[]);
+        assert_eq!(v.find_mount("/echo").unwrap().path(), "/echo");
+        assert!(v.find_mount("/echo/x").is_none());
+        assert_eq!(v.find_mount("/api/x/y").unwrap().path(), "/api");
+        assert!(v.find_mount("/nope").is_none());
+    }
+}
