@@ -17,7 +17,7 @@ use crate::protocol::{ErasedProtocol, Options, Protocol, erase};
 #[cfg(feature = "toml-config")]
 mod file;
 #[cfg(feature = "toml-config")]
-pub use file::{ProtocolRegistry, load_toml};
+pub use file::{ConfigFile, DEFAULT_TOML, ProtocolRegistry, load_toml, parse_duration};
 
 /// The configuration of one context: its vhosts and context-wide limits.
 pub struct Config {

@@ -45,13 +45,15 @@ pub enum Error {
 }
 
 /// A configuration value was out of range or inconsistent.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {reason}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConfigError {
     /// The offending key, as a dotted path (`vhost.default.limits.max_message_size`).
     pub key: String,
     /// Why it was refused.
     pub reason: String,
+    /// The 1-based line in the configuration file, when it came from one.
+    pub line: Option<usize>,
 }
 
 impl ConfigError {
@@ -59,9 +61,30 @@ impl ConfigError {
         Self {
             key: key.into(),
             reason: reason.into(),
+            line: None,
         }
     }
+
+    #[cfg_attr(
+        not(feature = "toml-config"),
+        allow(dead_code, reason = "used by the TOML loader")
+    )]
+    pub(crate) fn at_line(mut self, line: usize) -> Self {
+        self.line = Some(line);
+        self
+    }
 }
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 /// Why a message could not be queued for a session; the message is handed back.
 #[derive(Debug, thiserror::Error)]

@@ -1,13 +1,750 @@
-//! The TOML configuration format (being written).
+//! The TOML configuration format used by the `wsgate` binary.
+//!
+//! Parsing is strict: unknown keys and bad values are errors that name the key
+//! and the line. Protocols and HTTP handlers are named in the file and built
+//! by a [`ProtocolRegistry`], so an embedding application can register its own
+//! next to the built-in ones.
+//!
+//! ```toml
+//! max_connections = 20000
+//! drain_timeout = "10s"
+//!
+//! [[vhost]]
+//! name = "default"
+//! listen = ["127.0.0.1:7681"]
+//!
+//! [vhost.limits]
+//! max_message_size = "1MiB"
+//! idle_timeout = "60s"
+//!
+//! [[vhost.mount]]
+//! path = "/echo"
+//! protocol = "echo"
+//!
+//! [[vhost.mount]]
+//! path = "/healthz"
+//! http = "health"
+//! ```
 
-/// Protocol factories by name.
-#[derive(Debug, Default)]
-pub struct ProtocolRegistry;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Loads a TOML configuration.
-pub fn load_toml(
-    _text: &str,
-    _registry: &ProtocolRegistry,
-) -> Result<super::Config, crate::ConfigError> {
-    Err(crate::ConfigError::new("config", "not yet supported"))
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+use toml::Spanned;
+
+use super::{Config, Limits, Mount, OverflowPolicy, VhostConfig};
+use crate::CloseCode;
+use crate::error::ConfigError;
+use crate::http::{Health, HttpHandler, Index};
+use crate::protocol::{ErasedProtocol, Options, Protocol, erase};
+use crate::protocols::Echo;
+
+/// The binary's built-in configuration: `/echo`, `/healthz` and an index page
+/// on 127.0.0.1:7681.
+pub const DEFAULT_TOML: &str = r#"
+[[vhost]]
+name = "default"
+listen = ["127.0.0.1:7681"]
+
+[[vhost.mount]]
+path = "/"
+http = "index"
+
+[[vhost.mount]]
+path = "/echo"
+protocol = "echo"
+
+[[vhost.mount]]
+path = "/healthz"
+http = "health"
+"#;
+
+type ProtocolFactory =
+    dyn Fn(&Options) -> Result<Arc<dyn ErasedProtocol>, String> + Send + Sync;
+
+/// Builds protocols and HTTP handlers from the names used in a configuration file.
+#[derive(Clone)]
+pub struct ProtocolRegistry {
+    protocols: BTreeMap<String, Arc<ProtocolFactory>>,
+    handlers: BTreeMap<String, Arc<dyn HttpHandler>>,
+}
+
+impl ProtocolRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self {
+            protocols: BTreeMap::new(),
+            handlers: BTreeMap::new(),
+        }
+    }
+
+    /// The built-in protocols (`echo`) and HTTP handlers (`health`, `index`).
+    pub fn builtin() -> Self {
+        let mut r = Self::new();
+        r.protocol("echo", |_| Ok(Echo));
+        r.http("health", Health);
+        r.http("index", Index);
+        r
+    }
+
+    /// Registers protocol `name`, built per vhost from that vhost's options
+    /// (`[vhost.options.NAME]`); the factory's error becomes a configuration
+    /// error. The built protocol's `name()` must equal `name`.
+    pub fn protocol<P, F>(&mut self, name: &str, factory: F) -> &mut Self
+    where
+        P: Protocol,
+        F: Fn(&Options) -> Result<P, String> + Send + Sync + 'static,
+    {
+        let f = move |o: &Options| factory(o).map(erase);
+        self.protocols.insert(name.to_owned(), Arc::new(f));
+        self
+    }
+
+    /// Registers HTTP handler `name`.
+    pub fn http(&mut self, name: &str, handler: impl HttpHandler) -> &mut Self {
+        self.handlers.insert(name.to_owned(), Arc::new(handler));
+        self
+    }
+}
+
+impl Default for ProtocolRegistry {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+impl fmt::Debug for ProtocolRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProtocolRegistry")
+            .field("protocols", &self.protocols.keys().collect::<Vec<_>>())
+            .field("handlers", &self.handlers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A parsed configuration file, not yet turned into a [`Config`].
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    text: String,
+    raw: RawConfig,
+}
+
+/// Parses `text` and builds it with `registry`: the short way to a [`Config`].
+///
+/// # Errors
+///
+/// A [`ConfigError`] naming the key and the line.
+pub fn load_toml(text: &str, registry: &ProtocolRegistry) -> Result<Config, ConfigError> {
+    ConfigFile::parse(text)?.build(registry)
+}
+
+impl ConfigFile {
+    /// Parses TOML text.
+    ///
+    /// # Errors
+    ///
+    /// Syntax errors, unknown keys and bad values, naming the key and line.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        Ok(Self {
+            text: text.to_owned(),
+            raw,
+        })
+    }
+
+    /// The binary's built-in configuration ([`DEFAULT_TOML`]).
+    pub fn builtin() -> Self {
+        // The embedded text is a constant that a unit test parses and builds.
+        Self::parse(DEFAULT_TOML).unwrap_or_else(|_| Self {
+            text: String::new(),
+            raw: RawConfig::default(),
+        })
+    }
+
+    /// Replaces the listen addresses of the first vhost (the binary's `--listen`).
+    pub fn override_listen(&mut self, addrs: &[SocketAddr]) {
+        if let Some(v) = self.raw.vhost.first_mut() {
+            let span = v.listen.first().map_or(0..0, Spanned::span);
+            v.listen = addrs
+                .iter()
+                .map(|a| Spanned::new(span.clone(), AddrValue(*a)))
+                .collect();
+        }
+    }
+
+    /// How long the binary waits for close handshakes after a signal.
+    /// Default: 10 s.
+    pub fn drain_timeout(&self) -> Duration {
+        self.raw
+            .drain_timeout
+            .map_or(Duration::from_secs(10), |d| d.0)
+    }
+
+    /// Builds the configuration, instantiating protocols through `registry`.
+    ///
+    /// # Errors
+    ///
+    /// Unknown protocol or handler names, a mount with no or several targets,
+    /// options for an unused protocol, and every check of the builders.
+    pub fn build(&self, registry: &ProtocolRegistry) -> Result<Config, ConfigError> {
+        let mut builder = Config::builder();
+        if let Some(n) = self.raw.max_connections {
+            builder = builder.max_connections(n);
+        }
+        if let Some(n) = self.raw.pumps {
+            builder = builder.pumps(n);
+        }
+        for v in &self.raw.vhost {
+            builder = builder.vhost(self.build_vhost(v, registry)?);
+        }
+        builder.build().map_err(|e| {
+            let leaf = e.key.rsplit('.').next().unwrap_or_default().to_owned();
+            let line = self.find_key_line(&leaf, 0).unwrap_or(1);
+            e.at_line(line)
+        })
+    }
+
+    fn build_vhost(
+        &self,
+        v: &RawVhost,
+        registry: &ProtocolRegistry,
+    ) -> Result<VhostConfig, ConfigError> {
+        let name = v.name.get_ref();
+        let err = |key: &str, reason: String, span: &Range<usize>| {
+            ConfigError::new(format!("vhost.{name}.{key}"), reason).at_line(self.line(span))
+        };
+        let mut b = VhostConfig::builder(name.clone());
+        for a in &v.listen {
+            b = b.listen(a.get_ref().0);
+        }
+        for h in &v.hosts {
+            b = b.host(h.clone());
+        }
+        if let Some(l) = &v.limits {
+            b = b.limits(l.to_limits());
+        }
+        // Protocols used by mounts, instantiated once per vhost with its options.
+        let mut used: Vec<String> = Vec::new();
+        for m in &v.mount {
+            let span = m.span();
+            let m = m.get_ref();
+            let path = m.path.get_ref().clone();
+            let targets = usize::from(m.protocol.is_some())
+                + usize::from(m.protocols.is_some())
+                + usize::from(m.http.is_some());
+            if targets != 1 {
+                return Err(err(
+                    &format!("mount.{path}"),
+                    "needs exactly one of protocol, protocols or http".to_owned(),
+                    &span,
+                ));
+            }
+            let mount = if let Some(h) = &m.http {
+                let handler = registry.handlers.get(h.get_ref()).ok_or_else(|| {
+                    err(
+                        &format!("mount.{path}.http"),
+                        format!(
+                            "unknown HTTP handler {:?} (known: {})",
+                            h.get_ref(),
+                            names(registry.handlers.keys())
+                        ),
+                        &h.span(),
+                    )
+                })?;
+                Mount {
+                    path: path.clone(),
+                    prefix: false,
+                    target: super::MountTarget::Http(handler.clone()),
+                }
+            } else {
+                let (list, span) = match (&m.protocol, &m.protocols) {
+                    (Some(p), _) => (vec![p.get_ref().clone()], p.span()),
+                    (_, Some(ps)) => (ps.get_ref().clone(), ps.span()),
+                    _ => (Vec::new(), span.clone()),
+                };
+                if list.is_empty() {
+                    return Err(err(
+                        &format!("mount.{path}.protocols"),
+                        "names no protocol".to_owned(),
+                        &span,
+                    ));
+                }
+                for p in &list {
+                    if !registry.protocols.contains_key(p) {
+                        return Err(err(
+                            &format!("mount.{path}.protocol"),
+                            format!(
+                                "unknown protocol {p:?} (known: {})",
+                                names(registry.protocols.keys())
+                            ),
+                            &span,
+                        ));
+                    }
+                    if !used.contains(p) {
+                        used.push(p.clone());
+                    }
+                }
+                Mount::websocket(path.clone(), list)
+            };
+            b = b.mount(mount.prefix(m.prefix));
+        }
+        if let Some(proto) = v.options.keys().find(|p| !used.contains(p)) {
+            return Err(err(
+                &format!("options.{proto}"),
+                "options for a protocol that no mount of this vhost uses".to_owned(),
+                &v.name.span(),
+            ));
+        }
+        for p in &used {
+            let options: Options = v
+                .options
+                .get(p)
+                .map(|o| o.iter().map(|(k, val)| (k.clone(), val.0.clone())).collect())
+                .unwrap_or_default();
+            let factory = &registry.protocols[p];
+            let protocol = factory(&options)
+                .map_err(|reason| err(&format!("options.{p}"), reason, &v.name.span()))?;
+            if protocol.name() != p {
+                return Err(err(
+                    &format!("protocol.{p}"),
+                    format!("the factory built a protocol named {:?}", protocol.name()),
+                    &v.name.span(),
+                ));
+            }
+            b = b.erased_protocol(protocol, options);
+        }
+        b.build().map_err(|e| {
+            // Point at the line of the offending key inside this vhost when
+            // it can be found, else at the vhost's name.
+            let leaf = e.key.rsplit('.').next().unwrap_or_default().to_owned();
+            let line = self
+                .find_key_line(&leaf, v.name.span().start)
+                .unwrap_or_else(|| self.line(&v.name.span()));
+            e.at_line(line)
+        })
+    }
+
+    fn line(&self, span: &Range<usize>) -> usize {
+        line_of(&self.text, span.start)
+    }
+
+    /// The line of the first `leaf = ...` at or after byte `from`.
+    fn find_key_line(&self, leaf: &str, from: usize) -> Option<usize> {
+        if leaf.is_empty() {
+            return None;
+        }
+        let mut offset = 0;
+        for line in self.text.lines() {
+            let start = offset;
+            offset += line.len() + 1;
+            if start < from {
+                continue;
+            }
+            let t = line.trim_start();
+            if t.strip_prefix(leaf)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+            {
+                return Some(line_of(&self.text, start));
+            }
+        }
+        None
+    }
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
+    it.map(String::as_str).collect::<Vec<_>>().join(", ")
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Turns a TOML error into a `ConfigError` with the dotted key and the line.
+fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().to_owned();
+    let Some(span) = e.span() else {
+        return ConfigError::new("config", message);
+    };
+    let line_no = line_of(text, span.start);
+    let line = text.lines().nth(line_no - 1).unwrap_or_default().trim();
+    let header = |l: &str| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+    // The table the line belongs to: the last `[...]` header above it.
+    let table = text
+        .lines()
+        .take(line_no)
+        .map(str::trim)
+        .filter(|l| l.starts_with('['))
+        .map(header)
+        .last();
+    let key = if line.starts_with('[') {
+        header(line)
+    } else {
+        let leaf = line
+            .split('=')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .trim_matches('"');
+        match table {
+            Some(t) if !leaf.is_empty() => format!("{t}.{leaf}"),
+            Some(t) => t,
+            None => leaf.to_owned(),
+        }
+    };
+    let key = if key.is_empty() {
+        "config".to_owned()
+    } else {
+        key
+    };
+    ConfigError::new(key, message).at_line(line_no)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    max_connections: Option<usize>,
+    pumps: Option<usize>,
+    drain_timeout: Option<DurationValue>,
+    #[serde(default)]
+    vhost: Vec<RawVhost>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVhost {
+    name: Spanned<String>,
+    listen: Vec<Spanned<AddrValue>>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    limits: Option<RawLimits>,
+    #[serde(default)]
+    options: BTreeMap<String, BTreeMap<String, OptionValue>>,
+    #[serde(default)]
+    mount: Vec<Spanned<RawMount>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMount {
+    path: Spanned<String>,
+    protocol: Option<Spanned<String>>,
+    protocols: Option<Spanned<Vec<String>>>,
+    http: Option<Spanned<String>>,
+    #[serde(default)]
+    prefix: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_head_bytes: Option<SizeValue>,
+    max_headers: Option<usize>,
+    handshake_timeout: Option<DurationValue>,
+    max_frame_size: Option<SizeValue>,
+    max_message_size: Option<SizeValue>,
+    max_queue_bytes: Option<SizeValue>,
+    overflow: Option<OverflowValue>,
+    max_sessions: Option<usize>,
+    ping_interval: Option<DurationValue>,
+    idle_timeout: Option<DurationValue>,
+    close_timeout: Option<DurationValue>,
+    read_buffer_size: Option<SizeValue>,
+    write_buffer_size: Option<SizeValue>,
+}
+
+impl RawLimits {
+    fn to_limits(&self) -> Limits {
+        let mut l = Limits::default();
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { l.$f = v.into(); } )* };
+        }
+        set!(
+            max_head_bytes,
+            max_headers,
+            handshake_timeout,
+            max_frame_size,
+            max_message_size,
+            max_queue_bytes,
+            overflow,
+            max_sessions,
+            ping_interval,
+            idle_timeout,
+            close_timeout,
+            read_buffer_size,
+            write_buffer_size
+        );
+        l
+    }
+}
+
+/// A socket address written as a string.
+#[derive(Debug, Clone, Copy)]
+struct AddrValue(SocketAddr);
+
+impl<'de> Deserialize<'de> for AddrValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(AddrValue).map_err(|_| {
+            de::Error::custom(format!(
+                "invalid listen address {s:?} (expected IP:PORT, such as \"127.0.0.1:7681\")"
+            ))
+        })
+    }
+}
+
+/// A byte count: an integer, or a string with a unit (B, KiB, MiB, GiB).
+#[derive(Debug, Clone, Copy)]
+struct SizeValue(usize);
+
+impl From<SizeValue> for usize {
+    fn from(v: SizeValue) -> Self {
+        v.0
+    }
+}
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => usize::try_from(n)
+                .map(SizeValue)
+                .map_err(|_| de::Error::custom("a size must not be negative")),
+            Raw::Str(s) => parse_size(&s).map(SizeValue).ok_or_else(|| {
+                de::Error::custom(format!(
+                    "invalid size {s:?} (expected bytes, or a number with B, KiB, MiB or GiB)"
+                ))
+            }),
+        }
+    }
+}
+
+/// A duration written with a unit: "250ms", "30s", "5m", "1h".
+#[derive(Debug, Clone, Copy)]
+struct DurationValue(Duration);
+
+impl From<DurationValue> for Duration {
+    fn from(v: DurationValue) -> Self {
+        v.0
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d).map_err(|_: D::Error| {
+            de::Error::custom(
+                "a duration is a string with a unit, such as \"500ms\", \"30s\" or \"5m\"",
+            )
+        })?;
+        parse_duration(&s).map(DurationValue).ok_or_else(|| {
+            de::Error::custom(format!(
+                "invalid duration {s:?} (expected a number with ms, s, m or h)"
+            ))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct OverflowValue(OverflowPolicy);
+
+impl From<OverflowValue> for OverflowPolicy {
+    fn from(v: OverflowValue) -> Self {
+        v.0
+    }
+}
+
+impl<'de> Deserialize<'de> for OverflowValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "reject" => Ok(Self(OverflowPolicy::Reject)),
+            "close-1008" => Ok(Self(OverflowPolicy::Close(CloseCode::Policy))),
+            "close-1013" => Ok(Self(OverflowPolicy::Close(CloseCode::Again))),
+            _ => Err(de::Error::custom(format!(
+                "invalid overflow policy {s:?} (expected \"reject\", \"close-1008\" or \"close-1013\")"
+            ))),
+        }
+    }
+}
+
+/// A protocol option: strings, numbers and booleans are kept as text.
+#[derive(Debug, Clone)]
+struct OptionValue(String);
+
+impl<'de> Deserialize<'de> for OptionValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(s) => Ok(Self(s)),
+            toml::Value::Integer(i) => Ok(Self(i.to_string())),
+            toml::Value::Float(f) => Ok(Self(f.to_string())),
+            toml::Value::Boolean(b) => Ok(Self(b.to_string())),
+            _ => Err(de::Error::custom(
+                "an option value must be a string, number or boolean",
+            )),
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Parses a duration with a unit: "250ms", "30s", "5m", "1h".
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        load_toml(text, &ProtocolRegistry::builtin())
+    }
+
+    #[test]
+    fn builtin_default_builds() {
+        let cfg = ConfigFile::parse(DEFAULT_TOML)
+            .unwrap()
+            .build(&ProtocolRegistry::builtin())
+            .unwrap();
+        assert_eq!(cfg.vhosts().len(), 1);
+        assert_eq!(
+            cfg.vhosts()[0].listen(),
+            &["127.0.0.1:7681".parse::<SocketAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = "[[vhost]]\nname = \"a\"\nlisten = [\"127.0.0.1:0\"]\nbogus = 1\n";
+        let e = load(text).unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert_eq!(e.key, "vhost.bogus", "{e}");
+        assert!(e.reason.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_line() {
+        let text = "[[vhost]]\nname = \"a\"\nlisten = [\"127.0.0.1:0\"]\n[vhost.limits]\nmax_frame_size = \"12XB\"\n";
+        let e = load(text).unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert_eq!(e.key, "vhost.limits.max_frame_size", "{e}");
+    }
+
+    #[test]
+    fn bad_address_is_an_error() {
+        let e = load("[[vhost]]\nname = \"a\"\nlisten = [\"localhost\"]\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.reason.contains("invalid listen address"), "{e}");
+    }
+
+    #[test]
+    fn range_check_points_at_the_key_line() {
+        let text = "[[vhost]]\nname = \"a\"\nlisten = [\"127.0.0.1:0\"]\n[vhost.limits]\nping_interval = \"30s\"\nidle_timeout = \"10s\"\n";
+        let e = load(text).unwrap_err();
+        assert_eq!(e.key, "vhost.a.limits.idle_timeout", "{e}");
+        assert_eq!(e.line, Some(6), "{e}");
+    }
+
+    #[test]
+    fn unknown_protocol_is_named() {
+        let text = "[[vhost]]\nname = \"a\"\nlisten = [\"127.0.0.1:0\"]\n[[vhost.mount]]\npath = \"/x\"\nprotocol = \"nope\"\n";
+        let e = load(text).unwrap_err();
+        assert_eq!(e.line, Some(6), "{e}");
+        assert!(e.reason.contains("unknown protocol \"nope\""), "{e}");
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let text = r#"
+max_connections = 100
+drain_timeout = "3s"
+[[vhost]]
+name = "a"
+listen = ["127.0.0.1:0"]
+hosts = ["a.example"]
+[vhost.limits]
+max_message_size = "2MiB"
+max_frame_size = 65536
+overflow = "close-1013"
+idle_timeout = "2m"
+ping_interval = "500ms"
+[vhost.options.echo]
+greeting = "hi"
+n = 3
+[[vhost.mount]]
+path = "/echo"
+protocols = ["echo"]
+[[vhost.mount]]
+path = "/static"
+http = "index"
+prefix = true
+"#;
+        let f = ConfigFile::parse(text).unwrap();
+        assert_eq!(f.drain_timeout(), Duration::from_secs(3));
+        let cfg = f.build(&ProtocolRegistry::builtin()).unwrap();
+        let v = &cfg.vhosts()[0];
+        assert_eq!(v.limits().max_message_size, 2 << 20);
+        assert_eq!(v.limits().ping_interval, Duration::from_millis(500));
+        assert_eq!(v.limits().overflow, OverflowPolicy::Close(CloseCode::Again));
+        assert_eq!(
+            v.protocols[0].options.get("n").map(String::as_str),
+            Some("3")
+        );
+    }
+
+    #[test]
+    fn listen_override_replaces_first_vhost_addresses() {
+        let mut f = ConfigFile::builtin();
+        f.override_listen(&[
+            "127.0.0.1:9".parse().unwrap(),
+            "127.0.0.1:10".parse().unwrap(),
+        ]);
+        let cfg = f.build(&ProtocolRegistry::builtin()).unwrap();
+        assert_eq!(cfg.vhosts()[0].listen().len(), 2);
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("4KiB"), Some(4096));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("1XB"), None);
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30"), None);
+    }
 }
