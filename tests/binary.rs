@@ -1,0 +1,218 @@
+//! The `wsgate` binary as a user runs it: it serves /echo and /healthz, SIGINT
+//! drains cleanly and exits 0, a second signal forces exit 130, and
+//! configuration errors name the key and the line.
+
+#![cfg(feature = "cli")]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use wsgate::Message;
+
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Gateway {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn wsgate");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("no listening line");
+        let addr = first
+            .strip_prefix("wsgate listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .parse()
+            .unwrap();
+        Self { child, addr, lines }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// Waits for exit and returns the exit code; a watchdog kills the
+    /// process if it has not exited within 20 s (the code is then -1).
+    fn wait(&mut self) -> i32 {
+        let (done, watchdog) = mpsc::channel::<()>();
+        let pid = self.child.id().to_string();
+        let dog = std::thread::spawn(move || {
+            if watchdog.recv_timeout(Duration::from_secs(20)).is_err() {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
+        });
+        let status = self.child.wait().unwrap();
+        let _ = done.send(());
+        dog.join().unwrap();
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn echo_then_ctrl_c_drains_cleanly_and_exits_zero() {
+    let mut gw = Gateway::start(&["--listen", "127.0.0.1:0"]);
+    let addr = gw.addr;
+    let mut ws = support::run(async move {
+        let mut ws = support::connect(addr, "/echo").await;
+        ws.send(Message::text("hello")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+        ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::binary(vec![1u8, 2, 3])
+        );
+        ws
+    });
+    let health = support::raw_http(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+
+    gw.signal("-INT");
+    support::run(async move {
+        match ws.next().await {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1001),
+            other => panic!("expected Close 1001, got {other:?}"),
+        }
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    assert_eq!(gw.wait(), 0);
+    let drained: Vec<String> = gw.lines.try_iter().collect();
+    assert!(
+        drained
+            .iter()
+            .any(|l| l.starts_with("wsgate drained: 1 clean, 0 aborted, 0 forced")),
+        "{drained:?}"
+    );
+}
+
+#[test]
+fn second_signal_forces_exit_130() {
+    let mut gw = Gateway::start(&["--listen", "127.0.0.1:0", "--drain-timeout", "60s"]);
+    // A peer that completes the handshake and then never reads or answers:
+    // the drain would wait for it until the deadline.
+    let mut raw = TcpStream::connect(gw.addr).unwrap();
+    raw.write_all(&support::upgrade_request("/echo", ""))
+        .unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = [0u8; 12];
+    raw.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+
+    gw.signal("-TERM");
+    // The first signal is being handled once the server's Close 1001 arrives
+    // (it follows the rest of the 101 head; look for the 0x88 opcode).
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !seen.contains(&0x88u8) {
+        let n = raw.read(&mut buf).expect("close frame");
+        assert!(n > 0, "connection closed before the Close frame");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    gw.signal("-INT");
+    assert_eq!(gw.wait(), 130);
+}
+
+#[test]
+fn config_errors_name_the_key_and_line() {
+    let dir = std::env::temp_dir().join(format!("wsgate-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[vhost]]\nname = \"a\"\nlisten = [\"127.0.0.1:0\"]\n\n[vhost.limits]\nmax_frame_sise = 10\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 6"), "{err}");
+    assert!(err.contains("vhost.limits.max_frame_sise"), "{err}");
+    assert!(err.contains("unknown field"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn config_file_mounts_are_served() {
+    let dir = std::env::temp_dir().join(format!("wsgate-cfg-ok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ok.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[vhost]]
+name = "main"
+listen = ["127.0.0.1:0"]
+[vhost.limits]
+max_message_size = "64KiB"
+max_frame_size = "64KiB"
+[[vhost.mount]]
+path = "/ws"
+protocol = "echo"
+"#,
+    )
+    .unwrap();
+    let mut gw = Gateway::start(&["--config", path.to_str().unwrap()]);
+    let addr = gw.addr;
+    support::run(async move {
+        let mut ws = support::connect(addr, "/ws").await;
+        ws.send(Message::text("configured")).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text("configured")
+        );
+        // Over the configured message limit: the server fails the connection with 1009.
+        ws.send(Message::binary(vec![0u8; 70 * 1024]))
+            .await
+            .unwrap();
+        match ws.next().await {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1009),
+            other => panic!("expected Close 1009, got {other:?}"),
+        }
+    });
+    let nope = support::raw_http(addr, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(nope.status, 404);
+    gw.signal("-INT");
+    assert_eq!(gw.wait(), 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
