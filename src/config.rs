@@ -287,13 +287,13 @@ impl Limits {
                 "must be longer than ping_interval",
             ));
         }
-        if let OverflowPolicy::Close(code) = self.overflow {
-            if !matches!(code, CloseCode::Policy | CloseCode::Again) {
-                return Err(ConfigError::new(
-                    key("overflow"),
-                    "close code must be 1008 or 1013",
-                ));
-            }
+        if let OverflowPolicy::Close(code) = self.overflow
+            && !matches!(code, CloseCode::Policy | CloseCode::Again)
+        {
+            return Err(ConfigError::new(
+                key("overflow"),
+                "close code must be 1008 or 1013",
+            ));
         }
         Ok(())
     }

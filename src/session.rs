@@ -241,13 +241,11 @@ impl SessionShared {
         // One message larger than the whole bound may still go out alone, or it
         // could never be sent at all; its size is the application's choice.
         if out.bytes + size > self.max_bytes && !out.queue.is_empty() {
-            if apply_policy {
-                if let OverflowPolicy::Close(code) = self.overflow {
-                    out.state = OutState::Closing(close_frame(code, "outbound queue full"));
-                    drop(out);
-                    tracing::debug!(session = %self.id, "outbound queue full, closing");
-                    self.data_ready.notify(1);
-                }
+            if apply_policy && let OverflowPolicy::Close(code) = self.overflow {
+                out.state = OutState::Closing(close_frame(code, "outbound queue full"));
+                drop(out);
+                tracing::debug!(session = %self.id, "outbound queue full, closing");
+                self.data_ready.notify(1);
             }
             return Err(SendError::Full(message));
         }

@@ -188,10 +188,10 @@ impl fmt::Debug for Vhost {
 /// Picks the vhost for a request among those sharing a listener: the one whose
 /// names include the `Host` header, else the first without names, else the first.
 pub(crate) fn route<'a>(vhosts: &'a [Vhost], req: &Request) -> Option<&'a Vhost> {
-    if let Some(host) = req.host() {
-        if let Some(v) = vhosts.iter().find(|v| v.hosts().iter().any(|h| *h == host)) {
-            return Some(v);
-        }
+    if let Some(host) = req.host()
+        && let Some(v) = vhosts.iter().find(|v| v.hosts().contains(&host))
+    {
+        return Some(v);
     }
     vhosts
         .iter()

@@ -64,8 +64,7 @@ path = "/healthz"
 http = "health"
 "#;
 
-type ProtocolFactory =
-    dyn Fn(&Options) -> Result<Arc<dyn ErasedProtocol>, String> + Send + Sync;
+type ProtocolFactory = dyn Fn(&Options) -> Result<Arc<dyn ErasedProtocol>, String> + Send + Sync;
 
 /// Builds protocols and HTTP handlers from the names used in a configuration file.
 #[derive(Clone)]
@@ -304,7 +303,11 @@ impl ConfigFile {
             let options: Options = v
                 .options
                 .get(p)
-                .map(|o| o.iter().map(|(k, val)| (k.clone(), val.0.clone())).collect())
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, val)| (k.clone(), val.0.clone()))
+                        .collect()
+                })
                 .unwrap_or_default();
             let factory = &registry.protocols[p];
             let protocol = factory(&options)
