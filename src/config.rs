@@ -132,7 +132,7 @@ pub enum OverflowPolicy {
 
 /// Bounds on everything a peer can make a vhost spend.
 ///
-/// Set fields with the by-value setters; [`VhostConfig::build`] validates them.
+/// Set fields with the by-value setters; [`VhostBuilder::build`] validates them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {

@@ -118,7 +118,8 @@ fn http_answer(
             ..Refusal::new(405, "method not allowed")
         });
     }
-    Ok(handler.handle(req, vhost))
+    crate::protocol::isolate(req.path(), "http", || handler.handle(req, vhost))
+        .ok_or(Refusal::new(500, "internal error"))
 }
 
 async fn upgrade<S>(

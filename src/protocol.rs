@@ -225,8 +225,14 @@ pub(crate) struct Erased<P>(pub(crate) P);
 
 struct Bound<P: Protocol> {
     protocol: Arc<Erased<P>>,
-    state: P::State,
+    /// `None` once a callback panicked with the state borrowed.
+    state: Option<P::State>,
 }
+
+// A panic in an application callback must not unwind into the host's loop
+// (wsgate's tasks run inside the host's executor) nor take other sessions
+// down: each callback is isolated, logged, and answered on the wire (500 for
+// `open`, Close 1011 for `message`).
 
 impl<P: Protocol> ErasedProtocol for Erased<P> {
     fn name(&self) -> &str {
@@ -238,30 +244,56 @@ impl<P: Protocol> ErasedProtocol for Erased<P> {
         request: &Request,
         session: &SessionHandle,
     ) -> Result<Box<dyn SessionCallbacks>, Reject> {
-        let state = self.0.open(request, session)?;
+        let state = isolate(self.0.name(), "open", || self.0.open(request, session))
+            .unwrap_or_else(|| Err(Reject::new(500, "internal error")))?;
         Ok(Box::new(Bound {
             protocol: self,
-            state,
+            state: Some(state),
         }))
     }
 
     fn wake(&self, vhost: &Vhost, payload: &Wake) {
-        self.0.wake(vhost, payload);
+        isolate(self.0.name(), "wake", || self.0.wake(vhost, payload));
     }
 
     fn destroy(&self, vhost: &Vhost) {
-        self.0.destroy(vhost);
+        isolate(self.0.name(), "destroy", || self.0.destroy(vhost));
     }
 }
 
 impl<P: Protocol> SessionCallbacks for Bound<P> {
     fn message(&mut self, session: &SessionHandle, message: Message) {
-        self.protocol.0.message(&mut self.state, session, message);
+        let Some(state) = self.state.as_mut() else {
+            return;
+        };
+        let protocol = &self.protocol.0;
+        if isolate(protocol.name(), "message", || {
+            protocol.message(state, session, message);
+        })
+        .is_none()
+        {
+            // The state may be half-updated: stop feeding it.
+            self.state = None;
+            let _ = session.close(CloseCode::Error, "internal error");
+        }
     }
 
     fn close(self: Box<Self>, session: &SessionHandle, reason: &CloseReason) {
         let Self { protocol, state } = *self;
-        protocol.0.close(state, session, reason);
+        if let Some(state) = state {
+            isolate(protocol.0.name(), "close", || protocol.0.close(state, session, reason));
+        }
+    }
+}
+
+/// Runs an application callback, turning a panic into `None` and a log line.
+pub(crate) fn isolate<T>(protocol: &str, callback: &str, f: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            tracing::error!(protocol, callback, "protocol callback panicked");
+            None
+        }
     }
 }
 

@@ -153,7 +153,14 @@ impl Spawner {
         let guard = LiveGuard(self.live.clone());
         exec.spawn(async move {
             let _guard = guard;
-            fut.await;
+            // Backstop: a panic in a task must not unwind through the pump
+            // into the host's loop. Callbacks are isolated one by one already.
+            if futures_lite::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut))
+                .await
+                .is_err()
+            {
+                tracing::error!("a wsgate task panicked; it was stopped");
+            }
         })
         .detach();
         true
