@@ -493,6 +493,10 @@ impl VhostBuilder {
         self
     }
 
+    #[cfg_attr(
+        not(feature = "toml-config"),
+        allow(dead_code, reason = "used by the TOML loader")
+    )]
     pub(crate) fn erased_protocol(
         mut self,
         protocol: Arc<dyn ErasedProtocol>,

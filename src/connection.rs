@@ -22,7 +22,7 @@ use crate::http::{
 use crate::listener::Listener;
 use crate::protocol::{CloseReason, SessionCallbacks};
 use crate::session::{Driver, SessionHandle, SessionId, Timing};
-use crate::vhost::{Vhost, route};
+use crate::vhost::{SessionSlot, Vhost, route};
 
 /// Requests served on one keep-alive connection before it is closed.
 const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
@@ -51,9 +51,11 @@ pub(crate) async fn serve<S>(
     let ctx = slot.ctx().clone();
     // The head is read before the vhost is known, so the listener's default
     // vhost's limits apply to it.
-    let Some(limits) = listener.vhosts().first().map(|v| v.limits().clone()) else {
-        return;
-    };
+    let limits = listener
+        .vhosts()
+        .first()
+        .map(|v| v.limits().clone())
+        .unwrap_or_default();
     let mut buf = Vec::new();
     for served in 0..MAX_REQUESTS_PER_CONNECTION {
         let (req, head_len) =
@@ -148,7 +150,9 @@ async fn upgrade<S>(
         )
         .await;
     }
-    if vhost.session_count() >= limits.max_sessions {
+    // Reserved before `open` and held until the session ends, so that
+    // concurrent handshakes on several pumps cannot overshoot the limit.
+    let Some(slot) = vhost.reserve_session() else {
         return refuse(
             &mut stream,
             &ctx,
@@ -156,7 +160,7 @@ async fn upgrade<S>(
             &limits,
         )
         .await;
-    }
+    };
     let (name, echo) = negotiate(&up.offered, protocols);
     let Some(protocol) = vhost.protocol(name) else {
         // Configuration validation makes this unreachable; answer sanely anyway.
@@ -192,6 +196,7 @@ async fn upgrade<S>(
     let span = tracing::debug_span!("session", id = %handle.id(), peer = %req.peer());
     let _enter = span.enter();
     let mut session = OpenSession {
+        _slot: slot,
         ctx: ctx.clone(),
         handle: handle.clone(),
         callbacks: Some(callbacks),
@@ -256,6 +261,7 @@ pub(crate) fn ws_config(limits: &Limits) -> WebSocketConfig {
 /// A session between registration and its end; unregisters it when dropped,
 /// also when the task is dropped by a forced teardown.
 struct OpenSession {
+    _slot: SessionSlot,
     ctx: Arc<ContextShared>,
     handle: SessionHandle,
     callbacks: Option<Box<dyn SessionCallbacks>>,
@@ -352,12 +358,15 @@ async fn write_response<S>(
 where
     S: AsyncWrite + Unpin,
 {
-    let head = r.head_bytes(keep_alive, head_only);
+    // Head and body leave in one write: with TCP_NODELAY, two writes become
+    // two segments, and clients that read only the first (tungstenite keeps
+    // what arrived with the head of an error answer) lose the body.
+    let mut bytes = r.head_bytes(keep_alive, head_only);
+    if !head_only {
+        bytes.extend_from_slice(r.body_bytes());
+    }
     let write = async {
-        stream.write_all(&head).await?;
-        if !head_only && !r.body_bytes().is_empty() {
-            stream.write_all(r.body_bytes()).await?;
-        }
+        stream.write_all(&bytes).await?;
         stream.flush().await
     };
     future::or(async { write.await.is_ok() }, async {

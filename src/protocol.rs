@@ -153,6 +153,7 @@ pub enum ClosedBy {
 
 /// How a session ended. A normal close is an outcome, never an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CloseReason {
     /// The close code that went (or would have gone) on the wire; 1006 when
     /// the connection ended without a close handshake, 1005 when the peer's
@@ -281,7 +282,9 @@ impl<P: Protocol> SessionCallbacks for Bound<P> {
     fn close(self: Box<Self>, session: &SessionHandle, reason: &CloseReason) {
         let Self { protocol, state } = *self;
         if let Some(state) = state {
-            isolate(protocol.0.name(), "close", || protocol.0.close(state, session, reason));
+            isolate(protocol.0.name(), "close", || {
+                protocol.0.close(state, session, reason)
+            });
         }
     }
 }

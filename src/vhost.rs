@@ -5,7 +5,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::config::{Limits, Mount, ProtocolEntry, VhostConfig};
@@ -32,6 +32,8 @@ pub(crate) struct VhostInner {
     user_data: Option<Box<dyn Any + Send + Sync>>,
     local_addrs: Mutex<Vec<SocketAddr>>,
     sessions: Mutex<HashMap<u64, SessionHandle>>,
+    /// Sessions from handshake to end, bounded by `limits.max_sessions`.
+    reserved: AtomicUsize,
     removed: AtomicBool,
     destroyed: AtomicBool,
     ctx: Weak<ContextShared>,
@@ -49,6 +51,7 @@ impl Vhost {
             user_data: cfg.user_data,
             local_addrs: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
+            reserved: AtomicUsize::new(0),
             removed: AtomicBool::new(false),
             destroyed: AtomicBool::new(false),
             ctx,
@@ -131,6 +134,18 @@ impl Vhost {
         self.0.protocols.iter().map(|p| &p.protocol)
     }
 
+    /// Takes one of `max_sessions` places, or `None` when all are taken.
+    pub(crate) fn reserve_session(&self) -> Option<SessionSlot> {
+        let max = self.0.limits.max_sessions;
+        self.0
+            .reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| SessionSlot(self.clone()))
+    }
+
     pub(crate) fn register(&self, session: &SessionHandle) {
         lock(&self.0.sessions).insert(session.id().get(), session.clone());
     }
@@ -182,6 +197,15 @@ impl fmt::Debug for Vhost {
             .field("local_addrs", &self.local_addrs())
             .field("sessions", &self.session_count())
             .finish_non_exhaustive()
+    }
+}
+
+/// A place under a vhost's `max_sessions`, released when dropped.
+pub(crate) struct SessionSlot(Vhost);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.0.reserved.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
