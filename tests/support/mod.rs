@@ -92,7 +92,11 @@ impl Server {
 
     /// Waits for the server thread (after someone else requested shutdown).
     pub fn join(&mut self) -> DrainReport {
-        self.thread.take().expect("joined twice").join().expect("server thread panicked")
+        self.thread
+            .take()
+            .expect("joined twice")
+            .join()
+            .expect("server thread panicked")
     }
 }
 
@@ -107,7 +111,9 @@ impl Drop for Server {
 
 /// Opens a WebSocket to `ws://addr{path}`.
 pub async fn connect(addr: SocketAddr, path: &str) -> Ws {
-    try_connect(addr, format!("ws://{addr}{path}")).await.expect("websocket handshake")
+    try_connect(addr, format!("ws://{addr}{path}"))
+        .await
+        .expect("websocket handshake")
 }
 
 /// Opens a WebSocket with a request built by the caller (headers, subprotocols).
@@ -133,16 +139,17 @@ pub fn raw_http(addr: SocketAddr, request: &[u8]) -> HttpReply {
             Ok(0) => break,
             Ok(n) => {
                 out.extend_from_slice(&buf[..n]);
-                if let Some(reply) = HttpReply::parse(&out) {
-                    if reply.complete {
-                        return reply;
-                    }
+                if let Some(reply) = HttpReply::parse(&out)
+                    && reply.complete
+                {
+                    return reply;
                 }
             }
             Err(_) => break,
         }
     }
-    HttpReply::parse(&out).unwrap_or_else(|| panic!("no HTTP reply: {:?}", String::from_utf8_lossy(&out)))
+    HttpReply::parse(&out)
+        .unwrap_or_else(|| panic!("no HTTP reply: {:?}", String::from_utf8_lossy(&out)))
 }
 
 #[derive(Debug, Clone)]
@@ -160,7 +167,11 @@ impl HttpReply {
         let status = head.split(' ').nth(1)?.parse().ok()?;
         let len = head
             .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })
             .and_then(|v| v.parse::<usize>().ok());
         Some(Self {
             status,
@@ -174,7 +185,9 @@ impl HttpReply {
     pub fn header(&self, name: &str) -> Option<String> {
         self.head.lines().find_map(|l| {
             let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
         })
     }
 }
@@ -190,5 +203,244 @@ pub fn upgrade_request(path: &str, extra: &str) -> Vec<u8> {
 
 /// Open file descriptors of this process.
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A closure run on a server thread with its `Context`.
+type Command = Box<dyn FnOnce(&Context<'_>) + Send>;
+
+/// Runs closures on a controlled server's thread, with its `Context`, while
+/// the loop runs: runtime `add_vhost`, `remove_vhost`, vhost look-ups.
+pub struct Control {
+    tx: mpsc::Sender<Command>,
+    ready: std::sync::Arc<event_listener::Event>,
+}
+
+impl Control {
+    /// Runs `f` on the server thread, between two turns of its loop, and
+    /// returns its result.
+    pub fn with<R: Send + 'static>(&self, f: impl FnOnce(&Context<'_>) -> R + Send + 'static) -> R {
+        let (rtx, rrx) = mpsc::channel();
+        self.tx
+            .send(Box::new(move |ctx| {
+                let _ = rtx.send(f(ctx));
+            }))
+            .expect("server thread is gone");
+        self.ready.notify(usize::MAX);
+        rrx.recv_timeout(LIMIT)
+            .expect("server thread did not run the command")
+    }
+}
+
+impl Server {
+    /// Like `start`, plus a `Control` that runs closures with the context
+    /// while the loop runs.
+    pub fn start_controlled(config: Config) -> (Self, Control) {
+        let (cmd_tx, cmd_rx) = mpsc::channel::<Command>();
+        let ready = std::sync::Arc::new(event_listener::Event::new());
+        let notified = ready.clone();
+        let (tx, rx) = mpsc::channel();
+        let thread = thread::spawn(move || {
+            let ex = Executor::new();
+            let ctx = Context::attach(&ex, config).expect("attach");
+            let handle = ctx.handle();
+            tx.send((ctx.local_addrs(), handle.clone())).unwrap();
+            let commands = async {
+                loop {
+                    // Listen before looking, so that no notification is lost.
+                    let listener = notified.listen();
+                    loop {
+                        match cmd_rx.try_recv() {
+                            Ok(cmd) => cmd(&ctx),
+                            Err(mpsc::TryRecvError::Empty) => break,
+                            Err(mpsc::TryRecvError::Disconnected) => {
+                                return std::future::pending::<()>().await;
+                            }
+                        }
+                    }
+                    listener.await;
+                }
+            };
+            async_io::block_on(ex.run(future::or(handle.shutdown_requested(), commands)));
+            ctx.destroy()
+                .drain(&ex, Instant::now() + Duration::from_secs(10))
+        });
+        let (addrs, handle) = rx.recv_timeout(LIMIT).expect("server did not start");
+        let server = Self {
+            addrs,
+            handle,
+            thread: Some(thread),
+        };
+        (server, Control { tx: cmd_tx, ready })
+    }
+}
+
+/// Reads one HTTP response (head plus `Content-Length` body) from a
+/// keep-alive connection, leaving anything after it unread in `pending`.
+/// Not for answers to HEAD, whose `Content-Length` announces no body.
+pub fn read_reply(s: &mut TcpStream, pending: &mut Vec<u8>) -> HttpReply {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.trim()
+                        .eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .expect("response without Content-Length");
+            let total = end + 4 + len;
+            if pending.len() >= total {
+                let reply = HttpReply::parse(&pending[..total]).expect("HTTP reply");
+                pending.drain(..total);
+                return reply;
+            }
+        }
+        let n = s.read(&mut buf).expect("read HTTP reply");
+        assert!(
+            n > 0,
+            "connection closed mid-reply: {:?}",
+            String::from_utf8_lossy(pending)
+        );
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Starts async-io's reactor (its poller's descriptors live as long as the
+/// process) and returns the number of open descriptors: the baseline that a
+/// lifecycle test compares against once everything it opened is gone.
+pub fn fd_baseline() -> usize {
+    let warm = Async::<std::net::TcpListener>::bind(([127, 0, 0, 1], 0)).expect("bind");
+    drop(warm);
+    async_io::block_on(Timer::after(Duration::from_millis(1)));
+    open_fds()
+}
+
+/// How a WebSocket client's stream ended, as seen by [`read_to_end`].
+#[derive(Debug)]
+pub struct Ending {
+    /// Text and binary messages received before the Close frame, in order.
+    pub messages: Vec<wsgate::Message>,
+    /// The Close frame, if one arrived (`Some(None)`: a Close without a code).
+    pub close: Option<Option<async_tungstenite::tungstenite::protocol::CloseFrame>>,
+    /// Anything at all that arrived after the Close frame (must stay empty).
+    pub after_close: Vec<wsgate::Message>,
+    /// The error that ended the stream, if it did not end cleanly (`None`).
+    pub error: Option<async_tungstenite::tungstenite::Error>,
+}
+
+impl Ending {
+    /// The code of the Close frame, if one with a code arrived.
+    pub fn close_code(&self) -> Option<u16> {
+        self.close.as_ref()?.as_ref().map(|f| u16::from(f.code))
+    }
+
+    /// Panics unless a Close with `code` arrived, nothing followed it, and the
+    /// stream then ended cleanly (the close handshake completed).
+    pub fn assert_closed_with(&self, code: u16) {
+        assert_eq!(self.close_code(), Some(code), "{self:?}");
+        assert!(self.after_close.is_empty(), "{self:?}");
+        assert!(self.error.is_none(), "{self:?}");
+    }
+}
+
+/// Reads `ws` until its stream ends, recording the messages, the Close frame
+/// (tungstenite answers it on the next read) and what followed.
+pub async fn read_to_end(ws: &mut Ws) -> Ending {
+    use futures_lite::StreamExt;
+    let mut ending = Ending {
+        messages: Vec::new(),
+        close: None,
+        after_close: Vec::new(),
+        error: None,
+    };
+    loop {
+        match ws.next().await {
+            None => return ending,
+            Some(Err(e)) => {
+                ending.error = Some(e);
+                return ending;
+            }
+            Some(Ok(wsgate::Message::Close(f))) if ending.close.is_none() => ending.close = Some(f),
+            Some(Ok(m)) if ending.close.is_some() => ending.after_close.push(m),
+            Some(Ok(m @ (wsgate::Message::Text(_) | wsgate::Message::Binary(_)))) => {
+                ending.messages.push(m);
+            }
+            Some(Ok(_)) => {} // pings and pongs
+        }
+    }
+}
+
+/// Serialises the tests of one test binary that count descriptors (a
+/// process-wide number): every test of such a file holds this guard.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One vhost called `name` on 127.0.0.1:0 serving the built-in echo protocol
+/// at `/echo`, with `limits`.
+pub fn echo_config(name: &str, limits: wsgate::Limits) -> Config {
+    let vhost = wsgate::VhostConfig::builder(name)
+        .listen("127.0.0.1:0".parse().unwrap())
+        .protocol(wsgate::protocols::Echo)
+        .mount(wsgate::Mount::websocket("/echo", ["echo"]))
+        .limits(limits)
+        .build()
+        .unwrap();
+    Config::builder().vhost(vhost).build().unwrap()
+}
+
+/// Connects `n` clients to `/echo`, a batch at a time, and checks that each
+/// one echoes a message.
+pub async fn connect_echoing(addr: SocketAddr, n: usize) -> Vec<Ws> {
+    use futures_lite::StreamExt;
+    const BATCH: usize = 50;
+    let mut clients = Vec::with_capacity(n);
+    while clients.len() < n {
+        let batch = BATCH.min(n - clients.len());
+        clients.extend(
+            futures_util::future::join_all((0..batch).map(|_| connect(addr, "/echo"))).await,
+        );
+    }
+    for (i, ws) in clients.iter_mut().enumerate() {
+        ws.send(wsgate::Message::text(format!("hello {i}")))
+            .await
+            .expect("send");
+    }
+    for (i, ws) in clients.iter_mut().enumerate() {
+        let m = ws.next().await.expect("echo").expect("echo");
+        assert_eq!(m, wsgate::Message::text(format!("hello {i}")));
+    }
+    clients
+}
+
+/// A one-shot signal between threads that a task can await (for example to
+/// keep a host's loop running until a client thread is done).
+#[derive(Debug, Default)]
+pub struct Flag {
+    set: std::sync::atomic::AtomicBool,
+    event: event_listener::Event,
+}
+
+impl Flag {
+    pub fn set(&self) {
+        self.set.store(true, std::sync::atomic::Ordering::Release);
+        self.event.notify(usize::MAX);
+    }
+
+    pub async fn wait(&self) {
+        loop {
+            let listener = self.event.listen();
+            if self.set.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            listener.await;
+        }
+    }
 }
