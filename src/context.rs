@@ -102,6 +102,8 @@ pub(crate) struct ContextShared {
     pub(crate) drain_aborted: AtomicUsize,
     pub(crate) drain_forced: AtomicUsize,
     teardown: Event,
+    /// When teardown began (by `shutdown`, `destroy` or drop).
+    teardown_started: Mutex<Option<std::time::Instant>>,
 }
 
 impl<'ex> Context<'ex> {
@@ -139,6 +141,7 @@ impl<'ex> Context<'ex> {
             drain_aborted: AtomicUsize::new(0),
             drain_forced: AtomicUsize::new(0),
             teardown: Event::new(),
+            teardown_started: Mutex::new(None),
         });
         for cfg in vhosts {
             let vhost = Vhost::new(cfg, Arc::downgrade(&shared));
@@ -449,6 +452,7 @@ impl ContextShared {
         if !self.running.swap(false, Ordering::AcqRel) {
             return false;
         }
+        *lock(&self.teardown_started) = Some(std::time::Instant::now());
         for l in lock(&self.listeners).drain(..) {
             l.stop();
         }
@@ -463,6 +467,11 @@ impl ContextShared {
         }
         tracing::info!(why, closing, "teardown begun");
         true
+    }
+
+    /// When teardown began, if it has.
+    pub(crate) fn teardown_started(&self) -> Option<std::time::Instant> {
+        *lock(&self.teardown_started)
     }
 
     pub(crate) fn next_id(&self) -> u64 {

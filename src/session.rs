@@ -246,6 +246,7 @@ impl SessionShared {
                 drop(out);
                 tracing::debug!(session = %self.id, "outbound queue full, closing");
                 self.data_ready.notify(1);
+                self.room.notify(usize::MAX);
             }
             return Err(SendError::Full(message));
         }
@@ -265,7 +266,13 @@ impl SessionShared {
         out.state = OutState::Closing(close_frame(code, reason));
         drop(out);
         self.data_ready.notify(1);
+        // Senders parked on a full queue learn at once that it is closed.
+        self.room.notify(usize::MAX);
         true
+    }
+
+    fn is_closing(&self) -> bool {
+        !matches!(self.lock().state, OutState::Open)
     }
 
     pub(crate) fn pop(&self) -> Pop {
@@ -468,8 +475,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 continue;
             }
 
-            // Nothing moved. Make sure a push to the queue wakes us: register
-            // first, then look again, so that no notification is lost.
+            // Nothing moved. A close requested while queued messages cannot
+            // leave (the peer stopped reading) must not wait for the idle
+            // timeout: its close timeout starts now.
+            if self.close_deadline.is_none() && self.handle.shared.is_closing() {
+                self.arm_close_deadline();
+            }
+            // Make sure a push to the queue wakes us: register first, then
+            // look again, so that no notification is lost.
             if self.we_closed.is_none() && self.peer_closed.is_none() {
                 match &mut self.listener {
                     None => {

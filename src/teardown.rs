@@ -43,16 +43,20 @@ pub struct DrainReport {
     pub aborted: usize,
     /// Sessions still open at the deadline, closed at the TCP level.
     pub forced: usize,
+    /// Other wsgate tasks cut off at the deadline: HTTP exchanges still in
+    /// progress, posted closures that had not finished.
+    pub tasks_forced: usize,
     /// Host executor iterations (ticks) the drain ran.
     pub iterations: u64,
-    /// Time from `destroy` to the end of the drain.
+    /// Time from the start of teardown (`destroy`, or an earlier
+    /// `ContextHandle::shutdown`) to the end of the drain.
     pub elapsed: Duration,
 }
 
 impl DrainReport {
-    /// `true` when no session had to be forced or was aborted.
+    /// `true` when nothing had to be forced and no session was aborted.
     pub fn is_clean(&self) -> bool {
-        self.forced == 0 && self.aborted == 0
+        self.forced == 0 && self.aborted == 0 && self.tasks_forced == 0
     }
 }
 
@@ -60,10 +64,11 @@ impl fmt::Display for DrainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} clean, {} aborted, {} forced in {:.3} s ({} iterations)",
+            "{} clean, {} aborted, {} forced ({} other tasks) in {:.3} s ({} iterations)",
             self.clean,
             self.aborted,
             self.forced,
+            self.tasks_forced,
             self.elapsed.as_secs_f64(),
             self.iterations
         )
@@ -121,10 +126,12 @@ impl<'ex> Drain<'ex> {
             iterations += u64::from(ticked);
         }
         let left = self.shared.session_count();
-        if left > 0 || spawner.live() > 0 {
+        // Every session is one task; what is live beyond them is other work.
+        let tasks_forced = spawner.live().saturating_sub(left);
+        if left > 0 || tasks_forced > 0 {
             tracing::warn!(
                 sessions = left,
-                tasks = spawner.live(),
+                tasks = tasks_forced,
                 "drain deadline passed; forcing"
             );
         }
@@ -135,8 +142,13 @@ impl<'ex> Drain<'ex> {
             clean: self.shared.drain_clean.load(Ordering::Relaxed),
             aborted: self.shared.drain_aborted.load(Ordering::Relaxed),
             forced: self.shared.drain_forced.load(Ordering::Relaxed),
+            tasks_forced,
             iterations,
-            elapsed: self.started.elapsed(),
+            elapsed: self
+                .shared
+                .teardown_started()
+                .unwrap_or(self.started)
+                .elapsed(),
         };
         tracing::info!(%report, "drained");
         report

@@ -444,3 +444,19 @@ impl Flag {
         }
     }
 }
+
+/// Blocks the loop of the context behind `handle` (with a posted closure)
+/// until the returned sender is used or dropped, so that no session reads or
+/// writes meanwhile. Returns once the loop is held.
+pub fn hold_loop(handle: &ContextHandle) -> mpsc::Sender<()> {
+    let (held_tx, held_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    handle
+        .post(move || {
+            held_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(LIMIT);
+        })
+        .expect("post");
+    held_rx.recv_timeout(LIMIT).expect("the loop was not held");
+    release_tx
+}

@@ -1,0 +1,24 @@
+//! destroy() consumes the Context: it cannot be used afterwards.
+
+use std::time::Instant;
+
+use async_executor::Executor;
+use wsgate::{Config, Context, Mount, VhostConfig, protocols::Echo};
+
+fn config() -> Config {
+    let vhost = VhostConfig::builder("default")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .protocol(Echo)
+        .mount(Mount::websocket("/echo", ["echo"]))
+        .build()
+        .unwrap();
+    Config::builder().vhost(vhost).build().unwrap()
+}
+
+fn main() {
+    let ex = Executor::new();
+    let ctx = Context::attach(&ex, config()).unwrap();
+    let drain = ctx.destroy();
+    let _handle = ctx.handle();
+    let _report = drain.drain(&ex, Instant::now());
+}
