@@ -3,7 +3,7 @@
 
 mod support;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use wsgate::{Config, Message, Mount, Protocol, Reject, Request, SessionHandle, VhostConfig};
 
 struct Fragile;

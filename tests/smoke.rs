@@ -2,7 +2,7 @@
 use std::time::{Duration, Instant};
 
 use async_executor::Executor;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use wsgate::{Config, Context, Message, Mount, VhostConfig, protocols::Echo};
 
 #[test]
