@@ -79,6 +79,11 @@ pub mod config;
 mod connection;
 mod context;
 mod error;
+#[allow(dead_code, reason = "being wired into the session driver")]
+mod frame;
+#[cfg(any(fuzzing, test))]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 mod listener;
 mod protocol;

@@ -664,11 +664,129 @@ impl<S> fmt::Debug for Driver<S> {
 mod tests {
     use super::*;
 
+    /// A masked client frame, as a browser would send it.
+    fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    #[test]
+    fn in_memory_session_echoes_and_answers_close() {
+        let mut input = client_frame(0x1, b"hello");
+        input.extend(client_frame(0x8, &[0x03, 0xe8]));
+        let out = run_in_memory(&input, &crate::Limits::default());
+        assert_eq!(&out[..7], b"\x81\x05hello");
+        assert_eq!(&out[7..], b"\x88\x02\x03\xe8");
+    }
+
     #[test]
     fn close_reason_is_truncated_on_a_char_boundary() {
         let long = "é".repeat(100);
         let f = close_frame(CloseCode::Normal, &long);
         assert!(f.reason.len() <= 123);
         assert_eq!(f.reason.len() % 2, 0);
+    }
+}
+
+/// Runs one echo session over an in-memory stream fed with `input` (read in
+/// chunks of 1 to 13 bytes, then EOF) and returns what the server wrote
+/// (capped at 1 MiB). Deterministic; used by the `session_bytes` fuzz target
+/// and its corpus replay.
+#[cfg(any(fuzzing, test))]
+pub(crate) fn run_in_memory(input: &[u8], limits: &crate::Limits) -> Vec<u8> {
+    use std::sync::Weak;
+
+    use crate::protocol::erase;
+
+    let vhost = crate::VhostConfig::builder("fuzz")
+        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .protocol(crate::protocols::Echo)
+        .mount(crate::Mount::websocket("/", ["echo"]))
+        .limits(limits.clone())
+        .build()
+        .map(|cfg| Vhost::new(cfg, Weak::new()));
+    let Ok(vhost) = vhost else {
+        return Vec::new();
+    };
+    let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+    let handle = SessionHandle::new(SessionId(1), peer, vhost, "/".into(), "echo".into());
+    let request = crate::Request::synthetic("GET", "/", &[], peer);
+    let Ok(mut callbacks) = erase(crate::protocols::Echo).open(&request, &handle) else {
+        return Vec::new();
+    };
+    let stream = MemStream {
+        input: input.to_vec(),
+        pos: 0,
+        output: Vec::new(),
+    };
+    let timing = Timing {
+        ping_interval: limits.ping_interval,
+        idle_timeout: limits.idle_timeout,
+        close_timeout: limits.close_timeout,
+    };
+    async_io::block_on(async {
+        let ws = WebSocketStream::from_raw_socket(
+            stream,
+            async_tungstenite::tungstenite::protocol::Role::Server,
+            Some(crate::connection::ws_config(limits)),
+        )
+        .await;
+        let mut driver = Driver::new(ws, handle.clone(), timing);
+        let reason = driver.run(callbacks.as_mut()).await;
+        handle.shared.mark_closed();
+        callbacks.close(&handle, &reason);
+        driver.ws.into_inner().output
+    })
+}
+
+/// An in-memory byte stream: reads come from `input` in small chunks, writes
+/// go to `output` (refused past 1 MiB so that memory stays bounded).
+#[cfg(any(fuzzing, test))]
+struct MemStream {
+    input: Vec<u8>,
+    pos: usize,
+    output: Vec<u8>,
+}
+
+#[cfg(any(fuzzing, test))]
+impl AsyncRead for MemStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        // Chunk sizes vary with the position so that frames are split at
+        // every kind of boundary, deterministically.
+        let chunk = 1 + self.pos % 13;
+        let n = chunk.min(buf.len()).min(self.input.len() - self.pos);
+        buf[..n].copy_from_slice(&self.input[self.pos..self.pos + n]);
+        self.pos += n;
+        Poll::Ready(Ok(n))
+    }
+}
+
+#[cfg(any(fuzzing, test))]
+impl AsyncWrite for MemStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.output.len() + buf.len() > 1 << 20 {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        self.output.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
