@@ -153,6 +153,9 @@ pub struct Limits {
     pub overflow: OverflowPolicy,
     /// Open WebSocket sessions on this vhost; more are answered 503. Default: 10000.
     pub max_sessions: usize,
+    /// Open WebSocket sessions on this vhost from one IP address; more are
+    /// answered 429. Default: 256.
+    pub max_sessions_per_ip: usize,
     /// Silence from the peer after which the server sends a ping. Default: 30 s.
     pub ping_interval: Duration,
     /// Silence from the peer after which the session is closed (1001). Must
@@ -178,6 +181,7 @@ impl Default for Limits {
             max_queue_bytes: 1 << 20,
             overflow: OverflowPolicy::Close(CloseCode::Policy),
             max_sessions: 10_000,
+            max_sessions_per_ip: 256,
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             close_timeout: Duration::from_secs(5),
@@ -219,6 +223,8 @@ setters! {
     overflow: OverflowPolicy;
     /// Sets [`Limits::max_sessions`].
     max_sessions: usize;
+    /// Sets [`Limits::max_sessions_per_ip`].
+    max_sessions_per_ip: usize;
     /// Sets [`Limits::ping_interval`].
     ping_interval: Duration;
     /// Sets [`Limits::idle_timeout`].
@@ -242,6 +248,7 @@ impl Limits {
             ("max_message_size", self.max_message_size),
             ("max_queue_bytes", self.max_queue_bytes),
             ("max_sessions", self.max_sessions),
+            ("max_sessions_per_ip", self.max_sessions_per_ip),
             ("read_buffer_size", self.read_buffer_size),
         ];
         for (k, v) in nonzero {
@@ -393,6 +400,7 @@ pub struct VhostConfig {
     pub(crate) mounts: Vec<Mount>,
     pub(crate) protocols: Vec<ProtocolEntry>,
     pub(crate) limits: Limits,
+    pub(crate) origins: Vec<String>,
     pub(crate) user_data: Option<Box<dyn Any + Send + Sync>>,
 }
 
@@ -407,6 +415,7 @@ impl VhostConfig {
                 mounts: Vec::new(),
                 protocols: Vec::new(),
                 limits: Limits::default(),
+                origins: Vec::new(),
                 user_data: None,
             },
         }
@@ -449,6 +458,7 @@ impl fmt::Debug for VhostConfig {
                     .collect::<Vec<_>>(),
             )
             .field("limits", &self.limits)
+            .field("origins", &self.origins)
             .field("user_data", &self.user_data.is_some())
             .finish()
     }
@@ -509,6 +519,18 @@ impl VhostBuilder {
     /// Adds a mount. Default: none.
     pub fn mount(mut self, mount: Mount) -> Self {
         self.cfg.mounts.push(mount);
+        self
+    }
+
+    /// Allows WebSocket handshakes whose `Origin` header is `origin` (scheme,
+    /// host and port, as browsers send it: `https://app.example`). Once any
+    /// origin is allowed, a handshake with another `Origin` is answered 403,
+    /// which stops cross-site WebSocket hijacking; handshakes without an
+    /// `Origin` (non-browser clients) are not affected. Default: any origin.
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
+        self.cfg
+            .origins
+            .push(origin.into().trim_end_matches('/').to_ascii_lowercase());
         self
     }
 

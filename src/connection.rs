@@ -22,7 +22,7 @@ use crate::http::{
 use crate::listener::Listener;
 use crate::protocol::{CloseReason, SessionCallbacks};
 use crate::session::{Driver, SessionHandle, SessionId, Timing};
-use crate::vhost::{SessionSlot, Vhost, route};
+use crate::vhost::{SessionSlot, SlotRefused, Vhost, route};
 
 /// Requests served on one keep-alive connection before it is closed.
 const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
@@ -150,16 +150,27 @@ async fn upgrade<S>(
         )
         .await;
     }
-    // Reserved before `open` and held until the session ends, so that
-    // concurrent handshakes on several pumps cannot overshoot the limit.
-    let Some(slot) = vhost.reserve_session() else {
+    if !vhost.allows_origin(req.header("origin")) {
         return refuse(
             &mut stream,
             &ctx,
-            &Refusal::new(503, "too many sessions"),
+            &Refusal::new(403, "origin not allowed"),
             &limits,
         )
         .await;
+    }
+    // Reserved before `open` and held until the session ends, so that
+    // concurrent handshakes on several pumps cannot overshoot the limits.
+    let slot = match vhost.reserve_session(req.peer().ip()) {
+        Ok(slot) => slot,
+        Err(SlotRefused::Vhost) => {
+            let refusal = Refusal::new(503, "too many sessions");
+            return refuse(&mut stream, &ctx, &refusal, &limits).await;
+        }
+        Err(SlotRefused::Address) => {
+            let refusal = Refusal::new(429, "too many sessions from this address");
+            return refuse(&mut stream, &ctx, &refusal, &limits).await;
+        }
     };
     let (name, echo) = negotiate(&up.offered, protocols);
     let Some(protocol) = vhost.protocol(name) else {

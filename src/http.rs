@@ -262,6 +262,49 @@ where
     }
 }
 
+/// Checks a bearer token, for [`Protocol::open`](crate::Protocol::open):
+/// accepted from `Authorization: Bearer TOKEN`, a `token` query parameter, or
+/// a `token` cookie (browsers cannot set headers on a WebSocket handshake).
+///
+/// # Errors
+///
+/// 401 with `WWW-Authenticate: Bearer` when no token was presented; 403 when
+/// the token is wrong. The comparison takes the same time wherever the first
+/// difference is.
+///
+/// # Examples
+///
+/// ```
+/// use wsgate::{Request, http::check_bearer};
+///
+/// let peer = "127.0.0.1:1".parse().unwrap();
+/// let ok = Request::synthetic("GET", "/ws?token=s3cret", &[], peer);
+/// assert!(check_bearer(&ok, "s3cret").is_ok());
+/// let none = Request::synthetic("GET", "/ws", &[], peer);
+/// assert_eq!(check_bearer(&none, "s3cret").unwrap_err().status(), 401);
+/// ```
+pub fn check_bearer(request: &Request, token: &str) -> Result<(), crate::Reject> {
+    let presented = request
+        .header("authorization")
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .or_else(|| request.query_param("token"))
+        .or_else(|| request.cookie("token"));
+    match presented {
+        None => {
+            Err(crate::Reject::unauthorized("token required").header("WWW-Authenticate", "Bearer"))
+        }
+        Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(crate::Reject::forbidden("invalid token")),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// `/healthz`: 200 `ok` while serving, 503 once teardown has begun.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Health;

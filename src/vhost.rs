@@ -4,7 +4,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -34,6 +34,9 @@ pub(crate) struct VhostInner {
     sessions: Mutex<HashMap<u64, SessionHandle>>,
     /// Sessions from handshake to end, bounded by `limits.max_sessions`.
     reserved: AtomicUsize,
+    /// The same per peer address, bounded by `limits.max_sessions_per_ip`.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    origins: Vec<String>,
     removed: AtomicBool,
     destroyed: AtomicBool,
     ctx: Weak<ContextShared>,
@@ -52,6 +55,8 @@ impl Vhost {
             local_addrs: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
             reserved: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            origins: cfg.origins,
             removed: AtomicBool::new(false),
             destroyed: AtomicBool::new(false),
             ctx,
@@ -134,16 +139,42 @@ impl Vhost {
         self.0.protocols.iter().map(|p| &p.protocol)
     }
 
-    /// Takes one of `max_sessions` places, or `None` when all are taken.
-    pub(crate) fn reserve_session(&self) -> Option<SessionSlot> {
+    /// Takes one of `max_sessions` places and one of `max_sessions_per_ip`
+    /// places for `ip`, or says which limit is reached.
+    pub(crate) fn reserve_session(&self, ip: IpAddr) -> Result<SessionSlot, SlotRefused> {
         let max = self.0.limits.max_sessions;
         self.0
             .reserved
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
-            .ok()
-            .map(|_| SessionSlot(self.clone()))
+            .map_err(|_| SlotRefused::Vhost)?;
+        let mut per_ip = lock(&self.0.per_ip);
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= self.0.limits.max_sessions_per_ip {
+            drop(per_ip);
+            self.0.reserved.fetch_sub(1, Ordering::AcqRel);
+            return Err(SlotRefused::Address);
+        }
+        *n += 1;
+        Ok(SessionSlot(self.clone(), ip))
+    }
+
+    /// Whether a handshake with this `Origin` header (or none) may proceed.
+    pub(crate) fn allows_origin(&self, origin: Option<&str>) -> bool {
+        match origin {
+            _ if self.0.origins.is_empty() => true,
+            None => true,
+            Some(o) => {
+                let o = o.trim().trim_end_matches('/');
+                self.0.origins.iter().any(|a| a.eq_ignore_ascii_case(o))
+            }
+        }
+    }
+
+    /// The allowed origins (empty: any).
+    pub fn origins(&self) -> &[String] {
+        &self.0.origins
     }
 
     pub(crate) fn register(&self, session: &SessionHandle) {
@@ -200,12 +231,29 @@ impl fmt::Debug for Vhost {
     }
 }
 
-/// A place under a vhost's `max_sessions`, released when dropped.
-pub(crate) struct SessionSlot(Vhost);
+/// A place under a vhost's `max_sessions` and `max_sessions_per_ip`,
+/// released when dropped.
+pub(crate) struct SessionSlot(Vhost, IpAddr);
+
+/// Which session limit refused a handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlotRefused {
+    Vhost,
+    Address,
+}
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
-        self.0.0.reserved.fetch_sub(1, Ordering::AcqRel);
+        let inner = &self.0.0;
+        let mut per_ip = lock(&inner.per_ip);
+        if let Some(n) = per_ip.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.1);
+            }
+        }
+        drop(per_ip);
+        inner.reserved.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

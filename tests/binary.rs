@@ -216,3 +216,73 @@ protocol = "echo"
     assert_eq!(gw.wait(), 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn shipped_example_configs_load() {
+    for file in ["examples/wsgate.toml", "examples/autobahn.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cfg = wsgate::config::load_toml(&text, &wsgate::config::ProtocolRegistry::builtin());
+        assert!(cfg.is_ok(), "{file}: {}", cfg.unwrap_err());
+    }
+}
+
+#[test]
+fn example_config_requires_the_token_and_an_allowed_origin() {
+    let dir = std::env::temp_dir().join(format!("wsgate-cfg-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tok.toml");
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/wsgate.toml"),
+    )
+    .unwrap();
+    std::fs::write(&path, text).unwrap();
+    let mut gw = Gateway::start(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let addr = gw.addr;
+    let no_token = support::raw_http(addr, &support::upgrade_request("/echo", ""));
+    assert_eq!(no_token.status, 401);
+    assert_eq!(
+        no_token.header("www-authenticate").as_deref(),
+        Some("Bearer")
+    );
+    let wrong = support::raw_http(addr, &support::upgrade_request("/echo?token=nope", ""));
+    assert_eq!(wrong.status, 403);
+    let foreign = support::raw_http(
+        addr,
+        &support::upgrade_request("/echo?token=change-me", "Origin: https://evil.example\r\n"),
+    );
+    assert_eq!(
+        (foreign.status, foreign.body.as_str()),
+        (403, "origin not allowed\n")
+    );
+    support::run(async move {
+        let mut ws = support::connect(addr, "/echo?token=change-me").await;
+        ws.send(Message::text("authorized")).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text("authorized")
+        );
+        let bearer = async_tungstenite::tungstenite::http::Request::builder()
+            .uri(format!("ws://{addr}/echo"))
+            .header("Host", addr.to_string())
+            .header("Origin", "http://localhost:7681")
+            .header("Authorization", "Bearer change-me")
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap();
+        support::try_connect(addr, bearer)
+            .await
+            .expect("bearer token accepted");
+    });
+    gw.signal("-INT");
+    assert_eq!(gw.wait(), 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

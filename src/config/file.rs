@@ -41,7 +41,7 @@ use super::{Config, Limits, Mount, OverflowPolicy, VhostConfig};
 use crate::CloseCode;
 use crate::error::ConfigError;
 use crate::http::{Health, HttpHandler, Index};
-use crate::protocol::{ErasedProtocol, Options, Protocol, erase};
+use crate::protocol::{ErasedProtocol, Options, Protocol, TokenGuard, erase};
 use crate::protocols::Echo;
 
 /// The binary's built-in configuration: `/echo`, `/healthz` and an index page
@@ -224,6 +224,9 @@ impl ConfigFile {
         for h in &v.hosts {
             b = b.host(h.clone());
         }
+        for o in &v.origins {
+            b = b.origin(o.clone());
+        }
         if let Some(l) = &v.limits {
             b = b.limits(l.to_limits());
         }
@@ -310,7 +313,7 @@ impl ConfigFile {
                 })
                 .unwrap_or_default();
             let factory = &registry.protocols[p];
-            let protocol = factory(&options)
+            let mut protocol = factory(&options)
                 .map_err(|reason| err(&format!("options.{p}"), reason, &v.name.span()))?;
             if protocol.name() != p {
                 return Err(err(
@@ -318,6 +321,21 @@ impl ConfigFile {
                     format!("the factory built a protocol named {:?}", protocol.name()),
                     &v.name.span(),
                 ));
+            }
+            // `token` is understood for every protocol: the handshake must
+            // present it (header, query or cookie), else 401/403.
+            if let Some(token) = options.get("token") {
+                if token.is_empty() {
+                    return Err(err(
+                        &format!("options.{p}.token"),
+                        "must not be empty".to_owned(),
+                        &v.name.span(),
+                    ));
+                }
+                protocol = Arc::new(TokenGuard {
+                    inner: protocol,
+                    token: token.clone(),
+                });
             }
             b = b.erased_protocol(protocol, options);
         }
@@ -428,6 +446,8 @@ struct RawVhost {
     listen: Vec<Spanned<AddrValue>>,
     #[serde(default)]
     hosts: Vec<String>,
+    #[serde(default)]
+    origins: Vec<String>,
     limits: Option<RawLimits>,
     #[serde(default)]
     options: BTreeMap<String, BTreeMap<String, OptionValue>>,
@@ -457,6 +477,7 @@ struct RawLimits {
     max_queue_bytes: Option<SizeValue>,
     overflow: Option<OverflowValue>,
     max_sessions: Option<usize>,
+    max_sessions_per_ip: Option<usize>,
     ping_interval: Option<DurationValue>,
     idle_timeout: Option<DurationValue>,
     close_timeout: Option<DurationValue>,
@@ -479,6 +500,7 @@ impl RawLimits {
             max_queue_bytes,
             overflow,
             max_sessions,
+            max_sessions_per_ip,
             ping_interval,
             idle_timeout,
             close_timeout,
