@@ -31,7 +31,7 @@ impl Config {
     pub fn builder() -> ConfigBuilder {
         ConfigBuilder {
             vhosts: Vec::new(),
-            max_connections: 20_000,
+            max_connections: 60_000,
             pumps: 1,
         }
     }
@@ -74,7 +74,7 @@ impl ConfigBuilder {
     }
 
     /// Open TCP connections (HTTP and WebSocket, all vhosts) above which new
-    /// connections are answered 503 and closed. Default: 20000.
+    /// connections are answered 503 and closed. Default: 60000.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
         self
@@ -151,10 +151,13 @@ pub struct Limits {
     pub max_queue_bytes: usize,
     /// What a full queue does to a non-waiting send. Default: `Close(1008)`.
     pub overflow: OverflowPolicy,
-    /// Open WebSocket sessions on this vhost; more are answered 503. Default: 10000.
+    /// Open WebSocket sessions on this vhost; more are answered 503.
+    /// Default: 50000.
     pub max_sessions: usize,
     /// Open WebSocket sessions on this vhost from one IP address; more are
-    /// answered 429. Default: 256.
+    /// answered 429. The default leaves room for offices behind one NAT
+    /// address and for local load tests, while one address still cannot take
+    /// the whole vhost. Default: 16384.
     pub max_sessions_per_ip: usize,
     /// Silence from the peer after which the server sends a ping. Default: 30 s.
     pub ping_interval: Duration,
@@ -180,8 +183,8 @@ impl Default for Limits {
             max_message_size: 1 << 20,
             max_queue_bytes: 1 << 20,
             overflow: OverflowPolicy::Close(CloseCode::Policy),
-            max_sessions: 10_000,
-            max_sessions_per_ip: 256,
+            max_sessions: 50_000,
+            max_sessions_per_ip: 16_384,
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             close_timeout: Duration::from_secs(5),

@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
-use async_tungstenite::WebSocketStream;
-use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
 
 use crate::config::{Limits, MountTarget};
@@ -21,7 +19,7 @@ use crate::http::{
 };
 use crate::listener::Listener;
 use crate::protocol::{CloseReason, SessionCallbacks};
-use crate::session::{Driver, SessionHandle, SessionId, Timing};
+use crate::session::{Driver, SessionHandle, SessionId};
 use crate::vhost::{SessionSlot, SlotRefused, Vhost, route};
 
 /// Requests served on one keep-alive connection before it is closed.
@@ -236,19 +234,8 @@ async fn upgrade<S>(
     tracing::debug!(protocol = name, "session open");
     let leftover = buf.split_off(head_len);
     drop(buf);
-    let ws = WebSocketStream::from_partially_read(
-        stream,
-        leftover,
-        Role::Server,
-        Some(ws_config(&limits)),
-    )
-    .await;
-    let timing = Timing {
-        ping_interval: limits.ping_interval,
-        idle_timeout: limits.idle_timeout,
-        close_timeout: limits.close_timeout,
-    };
-    let mut driver = Driver::new(ws, handle, timing);
+    let mut driver = Driver::new(stream, &leftover, handle, &limits);
+    drop(leftover);
     let reason = match session.callbacks.as_mut() {
         Some(cb) => driver.run(cb.as_mut()).await,
         None => return,
@@ -257,16 +244,6 @@ async fn upgrade<S>(
     drop(driver);
     tracing::debug!(code = u16::from(reason.code), clean = reason.clean, by = ?reason.closed_by, "session closed");
     session.finish(reason);
-}
-
-/// tungstenite's configuration for a vhost's limits.
-pub(crate) fn ws_config(limits: &Limits) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(limits.read_buffer_size)
-        .write_buffer_size(limits.write_buffer_size)
-        .max_write_buffer_size(limits.write_buffer_size.max(limits.max_message_size) * 2 + 1024)
-        .max_message_size(Some(limits.max_message_size))
-        .max_frame_size(Some(limits.max_frame_size))
 }
 
 /// A session between registration and its end; unregisters it when dropped,

@@ -3,10 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-use async_tungstenite::tungstenite::Error as WsError;
-use async_tungstenite::tungstenite::error::ProtocolError;
-
-use crate::{CloseCode, Message};
+use crate::Message;
 
 /// Everything that can go wrong in wsgate's public API.
 ///
@@ -109,19 +106,5 @@ impl SendError {
     /// Whether the session is gone (as opposed to merely busy).
     pub fn is_closed(&self) -> bool {
         matches!(self, Self::Closed(_))
-    }
-}
-
-/// The one place where a failure of the peer's byte stream becomes a close
-/// code on the wire (RFC 6455 section 7.4.1). `None` means the transport is
-/// gone and there is nobody left to tell.
-pub(crate) fn wire_close(e: &WsError) -> Option<(CloseCode, &'static str)> {
-    match e {
-        WsError::Capacity(_) => Some((CloseCode::Size, "message too big")),
-        WsError::Utf8(_) => Some((CloseCode::Invalid, "invalid utf-8 in text message")),
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
-        WsError::Protocol(_) => Some((CloseCode::Protocol, "protocol error")),
-        WsError::AttackAttempt => Some((CloseCode::Policy, "policy violation")),
-        _ => None,
     }
 }

@@ -302,6 +302,10 @@ pub(crate) fn isolate<T>(protocol: &str, callback: &str, f: impl FnOnce() -> T) 
 
 /// Wraps a protocol so that `open` first requires a bearer token (the
 /// configuration file's `token` option).
+#[cfg_attr(
+    not(feature = "toml-config"),
+    allow(dead_code, reason = "built by the TOML loader")
+)]
 pub(crate) struct TokenGuard {
     pub(crate) inner: Arc<dyn ErasedProtocol>,
     pub(crate) token: String,

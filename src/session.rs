@@ -16,27 +16,26 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
 use std::net::SocketAddr;
+#[cfg(any(fuzzing, test))]
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+#[cfg(any(fuzzing, test))]
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, Instant};
 
-use async_io::Timer;
-use async_tungstenite::WebSocketStream;
-use async_tungstenite::tungstenite::Error as WsError;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
-use event_listener::{Event, EventListener};
-use futures_lite::Stream;
+use event_listener::Event;
+#[cfg(any(fuzzing, test))]
 use futures_lite::{AsyncRead, AsyncWrite};
-use futures_sink::Sink;
 
 use crate::config::OverflowPolicy;
-use crate::error::{SendError, wire_close};
-use crate::protocol::{CloseReason, ClosedBy, SessionCallbacks};
+use crate::error::SendError;
 use crate::vhost::Vhost;
 use crate::{CloseCode, Message};
+
+mod driver;
+
+pub(crate) use driver::Driver;
 
 /// A session's identifier, unique within its context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -319,347 +318,6 @@ pub(crate) fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
     }
 }
 
-/// Timing limits a session enforces.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Timing {
-    pub(crate) ping_interval: Duration,
-    pub(crate) idle_timeout: Duration,
-    pub(crate) close_timeout: Duration,
-}
-
-/// The session task's state: one future that reads, writes, pings and closes.
-pub(crate) struct Driver<S> {
-    ws: WebSocketStream<S>,
-    handle: SessionHandle,
-    timing: Timing,
-    listener: Option<EventListener>,
-    need_flush: bool,
-    ping_due: bool,
-    pinged: bool,
-    /// The Close frame we sent, if any.
-    we_closed: Option<CloseFrame>,
-    /// The peer answered our Close.
-    acked: bool,
-    /// The peer's Close, if it closed first (`Some(None)`: without a code).
-    peer_closed: Option<Option<CloseFrame>>,
-    /// Reading failed with a protocol violation; we only flush our Close.
-    failing: bool,
-    close_deadline: Option<Instant>,
-    last_rx: Instant,
-    timer: Timer,
-    timer_at: Instant,
-}
-
-/// How many frames a session handles per poll before yielding, so that one
-/// busy connection cannot starve the others on the same loop.
-const BUDGET: usize = 64;
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
-    pub(crate) fn new(ws: WebSocketStream<S>, handle: SessionHandle, timing: Timing) -> Self {
-        let now = Instant::now();
-        let timer_at = now + timing.ping_interval;
-        Self {
-            ws,
-            handle,
-            timing,
-            listener: None,
-            need_flush: false,
-            ping_due: false,
-            pinged: false,
-            we_closed: None,
-            acked: false,
-            peer_closed: None,
-            failing: false,
-            close_deadline: None,
-            last_rx: now,
-            timer: Timer::at(timer_at),
-            timer_at,
-        }
-    }
-
-    /// Runs the session to its end, feeding messages to `callbacks`, and
-    /// reports how it ended. The caller calls the `close` callback.
-    pub(crate) async fn run(&mut self, callbacks: &mut dyn SessionCallbacks) -> CloseReason {
-        std::future::poll_fn(|cx| self.poll_session(cx, callbacks)).await
-    }
-
-    fn poll_session(
-        &mut self,
-        cx: &mut TaskContext<'_>,
-        callbacks: &mut dyn SessionCallbacks,
-    ) -> Poll<CloseReason> {
-        let mut budget = BUDGET;
-        let mut received = false;
-        loop {
-            let mut progress = false;
-
-            // Outbound: queued messages, then a requested Close, then pings.
-            if self.we_closed.is_none() && self.peer_closed.is_none() {
-                loop {
-                    match Pin::new(&mut self.ws).poll_ready(cx) {
-                        Poll::Pending => break,
-                        Poll::Ready(Err(e)) => return Poll::Ready(self.transport_end(&e)),
-                        Poll::Ready(Ok(())) => {}
-                    }
-                    let item = match self.handle.shared.pop() {
-                        Pop::Message(m) => m,
-                        Pop::Close(frame) => {
-                            self.we_closed = Some(frame.clone());
-                            self.arm_close_deadline();
-                            Message::Close(Some(frame))
-                        }
-                        Pop::Empty if self.ping_due => {
-                            self.ping_due = false;
-                            Message::Ping(Default::default())
-                        }
-                        Pop::Empty => break,
-                    };
-                    let closing = matches!(item, Message::Close(_));
-                    if let Err(e) = Pin::new(&mut self.ws).start_send(item) {
-                        return Poll::Ready(self.transport_end(&e));
-                    }
-                    self.need_flush = true;
-                    progress = true;
-                    if closing {
-                        break;
-                    }
-                }
-            }
-
-            // Flush only once nothing more is ready to go, so that the answers
-            // to one read leave in as few writes as possible.
-            if self.need_flush {
-                match Pin::new(&mut self.ws).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => self.need_flush = false,
-                    Poll::Ready(Err(e)) => return Poll::Ready(self.transport_end(&e)),
-                    Poll::Pending => {}
-                }
-            }
-
-            if self.failing {
-                if !self.need_flush {
-                    return Poll::Ready(self.failed_reason());
-                }
-            } else if self.may_read() {
-                match Pin::new(&mut self.ws).poll_next(cx) {
-                    Poll::Ready(Some(Ok(msg))) => {
-                        received = true;
-                        progress = true;
-                        self.on_message(msg, callbacks);
-                    }
-                    Poll::Ready(None) => return Poll::Ready(self.stream_end()),
-                    Poll::Ready(Some(Err(e))) => match wire_close(&e) {
-                        Some((code, reason)) => {
-                            tracing::debug!(session = %self.handle.id(), error = %e, "failing the connection");
-                            self.fail(code, reason);
-                            progress = true;
-                        }
-                        None => return Poll::Ready(self.transport_end(&e)),
-                    },
-                    Poll::Pending => {}
-                }
-            }
-
-            if received {
-                received = false;
-                self.last_rx = Instant::now();
-                self.pinged = false;
-            }
-
-            if progress {
-                budget -= 1;
-                if budget == 0 {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                continue;
-            }
-
-            // Nothing moved. A close requested while queued messages cannot
-            // leave (the peer stopped reading) must not wait for the idle
-            // timeout: its close timeout starts now.
-            if self.close_deadline.is_none() && self.handle.shared.is_closing() {
-                self.arm_close_deadline();
-            }
-            // Make sure a push to the queue wakes us: register first, then
-            // look again, so that no notification is lost.
-            if self.we_closed.is_none() && self.peer_closed.is_none() {
-                match &mut self.listener {
-                    None => {
-                        self.listener = Some(self.handle.shared.data_ready.listen());
-                        continue;
-                    }
-                    Some(l) => {
-                        if Pin::new(l).poll(cx).is_ready() {
-                            self.listener = None;
-                            continue;
-                        }
-                    }
-                }
-            }
-
-            if self.poll_timer(cx) {
-                continue;
-            }
-            return Poll::Pending;
-        }
-    }
-
-    fn may_read(&self) -> bool {
-        // Keep reading while closing so that the peer's Close is seen.
-        self.we_closed.is_some() || !self.handle.shared.over_bound()
-    }
-
-    fn on_message(&mut self, msg: Message, callbacks: &mut dyn SessionCallbacks) {
-        match msg {
-            Message::Text(_) | Message::Binary(_) => {
-                if self.we_closed.is_none() && self.peer_closed.is_none() {
-                    callbacks.message(&self.handle, msg);
-                }
-            }
-            // tungstenite queued the Pong; it leaves with the next flush.
-            Message::Ping(_) => self.need_flush = true,
-            Message::Pong(_) | Message::Frame(_) => {}
-            Message::Close(frame) => {
-                if self.we_closed.is_some() {
-                    self.acked = true;
-                } else {
-                    // The peer closed first: tungstenite queued the echo of its
-                    // Close; nothing else may be sent after it.
-                    self.peer_closed = Some(frame);
-                    self.handle.shared.mark_closed();
-                    self.need_flush = true;
-                }
-            }
-        }
-    }
-
-    fn fail(&mut self, code: CloseCode, reason: &str) {
-        self.failing = true;
-        self.handle.shared.mark_closed();
-        if self.we_closed.is_none() && self.peer_closed.is_none() {
-            let frame = close_frame(code, reason);
-            self.we_closed = Some(frame.clone());
-            if Pin::new(&mut self.ws)
-                .start_send(Message::Close(Some(frame)))
-                .is_ok()
-            {
-                self.need_flush = true;
-            }
-        } else {
-            self.need_flush = true;
-        }
-        self.arm_close_deadline();
-    }
-
-    fn arm_close_deadline(&mut self) {
-        if self.close_deadline.is_none() {
-            self.close_deadline = Some(Instant::now() + self.timing.close_timeout);
-        }
-    }
-
-    /// Returns `true` if the timer fired and there may be new work.
-    fn poll_timer(&mut self, cx: &mut TaskContext<'_>) -> bool {
-        let target = if let Some(d) = self.close_deadline {
-            d
-        } else if self.pinged {
-            self.last_rx + self.timing.idle_timeout
-        } else {
-            self.last_rx + self.timing.ping_interval
-        };
-        // Activity only moves the target later; the timer is re-armed lazily
-        // when it fires early, so reading a message never touches the reactor.
-        if target < self.timer_at {
-            self.timer.set_at(target);
-            self.timer_at = target;
-        }
-        if Pin::new(&mut self.timer).poll(cx).is_pending() {
-            return false;
-        }
-        let now = Instant::now();
-        if now < target {
-            self.timer.set_at(target);
-            self.timer_at = target;
-            return true;
-        }
-        // Push the timer far out until a new target is computed.
-        self.timer_at = now + Duration::from_secs(86_400 * 365);
-        self.timer.set_at(self.timer_at);
-        if self.close_deadline.is_some() {
-            self.close_deadline = Some(now);
-            self.failing = true;
-            self.need_flush = false;
-            return true;
-        }
-        if !self.pinged {
-            self.pinged = true;
-            self.ping_due = true;
-        } else {
-            tracing::debug!(session = %self.handle.id(), "idle timeout");
-            self.handle
-                .shared
-                .request_close(CloseCode::Away, "idle timeout");
-            self.arm_close_deadline();
-        }
-        true
-    }
-
-    fn failed_reason(&self) -> CloseReason {
-        match &self.we_closed {
-            Some(f) => CloseReason {
-                code: f.code,
-                reason: f.reason.to_string(),
-                closed_by: ClosedBy::Server,
-                clean: false,
-            },
-            None => CloseReason::abnormal("close handshake timed out"),
-        }
-    }
-
-    fn stream_end(&self) -> CloseReason {
-        if let Some(frame) = &self.peer_closed {
-            return match frame {
-                Some(f) => CloseReason {
-                    code: f.code,
-                    reason: f.reason.to_string(),
-                    closed_by: ClosedBy::Client,
-                    clean: true,
-                },
-                None => CloseReason {
-                    code: CloseCode::Status,
-                    reason: String::new(),
-                    closed_by: ClosedBy::Client,
-                    clean: true,
-                },
-            };
-        }
-        if let Some(f) = &self.we_closed {
-            return CloseReason {
-                code: f.code,
-                reason: f.reason.to_string(),
-                closed_by: ClosedBy::Server,
-                clean: self.acked,
-            };
-        }
-        CloseReason::abnormal("connection closed without a close handshake")
-    }
-
-    fn transport_end(&self, e: &WsError) -> CloseReason {
-        tracing::debug!(session = %self.handle.id(), error = %e, "transport ended");
-        let mut r = self.stream_end();
-        r.clean = r.clean && matches!(e, WsError::ConnectionClosed | WsError::AlreadyClosed);
-        r
-    }
-}
-
-impl<S> fmt::Debug for Driver<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Driver")
-            .field("session", &self.handle)
-            .finish_non_exhaustive()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -722,24 +380,11 @@ pub(crate) fn run_in_memory(input: &[u8], limits: &crate::Limits) -> Vec<u8> {
         pos: 0,
         output: Vec::new(),
     };
-    let timing = Timing {
-        ping_interval: limits.ping_interval,
-        idle_timeout: limits.idle_timeout,
-        close_timeout: limits.close_timeout,
-    };
-    async_io::block_on(async {
-        let ws = WebSocketStream::from_raw_socket(
-            stream,
-            async_tungstenite::tungstenite::protocol::Role::Server,
-            Some(crate::connection::ws_config(limits)),
-        )
-        .await;
-        let mut driver = Driver::new(ws, handle.clone(), timing);
-        let reason = driver.run(callbacks.as_mut()).await;
-        handle.shared.mark_closed();
-        callbacks.close(&handle, &reason);
-        driver.ws.into_inner().output
-    })
+    let mut driver = Driver::new(stream, &[], handle.clone(), limits);
+    let reason = async_io::block_on(driver.run(callbacks.as_mut()));
+    handle.shared.mark_closed();
+    callbacks.close(&handle, &reason);
+    driver.into_io().output
 }
 
 /// An in-memory byte stream: reads come from `input` in small chunks, writes
@@ -762,7 +407,8 @@ impl AsyncRead for MemStream {
         // every kind of boundary, deterministically.
         let chunk = 1 + self.pos % 13;
         let n = chunk.min(buf.len()).min(self.input.len() - self.pos);
-        buf[..n].copy_from_slice(&self.input[self.pos..self.pos + n]);
+        let pos = self.pos;
+        buf[..n].copy_from_slice(&self.input[pos..pos + n]);
         self.pos += n;
         Poll::Ready(Ok(n))
     }

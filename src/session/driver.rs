@@ -1,0 +1,542 @@
+//! The session task: one future per connection that reads frames through
+//! wsgate's frame engine ([`crate::frame`]), feeds the protocol, and writes
+//! the outbound queue. It is the only code that touches the socket.
+//!
+//! # Invariants
+//!
+//! - Reading stops while the outbound queue is over its bound, so a peer that
+//!   sends without reading is throttled by TCP, not buffered by us.
+//! - Outbound messages are encoded into a short list of chunks (headers and
+//!   small payloads copied together, large payloads shared, never copied) and
+//!   leave in one vectored write per batch; nothing is flushed per message.
+//! - Every ping is answered with its own pong (RFC 6455 §5.5.2), in order.
+//! - After our Close is queued nothing but that Close is sent; after the
+//!   peer's Close we send only our answer and then close TCP first, as the
+//!   server should (RFC 6455 §7.1.1).
+//! - Every wait is bounded: the idle timeout covers silent peers, the close
+//!   timeout covers peers that never answer our Close or never read it.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use async_io::Timer;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use bytes::{Buf, Bytes, BytesMut};
+use event_listener::EventListener;
+use futures_lite::{AsyncRead, AsyncWrite};
+
+use super::{Pop, SessionHandle, close_frame};
+use crate::frame::{self, DecodeLimits, Decoder, Event, Fail};
+use crate::protocol::{CloseReason, ClosedBy, SessionCallbacks};
+use crate::{CloseCode, Limits, Message};
+
+/// How many frames a session handles per poll before yielding, so that one
+/// busy connection cannot starve the others on the same loop.
+const BUDGET: usize = 64;
+
+/// Payloads up to this size are copied next to their header; larger ones are
+/// written from the shared `Bytes` they arrived in.
+const COPY_MAX: usize = 1024;
+
+/// Chunks handed to one vectored write.
+const MAX_IOV: usize = 32;
+
+/// Timing limits a session enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub(crate) ping_interval: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+}
+
+impl Timing {
+    pub(crate) fn of(limits: &Limits) -> Self {
+        Self {
+            ping_interval: limits.ping_interval,
+            idle_timeout: limits.idle_timeout,
+            close_timeout: limits.close_timeout,
+        }
+    }
+}
+
+/// The session task's state.
+pub(crate) struct Driver<S> {
+    io: S,
+    handle: SessionHandle,
+    timing: Timing,
+    decoder: Decoder,
+    /// Bytes read and not yet decoded.
+    rbuf: BytesMut,
+    read_size: usize,
+    /// Encoded bytes waiting for the socket, in order.
+    out: VecDeque<Bytes>,
+    out_len: usize,
+    /// Headers and small payloads are gathered here before joining `out`.
+    scratch: BytesMut,
+    /// Stop taking messages from the queue above this many encoded bytes.
+    write_batch: usize,
+    flush_pending: bool,
+    listener: Option<EventListener>,
+    ping_due: bool,
+    pinged: bool,
+    /// The Close frame we queued, if any.
+    we_closed: Option<CloseFrame>,
+    /// The peer answered our Close.
+    acked: bool,
+    /// The peer's Close, if it closed first (`Some(None)`: without a code).
+    peer_closed: Option<Option<CloseFrame>>,
+    /// The peer broke the protocol; we only write our Close, then stop.
+    failing: bool,
+    /// The peer sent EOF.
+    eof: bool,
+    close_deadline: Option<Instant>,
+    last_rx: Instant,
+    timer: Timer,
+    timer_at: Instant,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
+    /// A driver for `io`, whose first bytes (`leftover`, read with the
+    /// request head) are already in hand.
+    pub(crate) fn new(io: S, leftover: &[u8], handle: SessionHandle, limits: &Limits) -> Self {
+        let timing = Timing::of(limits);
+        let now = Instant::now();
+        let timer_at = now + timing.ping_interval;
+        let mut rbuf = BytesMut::with_capacity(limits.read_buffer_size.max(leftover.len()));
+        rbuf.extend_from_slice(leftover);
+        Self {
+            io,
+            handle,
+            timing,
+            decoder: Decoder::new(DecodeLimits {
+                max_frame_size: limits.max_frame_size,
+                max_message_size: limits.max_message_size,
+            }),
+            rbuf,
+            read_size: limits.read_buffer_size,
+            out: VecDeque::new(),
+            out_len: 0,
+            scratch: BytesMut::new(),
+            write_batch: limits.write_buffer_size.max(COPY_MAX),
+            flush_pending: false,
+            listener: None,
+            ping_due: false,
+            pinged: false,
+            we_closed: None,
+            acked: false,
+            peer_closed: None,
+            failing: false,
+            eof: false,
+            close_deadline: None,
+            last_rx: now,
+            timer: Timer::at(timer_at),
+            timer_at,
+        }
+    }
+
+    /// Runs the session to its end, feeding messages to `callbacks`, and
+    /// reports how it ended. The caller calls the `close` callback.
+    pub(crate) async fn run(&mut self, callbacks: &mut dyn SessionCallbacks) -> CloseReason {
+        std::future::poll_fn(|cx| self.poll_session(cx, callbacks)).await
+    }
+
+    /// The stream, once the session is over.
+    #[cfg(any(fuzzing, test))]
+    pub(crate) fn into_io(self) -> S {
+        self.io
+    }
+
+    fn poll_session(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        callbacks: &mut dyn SessionCallbacks,
+    ) -> Poll<CloseReason> {
+        let mut budget = BUDGET;
+        loop {
+            let mut progress = false;
+
+            // Outbound: take queued messages (then a requested Close, then a
+            // due ping) until a batch is gathered.
+            if self.we_closed.is_none() && self.peer_closed.is_none() && !self.failing {
+                while self.pending_out() < self.write_batch {
+                    match self.handle.shared.pop() {
+                        Pop::Message(m) => self.push(&m),
+                        Pop::Close(frame) => {
+                            self.push(&Message::Close(Some(frame.clone())));
+                            self.we_closed = Some(frame);
+                            self.arm_close_deadline();
+                            progress = true;
+                            break;
+                        }
+                        Pop::Empty if self.ping_due => {
+                            self.ping_due = false;
+                            self.push(&Message::Ping(Bytes::new()));
+                        }
+                        Pop::Empty => break,
+                    }
+                    progress = true;
+                }
+            }
+
+            let before = self.pending_out();
+            if let Poll::Ready(Err(e)) = self.poll_write_out(cx) {
+                return Poll::Ready(self.transport_end(&e));
+            }
+            // Bytes left: there may be room for more of the queue.
+            progress |= self.pending_out() < before;
+            let drained = self.pending_out() == 0 && !self.flush_pending;
+
+            // Endings that wait only for our bytes to leave.
+            if drained && (self.failing || self.peer_closed.is_some()) {
+                return Poll::Ready(self.ended());
+            }
+            if self.acked {
+                return Poll::Ready(self.ended());
+            }
+            if self.eof {
+                return Poll::Ready(self.ended());
+            }
+
+            // Inbound, unless the queue is over its bound (keep reading while
+            // closing, to see the peer's Close).
+            if !self.failing
+                && self.peer_closed.is_none()
+                && (self.we_closed.is_some() || !self.handle.shared.over_bound())
+            {
+                match self.poll_event(cx) {
+                    Poll::Ready(Ok(Some(event))) => {
+                        self.last_rx_now();
+                        self.on_event(event, callbacks);
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(None)) => {
+                        self.eof = true;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(ReadError::Fail(fail))) => {
+                        tracing::debug!(session = %self.handle.id(), code = u16::from(fail.code), reason = fail.reason, "failing the connection");
+                        self.fail(fail);
+                        progress = true;
+                    }
+                    Poll::Ready(Err(ReadError::Io(e))) => {
+                        return Poll::Ready(self.transport_end(&e));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+
+            if progress {
+                budget -= 1;
+                if budget == 0 {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                continue;
+            }
+
+            // Nothing moved. A close requested while queued messages cannot
+            // leave (the peer stopped reading) must not wait for the idle
+            // timeout: its close timeout starts now.
+            if self.close_deadline.is_none() && self.handle.shared.is_closing() {
+                self.arm_close_deadline();
+            }
+            // Make sure a push to the queue wakes us: register first, then
+            // look again, so that no notification is lost.
+            if self.we_closed.is_none() && self.peer_closed.is_none() && !self.failing {
+                match &mut self.listener {
+                    None => {
+                        self.listener = Some(self.handle.shared.data_ready.listen());
+                        continue;
+                    }
+                    Some(l) => {
+                        if Pin::new(l).poll(cx).is_ready() {
+                            self.listener = None;
+                            continue;
+                        }
+                    }
+                }
+            }
+
+            if self.poll_timer(cx) {
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+
+    fn pending_out(&self) -> usize {
+        self.out_len + self.scratch.len()
+    }
+
+    /// Encodes `message` behind what is already waiting.
+    fn push(&mut self, message: &Message) {
+        let payload: Option<(u8, Bytes)> = match message {
+            Message::Text(t) if t.len() > COPY_MAX => Some((0x1, Bytes::from(t.clone()))),
+            Message::Binary(b) if b.len() > COPY_MAX => Some((0x2, b.clone())),
+            _ => None,
+        };
+        match payload {
+            Some((opcode, bytes)) => {
+                let (head, n) = frame::header(opcode, true, bytes.len());
+                self.scratch.extend_from_slice(&head[..n]);
+                self.seal_scratch();
+                self.out_len += bytes.len();
+                self.out.push_back(bytes);
+            }
+            None => {
+                frame::encode(&mut self.scratch, message);
+            }
+        }
+    }
+
+    /// Moves the gathered small bytes into the output list.
+    fn seal_scratch(&mut self) {
+        if !self.scratch.is_empty() {
+            let chunk = self.scratch.split().freeze();
+            self.out_len += chunk.len();
+            self.out.push_back(chunk);
+        }
+    }
+
+    /// Writes as much of the output as the socket takes, then flushes.
+    fn poll_write_out(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        self.seal_scratch();
+        while self.out_len > 0 {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n_iov = 0;
+            for (slot, chunk) in iov.iter_mut().zip(&self.out) {
+                *slot = IoSlice::new(chunk);
+                n_iov += 1;
+            }
+            match Pin::new(&mut self.io).poll_write_vectored(cx, &iov[..n_iov]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.consume_out(n);
+                    self.flush_pending = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // The output went out whole: release a big batch's chunks list.
+        if self.out.capacity() > MAX_IOV {
+            self.out = VecDeque::new();
+        }
+        if self.flush_pending {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.flush_pending = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn consume_out(&mut self, mut n: usize) {
+        self.out_len -= n;
+        while n > 0 {
+            let Some(front) = self.out.front_mut() else {
+                return;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                self.out.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+
+    /// The next decoded event, reading from the socket when needed;
+    /// `Ok(None)` is EOF.
+    fn poll_event(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<Option<Event>, ReadError>> {
+        loop {
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(event)) => return Poll::Ready(Ok(Some(event))),
+                Ok(None) => {}
+                Err(fail) => return Poll::Ready(Err(ReadError::Fail(fail))),
+            }
+            // An empty buffer that grew for a big frame goes back to its
+            // configured size, so a burst does not pin memory.
+            if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * self.read_size {
+                self.rbuf = BytesMut::with_capacity(self.read_size);
+            }
+            let start = self.rbuf.len();
+            self.rbuf.resize(start + self.read_size, 0);
+            match Pin::new(&mut self.io).poll_read(cx, &mut self.rbuf[start..]) {
+                Poll::Ready(Ok(0)) => {
+                    self.rbuf.truncate(start);
+                    return Poll::Ready(Ok(None));
+                }
+                Poll::Ready(Ok(n)) => self.rbuf.truncate(start + n),
+                Poll::Ready(Err(e)) => {
+                    self.rbuf.truncate(start);
+                    return Poll::Ready(Err(ReadError::Io(e)));
+                }
+                Poll::Pending => {
+                    self.rbuf.truncate(start);
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event, callbacks: &mut dyn SessionCallbacks) {
+        match event {
+            Event::Text(t) => {
+                if self.we_closed.is_none() {
+                    callbacks.message(&self.handle, Message::Text(t));
+                }
+            }
+            Event::Binary(b) => {
+                if self.we_closed.is_none() {
+                    callbacks.message(&self.handle, Message::Binary(b));
+                }
+            }
+            Event::Ping(p) => {
+                if self.we_closed.is_none() {
+                    self.push(&Message::Pong(p));
+                }
+            }
+            Event::Pong(_) => {}
+            Event::Close(frame) => {
+                if self.we_closed.is_some() {
+                    self.acked = true;
+                } else {
+                    // The peer closed first: answer with its code, send
+                    // nothing else, and close TCP once the answer is out.
+                    self.handle.shared.mark_closed();
+                    let answer = frame.as_ref().map(|f| close_frame(f.code, ""));
+                    self.push(&Message::Close(answer));
+                    self.peer_closed = Some(frame);
+                    self.arm_close_deadline();
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, fail: Fail) {
+        self.failing = true;
+        self.handle.shared.mark_closed();
+        if self.we_closed.is_none() {
+            let frame = close_frame(fail.code, fail.reason);
+            self.push(&Message::Close(Some(frame.clone())));
+            self.we_closed = Some(frame);
+        }
+        self.arm_close_deadline();
+    }
+
+    fn last_rx_now(&mut self) {
+        self.last_rx = Instant::now();
+        self.pinged = false;
+    }
+
+    fn arm_close_deadline(&mut self) {
+        if self.close_deadline.is_none() {
+            self.close_deadline = Some(Instant::now() + self.timing.close_timeout);
+        }
+    }
+
+    /// Returns `true` if the timer fired and there may be new work.
+    fn poll_timer(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        let target = if let Some(d) = self.close_deadline {
+            d
+        } else if self.pinged {
+            self.last_rx + self.timing.idle_timeout
+        } else {
+            self.last_rx + self.timing.ping_interval
+        };
+        // Activity only moves the target later; the timer is re-armed lazily
+        // when it fires early, so reading a message never touches the reactor.
+        if target < self.timer_at {
+            self.timer.set_at(target);
+            self.timer_at = target;
+        }
+        if Pin::new(&mut self.timer).poll(cx).is_pending() {
+            return false;
+        }
+        let now = Instant::now();
+        if now < target {
+            self.timer.set_at(target);
+            self.timer_at = target;
+            return true;
+        }
+        // Park the timer far out until a new target is computed.
+        self.timer_at = now + Duration::from_secs(86_400 * 365);
+        self.timer.set_at(self.timer_at);
+        if self.close_deadline.is_some() {
+            // Whatever we were waiting for (our bytes to leave, the peer's
+            // answer) took too long: give up on it.
+            self.failing = true;
+            self.eof = true;
+            return true;
+        }
+        if !self.pinged {
+            self.pinged = true;
+            self.ping_due = true;
+        } else {
+            tracing::debug!(session = %self.handle.id(), "idle timeout");
+            self.handle
+                .shared
+                .request_close(CloseCode::Away, "idle timeout");
+            self.arm_close_deadline();
+        }
+        true
+    }
+
+    /// How the session ended, from its state.
+    fn ended(&self) -> CloseReason {
+        if let Some(frame) = &self.peer_closed {
+            let done = self.pending_out() == 0 && !self.flush_pending;
+            return match frame {
+                Some(f) => CloseReason {
+                    code: f.code,
+                    reason: f.reason.to_string(),
+                    closed_by: ClosedBy::Client,
+                    clean: done,
+                },
+                None => CloseReason {
+                    code: CloseCode::Status,
+                    reason: String::new(),
+                    closed_by: ClosedBy::Client,
+                    clean: done,
+                },
+            };
+        }
+        if let Some(f) = &self.we_closed {
+            return CloseReason {
+                code: f.code,
+                reason: f.reason.to_string(),
+                closed_by: ClosedBy::Server,
+                clean: self.acked && !self.failing,
+            };
+        }
+        CloseReason::abnormal("connection closed without a close handshake")
+    }
+
+    fn transport_end(&self, e: &io::Error) -> CloseReason {
+        tracing::debug!(session = %self.handle.id(), error = %e, "transport ended");
+        let mut r = self.ended();
+        r.clean = false;
+        r
+    }
+}
+
+impl<S> fmt::Debug for Driver<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver")
+            .field("session", &self.handle)
+            .finish_non_exhaustive()
+    }
+}
+
+enum ReadError {
+    Fail(Fail),
+    Io(io::Error),
+}
