@@ -1427,6 +1427,77 @@ mod tests {
         );
     }
 
+    #[test]
+    fn arbitrary_streams_never_panic_and_stay_bounded() {
+        let limits = DecodeLimits {
+            max_frame_size: 300,
+            max_message_size: 700,
+        };
+        // Mostly the first bytes of valid frames, sometimes of broken ones.
+        let good = [0x81, 0x82, 0x01, 0x02, 0x00, 0x80, 0x89, 0x8A];
+        let bad = [0x88, 0x09, 0x83, 0xC1, 0x8F];
+        let mut rng = Rng(0xF00D);
+        for _ in 0..3000 {
+            let mut stream = Vec::new();
+            for _ in 0..1 + rng.below(12) {
+                let b0 = if rng.below(8) == 0 {
+                    bad[rng.below(bad.len())]
+                } else {
+                    good[rng.below(good.len())]
+                };
+                let len = match rng.below(10) {
+                    0 => 126 + rng.below(400),
+                    1 => rng.below(5),
+                    _ => rng.below(130),
+                };
+                let payload = if rng.below(2) == 0 {
+                    rng.text(len / 2).into_bytes()
+                } else {
+                    rng.bytes(len)
+                };
+                let mut f = raw_frame(b0, &payload);
+                if rng.below(20) == 0 {
+                    let at = rng.below(f.len());
+                    f[at] = rng.next() as u8;
+                }
+                if rng.below(20) == 0 {
+                    f.truncate(rng.below(f.len()));
+                }
+                stream.extend(f);
+            }
+            if rng.below(10) == 0 {
+                let len = rng.below(200);
+                stream = rng.bytes(len);
+            }
+            let mut decoder = Decoder::new(limits);
+            let mut input = BytesMut::new();
+            let mut rest = &stream[..];
+            'feed: while !rest.is_empty() {
+                let (chunk, tail) = rest.split_at(1 + rng.below(rest.len()));
+                rest = tail;
+                input.extend_from_slice(chunk);
+                loop {
+                    let before = input.len();
+                    let result = decoder.decode(&mut input);
+                    assert!(input.len() <= before);
+                    assert!(decoder.buffered() <= limits.max_message_size + 125);
+                    assert!(decoder.message.capacity() <= 2 * limits.max_message_size + 64);
+                    match result {
+                        Ok(Some(Event::Text(t))) => assert!(t.len() <= limits.max_message_size),
+                        Ok(Some(Event::Binary(b))) => assert!(b.len() <= limits.max_message_size),
+                        Ok(Some(Event::Ping(_) | Event::Pong(_))) => {}
+                        Ok(None) => break,
+                        Ok(Some(Event::Close(_))) | Err(_) => {
+                            assert_eq!(decoder.buffered(), 0);
+                            assert_eq!(decoder.decode(&mut input), Ok(None));
+                            break 'feed;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     // ---- Done after failure or close ----
 
     #[test]

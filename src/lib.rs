@@ -79,7 +79,6 @@ pub mod config;
 mod connection;
 mod context;
 mod error;
-#[allow(dead_code, reason = "being wired into the session driver")]
 mod frame;
 #[cfg(any(fuzzing, test))]
 #[doc(hidden)]

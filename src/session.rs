@@ -318,37 +318,6 @@ pub(crate) fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A masked client frame, as a browser would send it.
-    fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x37, 0xfa, 0x21, 0x3d];
-        let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
-        f.extend_from_slice(&mask);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        f
-    }
-
-    #[test]
-    fn in_memory_session_echoes_and_answers_close() {
-        let mut input = client_frame(0x1, b"hello");
-        input.extend(client_frame(0x8, &[0x03, 0xe8]));
-        let out = run_in_memory(&input, &crate::Limits::default());
-        assert_eq!(&out[..7], b"\x81\x05hello");
-        assert_eq!(&out[7..], b"\x88\x02\x03\xe8");
-    }
-
-    #[test]
-    fn close_reason_is_truncated_on_a_char_boundary() {
-        let long = "é".repeat(100);
-        let f = close_frame(CloseCode::Normal, &long);
-        assert!(f.reason.len() <= 123);
-        assert_eq!(f.reason.len() % 2, 0);
-    }
-}
-
 /// Runs one echo session over an in-memory stream fed with `input` (read in
 /// chunks of 1 to 13 bytes, then EOF) and returns what the server wrote
 /// (capped at 1 MiB). Deterministic; used by the `session_bytes` fuzz target
@@ -434,5 +403,36 @@ impl AsyncWrite for MemStream {
 
     fn poll_close(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame, as a browser would send it.
+    fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    #[test]
+    fn in_memory_session_echoes_and_answers_close() {
+        let mut input = client_frame(0x1, b"hello");
+        input.extend(client_frame(0x8, &[0x03, 0xe8]));
+        let out = run_in_memory(&input, &crate::Limits::default());
+        assert_eq!(&out[..7], b"\x81\x05hello");
+        assert_eq!(&out[7..], b"\x88\x02\x03\xe8");
+    }
+
+    #[test]
+    fn close_reason_is_truncated_on_a_char_boundary() {
+        let long = "é".repeat(100);
+        let f = close_frame(CloseCode::Normal, &long);
+        assert!(f.reason.len() <= 123);
+        assert_eq!(f.reason.len() % 2, 0);
     }
 }

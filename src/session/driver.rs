@@ -425,7 +425,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         self.failing = true;
         self.handle.shared.mark_closed();
         if self.we_closed.is_none() {
-            let frame = close_frame(fail.code, fail.reason);
+            let frame = fail.to_close_frame();
             self.push(&Message::Close(Some(frame.clone())));
             self.we_closed = Some(frame);
         }
@@ -480,6 +480,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         if !self.pinged {
             self.pinged = true;
             self.ping_due = true;
+            // Silent for a whole ping interval: hand back the buffers' spare
+            // memory (the read buffer is allocated again by the next read).
+            self.decoder.shrink();
+            if self.rbuf.is_empty() {
+                self.rbuf = BytesMut::new();
+            }
         } else {
             tracing::debug!(session = %self.handle.id(), "idle timeout");
             self.handle
