@@ -128,6 +128,12 @@ pub enum OverflowPolicy {
     /// The send fails and the session is closed with this code (1008 policy
     /// violation, or 1013 try again later).
     Close(CloseCode),
+    /// The new message is dropped (and counted); the send fails with
+    /// [`SendError::Full`](crate::SendError::Full); the session stays open.
+    DropNewest,
+    /// The oldest queued messages are dropped (and counted) to make room; the
+    /// send succeeds. Suits topic traffic where only the latest state matters.
+    DropOldest,
 }
 
 /// Bounds on everything a peer can make a vhost spend.
@@ -149,6 +155,10 @@ pub struct Limits {
     pub max_message_size: usize,
     /// Bytes of queued outbound messages per session. Default: 1 MiB.
     pub max_queue_bytes: usize,
+    /// Queued outbound messages per session. Default: 4096.
+    pub max_queue_messages: usize,
+    /// Topics one session may subscribe to. Default: 64.
+    pub max_subscriptions: usize,
     /// What a full queue does to a non-waiting send. Default: `Close(1008)`.
     pub overflow: OverflowPolicy,
     /// Open WebSocket sessions on this vhost; more are answered 503.
@@ -182,6 +192,8 @@ impl Default for Limits {
             max_frame_size: 1 << 20,
             max_message_size: 1 << 20,
             max_queue_bytes: 1 << 20,
+            max_queue_messages: 4096,
+            max_subscriptions: 64,
             overflow: OverflowPolicy::Close(CloseCode::Policy),
             max_sessions: 50_000,
             max_sessions_per_ip: 16_384,
@@ -222,6 +234,10 @@ setters! {
     max_message_size: usize;
     /// Sets [`Limits::max_queue_bytes`].
     max_queue_bytes: usize;
+    /// Sets [`Limits::max_queue_messages`].
+    max_queue_messages: usize;
+    /// Sets [`Limits::max_subscriptions`].
+    max_subscriptions: usize;
     /// Sets [`Limits::overflow`].
     overflow: OverflowPolicy;
     /// Sets [`Limits::max_sessions`].
@@ -250,6 +266,7 @@ impl Limits {
             ("max_frame_size", self.max_frame_size),
             ("max_message_size", self.max_message_size),
             ("max_queue_bytes", self.max_queue_bytes),
+            ("max_queue_messages", self.max_queue_messages),
             ("max_sessions", self.max_sessions),
             ("max_sessions_per_ip", self.max_sessions_per_ip),
             ("read_buffer_size", self.read_buffer_size),

@@ -195,7 +195,7 @@ async fn upgrade<S>(
             for (n, v) in reject.headers() {
                 r = r.header(n.clone(), v.clone());
             }
-            ctx.rejected();
+            ctx.rejected(reject.status());
             if write_response(&mut stream, &r, false, false, &limits).await {
                 linger_close(stream).await;
             }
@@ -374,7 +374,7 @@ where
         reason = refusal.reason,
         "request refused"
     );
-    ctx.rejected();
+    ctx.rejected(refusal.status);
     if write_response(stream, &refusal.response(), false, false, limits).await {
         linger(stream).await;
     }

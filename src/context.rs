@@ -14,6 +14,8 @@ use event_listener::Event;
 use crate::config::{Config, VhostConfig};
 use crate::error::Error;
 use crate::listener::{Listener, bind_all};
+use crate::metrics::{Metrics, Stats};
+use crate::pubsub::{Presence, Published, Topics};
 use crate::protocol::{CloseReason, Wake};
 use crate::session::SessionHandle;
 use crate::tasks::{Host, Spawner, TaskSet};
@@ -102,6 +104,8 @@ pub(crate) struct ContextShared {
     pub(crate) drain_aborted: AtomicUsize,
     pub(crate) drain_forced: AtomicUsize,
     teardown: Event,
+    pub(crate) topics: Topics,
+    pub(crate) metrics: Metrics,
     /// When teardown began (by `shutdown`, `destroy` or drop).
     teardown_started: Mutex<Option<std::time::Instant>>,
 }
@@ -141,6 +145,8 @@ impl<'ex> Context<'ex> {
             drain_aborted: AtomicUsize::new(0),
             drain_forced: AtomicUsize::new(0),
             teardown: Event::new(),
+            topics: Topics::default(),
+            metrics: Metrics::default(),
             teardown_started: Mutex::new(None),
         });
         for cfg in vhosts {
@@ -291,6 +297,51 @@ impl ContextHandle {
             .filter(|s| s.path() == path)
             .filter(|s| s.try_send(message.clone()).is_ok())
             .count())
+    }
+
+    /// Publishes `message` to every subscriber of `topic`, from any thread.
+    /// The payload is shared among them, not copied; a subscriber whose queue
+    /// is full is handled by its vhost's overflow policy and never slows the
+    /// others. Publishing to a topic nobody subscribes to delivers nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after teardown began.
+    pub fn publish(&self, topic: &str, message: Message) -> Result<Published, Error> {
+        self.check()?;
+        self.shared.metrics.published.fetch_add(1, Ordering::Relaxed);
+        Ok(self.shared.topics.publish(topic, &message))
+    }
+
+    /// Who is subscribed to `topic`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after teardown began.
+    pub fn presence(&self, topic: &str) -> Result<Presence, Error> {
+        self.check()?;
+        Ok(self.shared.topics.presence(topic))
+    }
+
+    /// The topics that have subscribers, sorted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after teardown began.
+    pub fn topics(&self) -> Result<Vec<String>, Error> {
+        self.check()?;
+        Ok(self.shared.topics.names())
+    }
+
+    /// Counters and gauges (also served as Prometheus text by the `metrics`
+    /// HTTP handler).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after teardown began.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        self.check()?;
+        Ok(Stats::collect(&self.shared))
     }
 
     /// Requests teardown from any thread (a signal thread, a GUI thread): the
@@ -483,8 +534,9 @@ impl ContextShared {
     }
 
     /// Counts a refused request.
-    pub(crate) fn rejected(&self) {
+    pub(crate) fn rejected(&self, status: u16) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.metrics.rejected(status);
     }
 
     /// Reserves a connection slot; `None` when at the limit.
@@ -498,6 +550,7 @@ impl ContextShared {
     /// session is asked to close at once.
     pub(crate) fn register(&self, session: &SessionHandle) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
         lock(&self.sessions).insert(session.id().get(), session.clone());
         session.vhost().register(session);
         if !self.is_running() || !session.vhost().is_serving() {
@@ -509,7 +562,10 @@ impl ContextShared {
     pub(crate) fn unregister(&self, session: &SessionHandle, outcome: Option<&CloseReason>) {
         lock(&self.sessions).remove(&session.id().get());
         session.vhost().unregister(session.id().get());
+        self.topics.leave_all(session);
         self.closed.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .closed(outcome.map_or(1006, |r| u16::from(r.code)));
         if !self.is_running() {
             let counter = match outcome {
                 Some(r) if r.clean => &self.drain_clean,

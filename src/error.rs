@@ -36,6 +36,9 @@ pub enum Error {
     /// The session is closing or closed.
     #[error("the session is closed")]
     SessionClosed,
+    /// A session tried to subscribe to more topics than its vhost allows.
+    #[error("too many subscriptions (at most {0})")]
+    TooManySubscriptions(usize),
     /// Another I/O failure.
     #[error("i/o error")]
     Io(#[from] io::Error),

@@ -79,14 +79,17 @@ pub mod config;
 mod connection;
 mod context;
 mod error;
+mod handlers;
 mod frame;
 #[cfg(any(fuzzing, test))]
 #[doc(hidden)]
 pub mod fuzz;
 pub mod http;
 mod listener;
+pub mod metrics;
 mod protocol;
 pub mod protocols;
+pub mod pubsub;
 mod session;
 #[cfg(feature = "signals")]
 pub mod signals;

@@ -154,7 +154,7 @@ fn on_accept(
                 .spawn(serve(stream, peer, listener.clone(), slot));
         }
         None => {
-            ctx.rejected();
+            ctx.rejected(503);
             if listener.refusing.fetch_add(1, Ordering::AcqRel) < MAX_REFUSING {
                 let refusing = listener.refusing.clone();
                 ctx.spawner.spawn(async move {

@@ -3,3 +3,9 @@
 mod echo;
 
 pub use echo::Echo;
+
+/// Registers the built-in protocols under their names.
+#[cfg(feature = "toml-config")]
+pub(crate) fn register_builtin(r: &mut crate::config::ProtocolRegistry) {
+    r.protocol("echo", |_| Ok(Echo));
+}

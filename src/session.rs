@@ -16,9 +16,11 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 #[cfg(any(fuzzing, test))]
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 #[cfg(any(fuzzing, test))]
 use std::task::{Context as TaskContext, Poll};
@@ -30,7 +32,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 
 use crate::config::OverflowPolicy;
 use crate::error::SendError;
-use crate::vhost::Vhost;
+use crate::vhost::{Vhost, lock};
 use crate::{CloseCode, Message};
 
 mod driver;
@@ -72,7 +74,12 @@ pub(crate) struct SessionShared {
     path: String,
     protocol: String,
     max_bytes: usize,
+    max_messages: usize,
     overflow: OverflowPolicy,
+    /// Messages dropped by the overflow policy.
+    dropped: AtomicU64,
+    /// Topics this session is subscribed to, unsubscribed when it ends.
+    pub(crate) topics: Mutex<Vec<Arc<str>>>,
     outbox: Mutex<Outbox>,
     /// Notified when the writer has something to do.
     data_ready: Event,
@@ -110,7 +117,11 @@ impl SessionHandle {
         protocol: String,
     ) -> Self {
         let limits = vhost.limits();
-        let (max_bytes, overflow) = (limits.max_queue_bytes, limits.overflow);
+        let (max_bytes, max_messages, overflow) = (
+            limits.max_queue_bytes,
+            limits.max_queue_messages,
+            limits.overflow,
+        );
         Self {
             shared: Arc::new(SessionShared {
                 id,
@@ -119,7 +130,10 @@ impl SessionHandle {
                 path,
                 protocol,
                 max_bytes,
+                max_messages,
                 overflow,
+                dropped: AtomicU64::new(0),
+                topics: Mutex::new(Vec::new()),
                 outbox: Mutex::new(Outbox {
                     queue: VecDeque::new(),
                     bytes: 0,
@@ -164,6 +178,63 @@ impl SessionHandle {
     /// Bytes waiting in the outbound queue.
     pub fn queued_bytes(&self) -> usize {
         self.shared.lock().bytes
+    }
+
+    /// Messages the vhost's overflow policy dropped for this session.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Subscribes this session to `topic`: every [`ContextHandle::publish`]
+    /// to it is queued here (through the overflow policy) until the session
+    /// unsubscribes or ends. Returns `false` if it was already subscribed.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::SessionClosed`] for a closed session,
+    /// [`crate::Error::TooManySubscriptions`] past the vhost's
+    /// `max_subscriptions`, [`crate::Error::Closed`] during teardown.
+    ///
+    /// [`ContextHandle::publish`]: crate::ContextHandle::publish
+    pub fn subscribe(&self, topic: &str) -> Result<bool, crate::Error> {
+        if !self.is_open() {
+            return Err(crate::Error::SessionClosed);
+        }
+        let ctx = self.shared.vhost.context().ok_or(crate::Error::Closed)?;
+        ctx.topics.subscribe(topic, self)
+    }
+
+    /// Unsubscribes from `topic`; returns whether it was subscribed.
+    pub fn unsubscribe(&self, topic: &str) -> bool {
+        self.shared
+            .vhost
+            .context()
+            .is_some_and(|ctx| ctx.topics.unsubscribe(topic, self))
+    }
+
+    /// The topics this session is subscribed to.
+    pub fn subscriptions(&self) -> Vec<String> {
+        lock(&self.shared.topics).iter().map(|t| t.to_string()).collect()
+    }
+
+    /// Runs `task` on the context's loop, alongside the session (a timer that
+    /// pushes to it, say). The task is wsgate's: a drain waits for it and a
+    /// forced teardown drops it, so it should end when the session does
+    /// (check [`is_open`](Self::is_open) or the result of a send).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Closed`] during teardown.
+    pub fn spawn(
+        &self,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), crate::Error> {
+        let ctx = self.shared.vhost.context().ok_or(crate::Error::Closed)?;
+        if ctx.is_running() && ctx.spawner.spawn(task) {
+            Ok(())
+        } else {
+            Err(crate::Error::Closed)
+        }
     }
 
     /// Queues `message` without waiting.
@@ -239,21 +310,56 @@ impl SessionShared {
         }
         // One message larger than the whole bound may still go out alone, or it
         // could never be sent at all; its size is the application's choice.
-        if out.bytes + size > self.max_bytes && !out.queue.is_empty() {
-            if apply_policy && let OverflowPolicy::Close(code) = self.overflow {
-                out.state = OutState::Closing(close_frame(code, "outbound queue full"));
-                drop(out);
-                tracing::debug!(session = %self.id, "outbound queue full, closing");
-                self.data_ready.notify(1);
-                self.room.notify(usize::MAX);
+        let full = |out: &Outbox| {
+            !out.queue.is_empty()
+                && (out.bytes + size > self.max_bytes || out.queue.len() >= self.max_messages)
+        };
+        let mut dropped = 0;
+        if full(&out) {
+            if !apply_policy {
+                return Err(SendError::Full(message));
             }
-            return Err(SendError::Full(message));
+            match self.overflow {
+                OverflowPolicy::Reject => return Err(SendError::Full(message)),
+                OverflowPolicy::Close(code) => {
+                    out.state = OutState::Closing(close_frame(code, "outbound queue full"));
+                    drop(out);
+                    tracing::debug!(session = %self.id, "outbound queue full, closing");
+                    self.data_ready.notify(1);
+                    self.room.notify(usize::MAX);
+                    return Err(SendError::Full(message));
+                }
+                OverflowPolicy::DropNewest => {
+                    drop(out);
+                    self.count_drops(1);
+                    return Err(SendError::Full(message));
+                }
+                OverflowPolicy::DropOldest => {
+                    while full(&out) {
+                        let Some(old) = out.queue.pop_front() else {
+                            break;
+                        };
+                        out.bytes -= old.len();
+                        dropped += 1;
+                    }
+                }
+            }
         }
         out.bytes += size;
         out.queue.push_back(message);
         drop(out);
         self.data_ready.notify(1);
+        if dropped > 0 {
+            self.count_drops(dropped);
+        }
         Ok(())
+    }
+
+    fn count_drops(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+        if let Some(ctx) = self.vhost.context() {
+            ctx.metrics.dropped.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// Returns `true` if this call started the close.

@@ -119,6 +119,11 @@ impl Vhost {
             && self.0.ctx.upgrade().is_some_and(|c| c.is_running())
     }
 
+    /// The context, while it exists.
+    pub(crate) fn context(&self) -> Option<Arc<ContextShared>> {
+        self.0.ctx.upgrade()
+    }
+
     pub(crate) fn listen(&self) -> &[SocketAddr] {
         &self.0.listen
     }

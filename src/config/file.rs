@@ -40,29 +40,11 @@ use toml::Spanned;
 use super::{Config, Limits, Mount, OverflowPolicy, VhostConfig};
 use crate::CloseCode;
 use crate::error::ConfigError;
-use crate::http::{Health, HttpHandler, Index};
+use crate::http::HttpHandler;
 use crate::protocol::{ErasedProtocol, Options, Protocol, TokenGuard, erase};
-use crate::protocols::Echo;
 
-/// The binary's built-in configuration: `/echo`, `/healthz` and an index page
-/// on 127.0.0.1:7681.
-pub const DEFAULT_TOML: &str = r#"
-[[vhost]]
-name = "default"
-listen = ["127.0.0.1:7681"]
-
-[[vhost.mount]]
-path = "/"
-http = "index"
-
-[[vhost.mount]]
-path = "/echo"
-protocol = "echo"
-
-[[vhost.mount]]
-path = "/healthz"
-http = "health"
-"#;
+/// The binary's built-in configuration (`src/config/default.toml`).
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
 type ProtocolFactory = dyn Fn(&Options) -> Result<Arc<dyn ErasedProtocol>, String> + Send + Sync;
 
@@ -82,12 +64,12 @@ impl ProtocolRegistry {
         }
     }
 
-    /// The built-in protocols (`echo`) and HTTP handlers (`health`, `index`).
+    /// The built-in protocols ([`crate::protocols`]) and HTTP handlers
+    /// (`health`, `index`, `metrics`, ...).
     pub fn builtin() -> Self {
         let mut r = Self::new();
-        r.protocol("echo", |_| Ok(Echo));
-        r.http("health", Health);
-        r.http("index", Index);
+        crate::protocols::register_builtin(&mut r);
+        crate::handlers::register_builtin(&mut r);
         r
     }
 
@@ -475,6 +457,8 @@ struct RawLimits {
     max_frame_size: Option<SizeValue>,
     max_message_size: Option<SizeValue>,
     max_queue_bytes: Option<SizeValue>,
+    max_queue_messages: Option<usize>,
+    max_subscriptions: Option<usize>,
     overflow: Option<OverflowValue>,
     max_sessions: Option<usize>,
     max_sessions_per_ip: Option<usize>,
@@ -498,6 +482,8 @@ impl RawLimits {
             max_frame_size,
             max_message_size,
             max_queue_bytes,
+            max_queue_messages,
+            max_subscriptions,
             overflow,
             max_sessions,
             max_sessions_per_ip,
@@ -598,8 +584,10 @@ impl<'de> Deserialize<'de> for OverflowValue {
             "reject" => Ok(Self(OverflowPolicy::Reject)),
             "close-1008" => Ok(Self(OverflowPolicy::Close(CloseCode::Policy))),
             "close-1013" => Ok(Self(OverflowPolicy::Close(CloseCode::Again))),
+            "drop-newest" => Ok(Self(OverflowPolicy::DropNewest)),
+            "drop-oldest" => Ok(Self(OverflowPolicy::DropOldest)),
             _ => Err(de::Error::custom(format!(
-                "invalid overflow policy {s:?} (expected \"reject\", \"close-1008\" or \"close-1013\")"
+                "invalid overflow policy {s:?} (expected \"reject\", \"close-1008\", \"close-1013\", \"drop-newest\" or \"drop-oldest\")"
             ))),
         }
     }

@@ -21,6 +21,7 @@ use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,8 @@ use futures_lite::{AsyncRead, AsyncWrite};
 
 use super::{Pop, SessionHandle, close_frame};
 use crate::frame::{self, DecodeLimits, Decoder, Event, Fail};
+use crate::context::ContextShared;
+use crate::metrics::Metrics;
 use crate::protocol::{CloseReason, ClosedBy, SessionCallbacks};
 use crate::{CloseCode, Limits, Message};
 
@@ -98,6 +101,19 @@ pub(crate) struct Driver<S> {
     last_rx: Instant,
     timer: Timer,
     timer_at: Instant,
+    /// Traffic since the last report to the context's metrics.
+    tally: Tally,
+    ctx: Option<Arc<ContextShared>>,
+}
+
+/// Data messages and payload bytes in and out, added to the context's
+/// metrics once per poll rather than per message.
+#[derive(Default)]
+struct Tally {
+    messages_in: u64,
+    bytes_in: u64,
+    messages_out: u64,
+    bytes_out: u64,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
@@ -111,7 +127,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         rbuf.extend_from_slice(leftover);
         Self {
             io,
-            handle,
             timing,
             decoder: Decoder::new(DecodeLimits {
                 max_frame_size: limits.max_frame_size,
@@ -136,13 +151,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             last_rx: now,
             timer: Timer::at(timer_at),
             timer_at,
+            tally: Tally::default(),
+            ctx: handle.vhost().context(),
+            handle,
         }
     }
 
     /// Runs the session to its end, feeding messages to `callbacks`, and
     /// reports how it ended. The caller calls the `close` callback.
     pub(crate) async fn run(&mut self, callbacks: &mut dyn SessionCallbacks) -> CloseReason {
-        std::future::poll_fn(|cx| self.poll_session(cx, callbacks)).await
+        std::future::poll_fn(|cx| {
+            let poll = self.poll_session(cx, callbacks);
+            self.report_tally();
+            poll
+        })
+        .await
+    }
+
+    fn report_tally(&mut self) {
+        let Some(ctx) = &self.ctx else {
+            return;
+        };
+        let t = std::mem::take(&mut self.tally);
+        let m = &ctx.metrics;
+        Metrics::add(&m.messages_in, t.messages_in);
+        Metrics::add(&m.bytes_in, t.bytes_in);
+        Metrics::add(&m.messages_out, t.messages_out);
+        Metrics::add(&m.bytes_out, t.bytes_out);
     }
 
     /// The stream, once the session is over.
@@ -275,6 +310,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
 
     /// Encodes `message` behind what is already waiting.
     fn push(&mut self, message: &Message) {
+        if let Message::Text(_) | Message::Binary(_) = message {
+            self.tally.messages_out += 1;
+            self.tally.bytes_out += message.len() as u64;
+        }
         let payload: Option<(u8, Bytes)> = match message {
             Message::Text(t) if t.len() > COPY_MAX => Some((0x1, Bytes::from(t.clone()))),
             Message::Binary(b) if b.len() > COPY_MAX => Some((0x2, b.clone())),
@@ -390,11 +429,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     fn on_event(&mut self, event: Event, callbacks: &mut dyn SessionCallbacks) {
         match event {
             Event::Text(t) => {
+                self.tally.messages_in += 1;
+                self.tally.bytes_in += t.len() as u64;
                 if self.we_closed.is_none() {
                     callbacks.message(&self.handle, Message::Text(t));
                 }
             }
             Event::Binary(b) => {
+                self.tally.messages_in += 1;
+                self.tally.bytes_in += b.len() as u64;
                 if self.we_closed.is_none() {
                     callbacks.message(&self.handle, Message::Binary(b));
                 }
