@@ -1,15 +1,17 @@
 //! Listening sockets: binding (all before anything starts), the accept loop,
 //! and the vhosts that share each listener.
 
-use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{self, IoSlice};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use async_io::{Async, Timer};
 use event_listener::Event;
-use futures_lite::future;
+use futures_lite::{AsyncRead, AsyncWrite, future};
 
 use crate::connection::{refuse_busy, serve};
 use crate::context::ContextShared;
@@ -148,6 +150,7 @@ fn on_accept(
     peer: SocketAddr,
 ) {
     let _ = stream.get_ref().set_nodelay(true);
+    let stream = Tcp(stream);
     match ctx.try_connection() {
         Some(slot) => {
             ctx.spawner
@@ -166,5 +169,47 @@ fn on_accept(
                 tracing::debug!(%peer, "over the connection limit; reset");
             }
         }
+    }
+}
+
+/// An accepted TCP stream whose `close` half-closes the connection
+/// (`shutdown(Write)`), so that a refusal's FIN leaves at once while we read
+/// what the client still sends. async-io's own `poll_close` only flushes.
+pub(crate) struct Tcp(Async<TcpStream>);
+
+impl AsyncRead for Tcp {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tcp {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        futures_lite::ready!(Pin::new(&mut self.0).poll_flush(cx))?;
+        Poll::Ready(self.0.get_ref().shutdown(Shutdown::Write))
     }
 }

@@ -460,3 +460,185 @@ pub fn hold_loop(handle: &ContextHandle) -> mpsc::Sender<()> {
     held_rx.recv_timeout(LIMIT).expect("the loop was not held");
     release_tx
 }
+
+/// The masking key of every frame built by [`client_frame`].
+pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// A frame header (RFC 6455 section 5.2): `first` is the first byte (FIN, RSV
+/// and opcode), `len` the payload length it announces (shortest encoding),
+/// followed by [`MASK`] when `masked`.
+pub fn frame_head(first: u8, len: u64, masked: bool) -> Vec<u8> {
+    let bit = if masked { 0x80 } else { 0 };
+    let mut head = vec![first];
+    match len {
+        0..=125 => head.push(bit | len as u8),
+        126..=0xffff => {
+            head.push(bit | 126);
+            head.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            head.push(bit | 127);
+            head.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+    if masked {
+        head.extend_from_slice(&MASK);
+    }
+    head
+}
+
+/// A masked client frame written by hand: `first` is the first byte (`0x81`
+/// a final text frame, `0x02` a first binary fragment, `0x80` a final
+/// continuation). A prefix of it is a valid partial frame.
+pub fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = frame_head(first, payload.len() as u64, true);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    frame
+}
+
+/// One unmasked frame from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFrame {
+    /// FIN, RSV and opcode.
+    pub first: u8,
+    pub payload: Vec<u8>,
+}
+
+impl ServerFrame {
+    pub fn opcode(&self) -> u8 {
+        self.first & 0x0f
+    }
+
+    /// The code of a Close frame that carries one.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode() == 0x8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+
+    /// The reason text of a Close frame (lossy).
+    pub fn close_reason(&self) -> String {
+        String::from_utf8_lossy(self.payload.get(2..).unwrap_or_default()).into_owned()
+    }
+}
+
+/// Splits what a server sent into frames; panics on a masked or truncated one.
+pub fn server_frames(mut bytes: &[u8]) -> Vec<ServerFrame> {
+    let mut frames = Vec::new();
+    while !bytes.is_empty() {
+        assert!(bytes.len() >= 2, "truncated frame header: {bytes:?}");
+        assert_eq!(bytes[1] & 0x80, 0, "the server masked a frame");
+        let (len, at) = match bytes[1] & 0x7f {
+            126 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+            127 => {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&bytes[2..10]);
+                (usize::try_from(u64::from_be_bytes(n)).unwrap(), 10)
+            }
+            n => (usize::from(n), 2),
+        };
+        assert!(bytes.len() >= at + len, "truncated frame ({len} bytes)");
+        frames.push(ServerFrame {
+            first: bytes[0],
+            payload: bytes[at..at + len].to_vec(),
+        });
+        bytes = &bytes[at + len..];
+    }
+    frames
+}
+
+/// How the server ended a raw connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpEnd {
+    /// A FIN: orderly close.
+    Eof,
+    /// A RST: the server closed with unread input (allowed after an error).
+    Reset,
+}
+
+/// Reads `s` until the server closes TCP (EOF or reset) and returns what
+/// arrived; panics if that takes longer than `limit`.
+pub fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, TcpEnd) {
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "the server did not close TCP within {limit:?}; got {} bytes: {:?}",
+            out.len(),
+            String::from_utf8_lossy(&out[..out.len().min(256)])
+        );
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return (out, TcpEnd::Eof),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (out, TcpEnd::Reset);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("read failed before the server closed: {e}"),
+        }
+    }
+}
+
+/// Sends `request` on a new connection and reads until the server closes TCP
+/// (within `limit`); returns the parsed answer and how the connection ended.
+pub fn http_until_closed(addr: SocketAddr, request: &[u8], limit: Duration) -> (HttpReply, TcpEnd) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(request).unwrap();
+    let (bytes, end) = read_until_closed(&mut s, limit);
+    let reply = HttpReply::parse(&bytes)
+        .unwrap_or_else(|| panic!("no HTTP reply: {:?}", String::from_utf8_lossy(&bytes)));
+    (reply, end)
+}
+
+/// Opens a WebSocket to `path` with a raw TCP client: sends
+/// [`upgrade_request`] and reads exactly the `101` head (a byte at a time),
+/// leaving whatever follows unread. Reads time out after [`LIMIT`].
+pub fn raw_ws(addr: SocketAddr, path: &str) -> TcpStream {
+    raw_ws_with(addr, path, "")
+}
+
+/// Like [`raw_ws`], with `extra` header lines (each ending in `\r\n`).
+pub fn raw_ws_with(addr: SocketAddr, path: &str, extra: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.write_all(&upgrade_request(path, extra)).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).expect("read the handshake answer");
+        assert_eq!(
+            n,
+            1,
+            "closed mid-handshake: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101 "),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// Waits until `cond` holds, yielding between looks; panics after `limit`.
+/// Only for conditions that no event announces (counters).
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached within {limit:?}"
+        );
+        thread::yield_now();
+    }
+}
