@@ -15,8 +15,8 @@ use crate::config::{Config, VhostConfig};
 use crate::error::Error;
 use crate::listener::{Listener, bind_all};
 use crate::metrics::{Metrics, Stats};
-use crate::pubsub::{Presence, Published, Topics};
 use crate::protocol::{CloseReason, Wake};
+use crate::pubsub::{Presence, Published, Topics};
 use crate::session::SessionHandle;
 use crate::tasks::{Host, Spawner, TaskSet};
 use crate::teardown::Drain;
@@ -250,6 +250,10 @@ impl fmt::Debug for Context<'_> {
 }
 
 impl ContextHandle {
+    pub(crate) fn from_shared(shared: Arc<ContextShared>) -> Self {
+        Self { shared }
+    }
+
     /// Delivers `payload` to every protocol's [`wake`](crate::Protocol::wake)
     /// callback, on the loop.
     ///
@@ -309,7 +313,10 @@ impl ContextHandle {
     /// [`Error::Closed`] after teardown began.
     pub fn publish(&self, topic: &str, message: Message) -> Result<Published, Error> {
         self.check()?;
-        self.shared.metrics.published.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .published
+            .fetch_add(1, Ordering::Relaxed);
         Ok(self.shared.topics.publish(topic, &message))
     }
 

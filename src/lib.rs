@@ -79,7 +79,7 @@ pub mod config;
 mod connection;
 mod context;
 mod error;
-mod handlers;
+pub mod handlers;
 mod frame;
 #[cfg(any(fuzzing, test))]
 #[doc(hidden)]

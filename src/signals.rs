@@ -1,12 +1,20 @@
-//! Graceful shutdown on SIGINT and SIGTERM, on the host's request only
-//! (feature `signals`).
+//! Signals for a host that asks for them (feature `signals`): graceful
+//! shutdown on SIGINT and SIGTERM, and reload requests on SIGHUP.
 //!
-//! The signal handler does nothing but write a byte into signal-hook's
-//! self-pipe, whose read end the host's loop awaits; the loop then calls
-//! [`ContextHandle::shutdown`]. No thread is started. A second signal, while
-//! the first shutdown is still draining, exits the process at once with
-//! status 130: signal-hook's conditional shutdown does that from inside the
-//! handler, so it works even if the loop is stuck.
+//! Each signal handler does nothing but write a byte into signal-hook's
+//! self-pipe, whose read end the host's loop awaits. No thread is started and
+//! nothing is registered until the host calls [`shutdown_on_signals`] or
+//! [`reload_on_sighup`]; dropping what they return unregisters the handlers.
+//!
+//! - [`shutdown_on_signals`]: the loop calls [`ContextHandle::shutdown`] on
+//!   the first SIGINT or SIGTERM. A second one, while the first shutdown is
+//!   still draining, exits the process at once with status 130: signal-hook's
+//!   conditional shutdown does that from inside the handler, so it works even
+//!   if the loop is stuck.
+//! - [`reload_on_sighup`]: SIGHUP no longer terminates the process (its
+//!   default action); [`Reloads::wait`] resolves instead, and what a reload
+//!   means is the host's business (the `wsgate` binary re-reads its
+//!   configuration file and applies the difference vhost by vhost).
 
 use std::fmt;
 use std::io;
@@ -17,7 +25,7 @@ use std::sync::atomic::AtomicBool;
 use async_io::Async;
 use futures_lite::AsyncReadExt;
 use signal_hook::SigId;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::ContextHandle;
 
@@ -91,6 +99,83 @@ impl Drop for Signals {
         for id in self.ids.drain(..) {
             signal_hook::low_level::unregister(id);
         }
+    }
+}
+
+/// A registered SIGHUP handler: reload requests for the host's loop.
+///
+/// Await [`wait`](Self::wait) on the loop. Dropping it unregisters the
+/// handler; SIGHUP then does nothing (signal-hook does not restore the
+/// default action, which would terminate the process).
+pub struct Reloads {
+    read: Async<UnixStream>,
+    id: SigId,
+}
+
+/// Registers SIGHUP as a reload request: instead of terminating the process,
+/// it makes [`Reloads::wait`] resolve.
+///
+/// # Errors
+///
+/// If the self-pipe cannot be created or the handler cannot be registered.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn host() -> std::io::Result<()> {
+/// let mut reloads = wsgate::signals::reload_on_sighup()?;
+/// loop {
+///     reloads.wait().await?;
+///     // Re-read the configuration and apply it.
+/// }
+/// # }
+/// ```
+pub fn reload_on_sighup() -> io::Result<Reloads> {
+    let (read, write) = UnixStream::pair()?;
+    let id = signal_hook::low_level::pipe::register(SIGHUP, write)?;
+    Ok(Reloads {
+        read: Async::new(read)?,
+        id,
+    })
+}
+
+impl Reloads {
+    /// Resolves once a SIGHUP has arrived since the previous call resolved.
+    /// Signals that arrive while the host is busy (for example applying the
+    /// previous reload) are coalesced: they make the next call resolve once.
+    ///
+    /// # Errors
+    ///
+    /// If reading the self-pipe fails; no further reload request can then
+    /// arrive through this registration.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a signal is consumed only by the call that resolves with
+    /// it, so dropping the future loses nothing.
+    pub async fn wait(&mut self) -> io::Result<()> {
+        // One byte per delivery; everything pending is read at once so that
+        // a burst of signals requests one reload, not one per signal.
+        let mut buf = [0u8; 64];
+        match self.read.read(&mut buf).await? {
+            0 => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the signal pipe was closed",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Reloads {
+    fn drop(&mut self) {
+        signal_hook::low_level::unregister(self.id);
+    }
+}
+
+impl fmt::Debug for Reloads {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reloads").finish_non_exhaustive()
     }
 }
 

@@ -119,6 +119,12 @@ impl Vhost {
             && self.0.ctx.upgrade().is_some_and(|c| c.is_running())
     }
 
+    /// A handle to the context this vhost belongs to (for protocols that
+    /// publish or broadcast), while the context exists.
+    pub fn context_handle(&self) -> Option<crate::ContextHandle> {
+        self.context().map(crate::ContextHandle::from_shared)
+    }
+
     /// The context, while it exists.
     pub(crate) fn context(&self) -> Option<Arc<ContextShared>> {
         self.0.ctx.upgrade()

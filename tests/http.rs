@@ -476,24 +476,19 @@ fn idle_keep_alive_connection_is_closed_quietly() {
 /// long before the bounded linger (500 ms) would have run out.
 #[test]
 fn refusal_is_followed_by_fin_without_waiting_for_the_linger() {
-    use std::io::{Read, Write};
-    let vhost = wsgate::VhostConfig::builder("v")
+    let vhost = VhostConfig::builder("v")
         .listen("127.0.0.1:0".parse().unwrap())
         .build()
         .unwrap();
-    let server = support::Server::start(wsgate::Config::builder().vhost(vhost).build().unwrap());
-    let mut s = std::net::TcpStream::connect(server.addr()).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    let started = std::time::Instant::now();
+    let server = Server::start(Config::builder().vhost(vhost).build().unwrap());
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
     s.write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let mut all = Vec::new();
     s.read_to_end(&mut all).unwrap();
     assert!(all.starts_with(b"HTTP/1.1 404"));
     let took = started.elapsed();
-    assert!(
-        took < std::time::Duration::from_millis(400),
-        "EOF after {took:?}"
-    );
+    assert!(took < Duration::from_millis(400), "EOF after {took:?}");
 }

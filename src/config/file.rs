@@ -25,6 +25,18 @@
 //! path = "/healthz"
 //! http = "health"
 //! ```
+//!
+//! # Reloading
+//!
+//! A running context cannot be rebuilt as a whole, but it can be changed vhost
+//! by vhost ([`Context::add_vhost`](crate::Context::add_vhost),
+//! [`Context::remove_vhost`](crate::Context::remove_vhost)). For that,
+//! [`ConfigFile`] exposes each vhost on its own:
+//! [`vhost_names`](ConfigFile::vhost_names), a
+//! [`vhost_fingerprint`](ConfigFile::vhost_fingerprint) that compares equal
+//! exactly when two versions of a vhost configure the same thing, and
+//! [`build_vhost`](ConfigFile::build_vhost). The binary diffs two files by
+//! vhost name with them on SIGHUP.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -113,6 +125,12 @@ impl fmt::Debug for ProtocolRegistry {
 pub struct ConfigFile {
     text: String,
     raw: RawConfig,
+    /// The same file as plain TOML values, one table per vhost, in file
+    /// order: what the fingerprints are computed from. `override_listen`
+    /// edits it along with `raw`.
+    vhost_tables: Vec<toml::Table>,
+    /// The top-level keys other than `vhost`.
+    context_table: toml::Table,
 }
 
 /// Parses `text` and builds it with `registry`: the short way to a [`Config`].
@@ -132,9 +150,26 @@ impl ConfigFile {
     /// Syntax errors, unknown keys and bad values, naming the key and line.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        // The typed parse above accepted the text, so this one cannot fail on
+        // it; the plain values keep what the typed one normalises away (the
+        // spelling of sizes and durations), which a fingerprint must not lose.
+        let mut context_table: toml::Table =
+            toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        let vhost_tables = match context_table.remove("vhost") {
+            Some(toml::Value::Array(items)) => items
+                .into_iter()
+                .filter_map(|v| match v {
+                    toml::Value::Table(t) => Some(t),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         Ok(Self {
             text: text.to_owned(),
             raw,
+            vhost_tables,
+            context_table,
         })
     }
 
@@ -144,10 +179,13 @@ impl ConfigFile {
         Self::parse(DEFAULT_TOML).unwrap_or_else(|_| Self {
             text: String::new(),
             raw: RawConfig::default(),
+            vhost_tables: Vec::new(),
+            context_table: toml::Table::new(),
         })
     }
 
     /// Replaces the listen addresses of the first vhost (the binary's `--listen`).
+    /// The vhost's [fingerprint](Self::vhost_fingerprint) shows the new addresses.
     pub fn override_listen(&mut self, addrs: &[SocketAddr]) {
         if let Some(v) = self.raw.vhost.first_mut() {
             let span = v.listen.first().map_or(0..0, Spanned::span);
@@ -156,6 +194,64 @@ impl ConfigFile {
                 .map(|a| Spanned::new(span.clone(), AddrValue(*a)))
                 .collect();
         }
+        if let Some(t) = self.vhost_tables.first_mut() {
+            let list = addrs
+                .iter()
+                .map(|a| toml::Value::String(a.to_string()))
+                .collect();
+            t.insert("listen".to_owned(), toml::Value::Array(list));
+        }
+    }
+
+    /// The names of the vhosts, in file order.
+    pub fn vhost_names(&self) -> impl Iterator<Item = &str> {
+        self.raw.vhost.iter().map(|v| v.name.get_ref().as_str())
+    }
+
+    /// Vhost `name`'s table (with its limits, options and mounts) as canonical
+    /// TOML text, `None` if the file has no such vhost.
+    ///
+    /// Two fingerprints are equal exactly when the two tables hold the same
+    /// keys and values: comments, blank lines, the order of keys and the
+    /// vhost's position in the file do not count; the order of mounts and of
+    /// listen addresses does, and so does the spelling of a value (`"64KiB"`
+    /// and `65536` differ). Equal fingerprints build equal vhosts with the
+    /// same registry, which is what a reload needs to know to leave a vhost
+    /// and its sessions alone.
+    pub fn vhost_fingerprint(&self, name: &str) -> Option<String> {
+        let i = self.vhost_index(name)?;
+        self.vhost_tables.get(i).map(canonical)
+    }
+
+    /// The context-wide keys except `drain_timeout` (`max_connections`,
+    /// `pumps`) as canonical TOML text: a running context cannot change them,
+    /// so a reload that sees this text change needs a restart to apply it.
+    pub fn context_fingerprint(&self) -> String {
+        let mut t = self.context_table.clone();
+        t.remove("drain_timeout");
+        canonical(&t)
+    }
+
+    /// Builds vhost `name` alone, instantiating its protocols through
+    /// `registry`: what a reload adds to a running context with
+    /// [`Context::add_vhost`](crate::Context::add_vhost). Checks that involve
+    /// the whole file (duplicate names, context-wide values) are
+    /// [`build`](Self::build)'s.
+    ///
+    /// # Errors
+    ///
+    /// `vhost.NAME` "no such vhost" if the file has none called `name`, else
+    /// the same errors as [`build`](Self::build) for that vhost.
+    pub fn build_vhost(
+        &self,
+        name: &str,
+        registry: &ProtocolRegistry,
+    ) -> Result<VhostConfig, ConfigError> {
+        let v = self
+            .vhost_index(name)
+            .and_then(|i| self.raw.vhost.get(i))
+            .ok_or_else(|| ConfigError::new(format!("vhost.{name}"), "no such vhost"))?;
+        self.build_raw_vhost(v, registry)
     }
 
     /// How long the binary waits for close handshakes after a signal.
@@ -181,7 +277,7 @@ impl ConfigFile {
             builder = builder.pumps(n);
         }
         for v in &self.raw.vhost {
-            builder = builder.vhost(self.build_vhost(v, registry)?);
+            builder = builder.vhost(self.build_raw_vhost(v, registry)?);
         }
         builder.build().map_err(|e| {
             let leaf = e.key.rsplit('.').next().unwrap_or_default().to_owned();
@@ -190,7 +286,12 @@ impl ConfigFile {
         })
     }
 
-    fn build_vhost(
+    /// The index of the first vhost called `name`.
+    fn vhost_index(&self, name: &str) -> Option<usize> {
+        self.raw.vhost.iter().position(|v| v.name.get_ref() == name)
+    }
+
+    fn build_raw_vhost(
         &self,
         v: &RawVhost,
         registry: &ProtocolRegistry,
@@ -357,6 +458,13 @@ impl ConfigFile {
         }
         None
     }
+}
+
+/// A table as canonical TOML text (keys sorted: `toml::Table` is a
+/// `BTreeMap`). Serialising plain values that came from TOML does not fail;
+/// should it, the `Debug` form is just as deterministic.
+fn canonical(table: &toml::Table) -> String {
+    toml::to_string(table).unwrap_or_else(|_| format!("{table:?}"))
 }
 
 fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
@@ -593,20 +701,45 @@ impl<'de> Deserialize<'de> for OverflowValue {
     }
 }
 
-/// A protocol option: strings, numbers and booleans are kept as text.
+/// A protocol option: strings, numbers and booleans are kept as text; a list
+/// of them becomes its items joined with commas (`["a.*", "b"]` is `a.*,b`),
+/// so an item must not contain a comma itself.
 #[derive(Debug, Clone)]
 struct OptionValue(String);
 
+impl OptionValue {
+    fn scalar(v: toml::Value) -> Option<String> {
+        match v {
+            toml::Value::String(s) => Some(s),
+            toml::Value::Integer(i) => Some(i.to_string()),
+            toml::Value::Float(f) => Some(f.to_string()),
+            toml::Value::Boolean(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for OptionValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str =
+            "an option value must be a string, number or boolean, or a list of them";
         match toml::Value::deserialize(d)? {
-            toml::Value::String(s) => Ok(Self(s)),
-            toml::Value::Integer(i) => Ok(Self(i.to_string())),
-            toml::Value::Float(f) => Ok(Self(f.to_string())),
-            toml::Value::Boolean(b) => Ok(Self(b.to_string())),
-            _ => Err(de::Error::custom(
-                "an option value must be a string, number or boolean",
-            )),
+            toml::Value::Array(items) => {
+                let mut list = Vec::with_capacity(items.len());
+                for item in items {
+                    let text = Self::scalar(item).ok_or_else(|| de::Error::custom(EXPECTED))?;
+                    if text.contains(',') {
+                        return Err(de::Error::custom(format!(
+                            "list item {text:?} contains a comma (a list is passed to the protocol as comma-separated text)"
+                        )));
+                    }
+                    list.push(text);
+                }
+                Ok(Self(list.join(",")))
+            }
+            v => Self::scalar(v)
+                .map(Self)
+                .ok_or_else(|| de::Error::custom(EXPECTED)),
         }
     }
 }
@@ -660,6 +793,161 @@ mod tests {
             cfg.vhosts()[0].listen(),
             &["127.0.0.1:7681".parse::<SocketAddr>().unwrap()]
         );
+        let paths: Vec<&str> = cfg.vhosts()[0].mounts().iter().map(Mount::path).collect();
+        assert_eq!(
+            paths,
+            [
+                "/",
+                "/echo",
+                "/broadcast",
+                "/increment",
+                "/pubsub",
+                "/healthz",
+                "/metrics"
+            ]
+        );
+    }
+
+    const TWO: &str = r#"
+[[vhost]]
+name = "a"
+listen = ["127.0.0.1:0"]
+[vhost.limits]
+idle_timeout = "2m"
+[[vhost.mount]]
+path = "/echo"
+protocol = "echo"
+
+[[vhost]]
+name = "b"
+listen = ["127.0.0.2:0"]
+[[vhost.mount]]
+path = "/echo"
+protocol = "echo"
+"#;
+
+    #[test]
+    fn vhost_names_in_file_order() {
+        let f = ConfigFile::parse(TWO).unwrap();
+        assert_eq!(f.vhost_names().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(f.vhost_fingerprint("c"), None);
+    }
+
+    #[test]
+    fn fingerprint_ignores_comments_layout_and_key_order() {
+        let f = ConfigFile::parse(TWO).unwrap();
+        // The same vhosts, swapped, with comments, and keys in another order.
+        let g = ConfigFile::parse(
+            r#"
+# b first now
+[[vhost]]
+listen = ["127.0.0.2:0"]   # same address
+name = "b"
+[[vhost.mount]]
+protocol = "echo"
+path = "/echo"
+
+[[vhost]]
+name = "a"
+listen = ["127.0.0.1:0"]
+[vhost.limits]
+idle_timeout   =   "2m"
+[[vhost.mount]]
+path = "/echo"
+protocol = "echo"
+"#,
+        )
+        .unwrap();
+        for name in ["a", "b"] {
+            assert_eq!(
+                f.vhost_fingerprint(name),
+                g.vhost_fingerprint(name),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn fingerprint_changes_with_any_value_of_the_vhost() {
+        let f = ConfigFile::parse(TWO).unwrap();
+        let g = ConfigFile::parse(&TWO.replace("\"2m\"", "\"3m\"")).unwrap();
+        assert_ne!(f.vhost_fingerprint("a"), g.vhost_fingerprint("a"));
+        assert_eq!(f.vhost_fingerprint("b"), g.vhost_fingerprint("b"));
+        let h = ConfigFile::parse(&TWO.replace("127.0.0.2:0", "127.0.0.3:0")).unwrap();
+        assert_eq!(f.vhost_fingerprint("a"), h.vhost_fingerprint("a"));
+        assert_ne!(f.vhost_fingerprint("b"), h.vhost_fingerprint("b"));
+    }
+
+    #[test]
+    fn listen_override_shows_in_the_fingerprint() {
+        let f = ConfigFile::parse(TWO).unwrap();
+        let mut g = f.clone();
+        g.override_listen(&["127.0.0.9:9".parse().unwrap()]);
+        assert_ne!(f.vhost_fingerprint("a"), g.vhost_fingerprint("a"));
+        assert_eq!(f.vhost_fingerprint("b"), g.vhost_fingerprint("b"));
+        // Overriding a file with the addresses it already names changes nothing.
+        let mut h = f.clone();
+        h.override_listen(&["127.0.0.1:0".parse().unwrap()]);
+        assert_eq!(f.vhost_fingerprint("a"), h.vhost_fingerprint("a"));
+    }
+
+    #[test]
+    fn context_fingerprint_leaves_out_vhosts_and_drain_timeout() {
+        let f = ConfigFile::parse(TWO).unwrap();
+        let g = ConfigFile::parse(&format!(
+            "drain_timeout = \"1s\"\n{}",
+            TWO.replace("2m", "5m")
+        ))
+        .unwrap();
+        assert_eq!(f.context_fingerprint(), g.context_fingerprint());
+        let h = ConfigFile::parse(&format!("max_connections = 5\n{TWO}")).unwrap();
+        assert_ne!(f.context_fingerprint(), h.context_fingerprint());
+    }
+
+    #[test]
+    fn build_vhost_builds_one_by_name() {
+        let f = ConfigFile::parse(TWO).unwrap();
+        let b = f.build_vhost("b", &ProtocolRegistry::builtin()).unwrap();
+        assert_eq!(b.name(), "b");
+        assert_eq!(b.listen(), &["127.0.0.2:0".parse::<SocketAddr>().unwrap()]);
+        let a = f.build_vhost("a", &ProtocolRegistry::builtin()).unwrap();
+        assert_eq!(a.limits().idle_timeout, Duration::from_secs(120));
+        let e = f
+            .build_vhost("c", &ProtocolRegistry::builtin())
+            .unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.reason.as_str()),
+            ("vhost.c", "no such vhost")
+        );
+    }
+
+    #[test]
+    fn build_vhost_errors_name_the_key_and_line() {
+        let text = TWO.replacen("protocol = \"echo\"", "protocol = \"nope\"", 2);
+        let f = ConfigFile::parse(&text).unwrap();
+        let e = f
+            .build_vhost("b", &ProtocolRegistry::builtin())
+            .unwrap_err();
+        assert_eq!(e.key, "vhost.b.mount./echo.protocol", "{e}");
+        assert_eq!(e.line, Some(16), "{e}");
+    }
+
+    #[test]
+    fn option_lists_become_comma_separated_text() {
+        let text = "[[vhost]]\nname = \"a\"\nlisten = [\"127.0.0.1:0\"]\n[vhost.options.echo]\ntopics = [\"chat.*\", \"stats\"]\nn = [1, 2]\nnone = []\n[[vhost.mount]]\npath = \"/e\"\nprotocol = \"echo\"\n";
+        let cfg = load(text).unwrap();
+        let options = &cfg.vhosts()[0].protocols[0].options;
+        assert_eq!(
+            options.get("topics").map(String::as_str),
+            Some("chat.*,stats")
+        );
+        assert_eq!(options.get("n").map(String::as_str), Some("1,2"));
+        assert_eq!(options.get("none").map(String::as_str), Some(""));
+        let e = load(&text.replace("\"stats\"", "\"a,b\"")).unwrap_err();
+        assert_eq!(e.key, "vhost.options.echo.topics", "{e}");
+        assert!(e.reason.contains("contains a comma"), "{e}");
+        let e = load(&text.replace("[1, 2]", "[[1]]")).unwrap_err();
+        assert!(e.reason.contains("or a list of them"), "{e}");
     }
 
     #[test]

@@ -32,8 +32,8 @@ use event_listener::EventListener;
 use futures_lite::{AsyncRead, AsyncWrite};
 
 use super::{Pop, SessionHandle, close_frame};
-use crate::frame::{self, DecodeLimits, Decoder, Event, Fail};
 use crate::context::ContextShared;
+use crate::frame::{self, DecodeLimits, Decoder, Event, Fail};
 use crate::metrics::Metrics;
 use crate::protocol::{CloseReason, ClosedBy, SessionCallbacks};
 use crate::{CloseCode, Limits, Message};
@@ -281,8 +281,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 self.arm_close_deadline();
             }
             // Make sure a push to the queue wakes us: register first, then
-            // look again, so that no notification is lost.
-            if self.we_closed.is_none() && self.peer_closed.is_none() && !self.failing {
+            // look again, so that no notification is lost. While a full batch
+            // waits for the socket, its writability wakes us instead, so a
+            // stalled subscriber costs a publisher no wake-up per message.
+            if self.we_closed.is_none()
+                && self.peer_closed.is_none()
+                && !self.failing
+                && self.pending_out() < self.write_batch
+            {
                 match &mut self.listener {
                     None => {
                         self.listener = Some(self.handle.shared.data_ready.listen());
