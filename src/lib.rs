@@ -79,11 +79,11 @@ pub mod config;
 mod connection;
 mod context;
 mod error;
-pub mod handlers;
 mod frame;
 #[cfg(any(fuzzing, test))]
 #[doc(hidden)]
 pub mod fuzz;
+pub mod handlers;
 pub mod http;
 mod listener;
 pub mod metrics;

@@ -111,28 +111,99 @@ impl Stats {
             }
         };
         let one = |v: u64| [(String::new(), v)];
-        metric("sessions_open", "gauge", "WebSocket sessions open now.", &one(self.sessions_open));
-        metric("sessions_total", "counter", "WebSocket handshakes accepted.", &one(self.sessions_total));
-        metric("connections_open", "gauge", "TCP connections open now.", &one(self.connections));
-        let rejected: Vec<(String, u64)> =
-            self.rejected.iter().map(|(s, n)| (format!("{{status=\"{s}\"}}"), *n)).collect();
-        metric("handshakes_rejected_total", "counter", "Requests refused, by HTTP status.", &rejected);
-        metric("messages_in_total", "counter", "Data messages received.", &one(self.messages_in));
-        metric("bytes_in_total", "counter", "Payload bytes received.", &one(self.bytes_in));
-        metric("messages_out_total", "counter", "Data messages sent.", &one(self.messages_out));
-        metric("bytes_out_total", "counter", "Payload bytes sent.", &one(self.bytes_out));
-        metric("dropped_total", "counter", "Messages dropped by overflow policies.", &one(self.dropped));
-        metric("published_total", "counter", "Messages published to topics.", &one(self.published));
-        metric("topics", "gauge", "Topics with subscribers.", &one(self.topics));
-        let codes: Vec<(String, u64)> =
-            self.close_codes.iter().map(|(c, n)| (format!("{{code=\"{c}\"}}"), *n)).collect();
-        metric("sessions_closed_total", "counter", "Sessions ended, by close code.", &codes);
+        metric(
+            "sessions_open",
+            "gauge",
+            "WebSocket sessions open now.",
+            &one(self.sessions_open),
+        );
+        metric(
+            "sessions_total",
+            "counter",
+            "WebSocket handshakes accepted.",
+            &one(self.sessions_total),
+        );
+        metric(
+            "connections_open",
+            "gauge",
+            "TCP connections open now.",
+            &one(self.connections),
+        );
+        let rejected: Vec<(String, u64)> = self
+            .rejected
+            .iter()
+            .map(|(s, n)| (format!("{{status=\"{s}\"}}"), *n))
+            .collect();
+        metric(
+            "handshakes_rejected_total",
+            "counter",
+            "Requests refused, by HTTP status.",
+            &rejected,
+        );
+        metric(
+            "messages_in_total",
+            "counter",
+            "Data messages received.",
+            &one(self.messages_in),
+        );
+        metric(
+            "bytes_in_total",
+            "counter",
+            "Payload bytes received.",
+            &one(self.bytes_in),
+        );
+        metric(
+            "messages_out_total",
+            "counter",
+            "Data messages sent.",
+            &one(self.messages_out),
+        );
+        metric(
+            "bytes_out_total",
+            "counter",
+            "Payload bytes sent.",
+            &one(self.bytes_out),
+        );
+        metric(
+            "dropped_total",
+            "counter",
+            "Messages dropped by overflow policies.",
+            &one(self.dropped),
+        );
+        metric(
+            "published_total",
+            "counter",
+            "Messages published to topics.",
+            &one(self.published),
+        );
+        metric(
+            "topics",
+            "gauge",
+            "Topics with subscribers.",
+            &one(self.topics),
+        );
+        let codes: Vec<(String, u64)> = self
+            .close_codes
+            .iter()
+            .map(|(c, n)| (format!("{{code=\"{c}\"}}"), *n))
+            .collect();
+        metric(
+            "sessions_closed_total",
+            "counter",
+            "Sessions ended, by close code.",
+            &codes,
+        );
         let drain = [
             ("{result=\"clean\"}".to_owned(), self.drain_clean),
             ("{result=\"aborted\"}".to_owned(), self.drain_aborted),
             ("{result=\"forced\"}".to_owned(), self.drain_forced),
         ];
-        metric("drain_sessions_total", "counter", "Sessions ended during teardown, by result.", &drain);
+        metric(
+            "drain_sessions_total",
+            "counter",
+            "Sessions ended during teardown, by result.",
+            &drain,
+        );
         out
     }
 }

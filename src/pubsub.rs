@@ -13,10 +13,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::Message;
 use crate::error::Error;
 use crate::session::{SessionHandle, SessionId};
 use crate::vhost::lock;
-use crate::Message;
 
 /// Who is subscribed to a topic.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -121,10 +121,12 @@ impl Topics {
     }
 
     pub(crate) fn presence(&self, topic: &str) -> Presence {
-        lock(&self.map).get(topic).map_or_else(Presence::default, |list| Presence {
-            count: list.len(),
-            sessions: list.iter().map(SessionHandle::id).collect(),
-        })
+        lock(&self.map)
+            .get(topic)
+            .map_or_else(Presence::default, |list| Presence {
+                count: list.len(),
+                sessions: list.iter().map(SessionHandle::id).collect(),
+            })
     }
 
     pub(crate) fn names(&self) -> Vec<String> {

@@ -214,7 +214,10 @@ impl SessionHandle {
 
     /// The topics this session is subscribed to.
     pub fn subscriptions(&self) -> Vec<String> {
-        lock(&self.shared.topics).iter().map(|t| t.to_string()).collect()
+        lock(&self.shared.topics)
+            .iter()
+            .map(|t| t.to_string())
+            .collect()
     }
 
     /// Runs `task` on the context's loop, alongside the session (a timer that
