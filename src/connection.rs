@@ -148,7 +148,7 @@ async fn upgrade<S>(
         )
         .await;
     }
-    if !vhost.allows_origin(req.header("origin")) {
+    if !vhost.allows_origin(req.origin()) {
         return refuse(
             &mut stream,
             &ctx,

@@ -153,7 +153,7 @@ pub fn request_head(data: &[u8]) {
     // The origin check: deterministic, and a listed origin (after the
     // normalisation browsers' serialisations need) is the only way in once
     // any is listed.
-    let origin = req.header("origin");
+    let origin = req.origin();
     let allowed = vhost.allows_origin(origin);
     assert_eq!(allowed, vhost.allows_origin(origin));
     if let Some(o) = origin.filter(|_| !vhost.origins().is_empty()) {

@@ -97,6 +97,16 @@ impl Request {
         Some(name.to_ascii_lowercase())
     }
 
+    /// The `Origin` header for the origin check. A header that is present but
+    /// not UTF-8 comes back as a value no allow-list contains, so it can
+    /// never pass as "no Origin".
+    pub(crate) fn origin(&self) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("origin"))
+            .map(|(_, v)| std::str::from_utf8(v).unwrap_or("\u{fffd}"))
+    }
+
     /// Whether any header `name` has the comma-separated token `token`.
     pub(crate) fn has_token(&self, name: &str, token: &str) -> bool {
         self.headers

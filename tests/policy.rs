@@ -314,3 +314,25 @@ protocol = "echo"
         wsgate::config::load_toml(text, &wsgate::config::ProtocolRegistry::builtin()).unwrap_err();
     assert_eq!(err.key, "vhost.t.options.echo.token", "{err}");
 }
+
+/// An `Origin` header that is present but not UTF-8 is not "no Origin": it
+/// matches no allowed origin and gets 403.
+#[test]
+fn undecodable_origin_is_refused() {
+    let vhost = VhostConfig::builder("v")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .origin("https://app.example")
+        .protocol(Echo)
+        .mount(Mount::websocket("/echo", ["echo"]))
+        .build()
+        .unwrap();
+    let server = Server::start(Config::builder().vhost(vhost).build().unwrap());
+    let mut request = upgrade_request("/echo", "");
+    let end = request.len() - 2;
+    request.splice(
+        end..end,
+        b"Origin: https://caf\xe9.example\r\n".iter().copied(),
+    );
+    let reply = raw_http(server.addr(), &request);
+    assert_eq!(reply.status, 403, "{reply:?}");
+}
