@@ -1,5 +1,6 @@
-//! `Context`: one gateway instance attached to the host's executor, and
-//! `ContextHandle`, its thread-safe remote control.
+//! `Context`: one gateway instance attached to the host's executor (or to
+//! several, one per service thread), and `ContextHandle`, its thread-safe
+//! remote control.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -18,12 +19,14 @@ use crate::metrics::{Metrics, Stats};
 use crate::protocol::{CloseReason, Wake};
 use crate::pubsub::{Presence, Published, Topics};
 use crate::session::SessionHandle;
-use crate::tasks::{Host, Spawner, TaskSet};
+use crate::tasks::{Host, Live, Spawner, TaskSet, force_all};
 use crate::teardown::Drain;
 use crate::vhost::{Vhost, lock};
 use crate::{CloseCode, Message};
 
-/// One gateway instance, attached to an executor that the host owns and runs.
+/// One gateway instance, attached to an executor that the host owns and runs
+/// ([`attach`](Self::attach)), or to several executors that the host runs on
+/// its service threads ([`attach_set`](Self::attach_set)).
 ///
 /// `attach` binds every listener and spawns wsgate's tasks on the host's
 /// executor; it starts no thread, no runtime and no signal handler. The
@@ -59,9 +62,11 @@ use crate::{CloseCode, Message};
 /// ```
 #[must_use = "dropping a Context forces every session closed; call destroy() and drain()"]
 pub struct Context<'ex> {
-    host: &'ex dyn Host,
+    /// The host's executors, one per worker, in `attach_set`'s order.
+    hosts: Vec<&'ex dyn Host>,
     shared: Arc<ContextShared>,
-    tasks: Option<TaskSet>,
+    /// One task set per worker; empty once handed to the `Drain` or forced.
+    tasks: Vec<TaskSet>,
 }
 
 /// The thread-safe remote control of a [`Context`]: `Clone + Send + Sync`.
@@ -73,7 +78,7 @@ pub struct ContextHandle {
 }
 
 /// A snapshot of a context's counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Counters {
     /// Sessions open now.
@@ -86,11 +91,21 @@ pub struct Counters {
     pub closed: u64,
     /// TCP connections open now (HTTP and WebSocket).
     pub connections: usize,
+    /// The accepted connections each service thread serves now, indexed like
+    /// the executors given to [`Context::attach_set`] (one entry for
+    /// [`Context::attach`]). New connections go to the lowest of these. They
+    /// add up to `connections`, but for a connection being accepted at that
+    /// very moment.
+    pub connections_per_thread: Vec<usize>,
 }
 
 pub(crate) struct ContextShared {
     running: AtomicBool,
+    /// Worker 0's spawner: accept loops, posted closures, wake-ups and tasks
+    /// spawned from sessions run there. Its live count is context-wide.
     pub(crate) spawner: Spawner,
+    /// Every worker (one per host executor), for the hand-off of connections.
+    workers: Vec<Worker>,
     vhosts: Mutex<Vec<Vhost>>,
     pub(crate) listeners: Mutex<Vec<Arc<Listener>>>,
     sessions: Mutex<HashMap<u64, SessionHandle>>,
@@ -113,11 +128,71 @@ pub(crate) struct ContextShared {
 impl<'ex> Context<'ex> {
     /// Binds every listener of `config`, then spawns wsgate's tasks on `ex`.
     ///
+    /// The one-executor case of [`attach_set`](Self::attach_set).
+    ///
     /// # Errors
     ///
     /// [`Error::Bind`] if an address cannot be bound; nothing is left running
     /// and every socket bound so far is closed.
     pub fn attach(ex: &'ex Executor<'_>, config: Config) -> Result<Self, Error> {
+        Self::attach_set(std::slice::from_ref(ex), config)
+    }
+
+    /// Binds every listener of `config`, then attaches one *worker* to each
+    /// executor of `executors`, which the host runs on its service threads
+    /// (one thread per executor, typically).
+    ///
+    /// Each worker is a task set of its own run by `config.pumps` pump tasks
+    /// spawned on its executor. Worker 0 (on `executors[0]`) runs the accept
+    /// loops and the context-wide tasks ([`ContextHandle::post`],
+    /// [`ContextHandle::wake`]); each accepted connection (HTTP, then its
+    /// WebSocket session) is handed to the worker serving the fewest
+    /// connections at that moment, the lowest index on a tie, and stays
+    /// there. See [`Counters::connections_per_thread`].
+    ///
+    /// It returns once every listener is bound, before anything has run: a
+    /// client may connect at once and is served when the host runs the
+    /// executors. Teardown is one [`Drain`] over all of them.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::{Duration, Instant};
+    /// use async_executor::Executor;
+    /// use wsgate::{Config, Context, Mount, VhostConfig, protocols::Echo};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let executors: Vec<Executor<'_>> = (0..4).map(|_| Executor::new()).collect();
+    /// let vhost = VhostConfig::builder("default")
+    ///     .listen("127.0.0.1:7681".parse()?)
+    ///     .protocol(Echo)
+    ///     .mount(Mount::websocket("/echo", ["echo"]))
+    ///     .build()?;
+    /// let ctx = Context::attach_set(&executors, Config::builder().vhost(vhost).build()?)?;
+    /// let handle = ctx.handle();
+    /// // One service thread per executor, until something asks for shutdown.
+    /// std::thread::scope(|s| {
+    ///     for ex in &executors {
+    ///         let handle = &handle;
+    ///         s.spawn(move || async_io::block_on(ex.run(handle.shutdown_requested())));
+    ///     }
+    /// });
+    /// // The threads have stopped: one drain drives every executor.
+    /// let report = ctx.destroy().drain(&executors, Instant::now() + Duration::from_secs(5));
+    /// println!("{report}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoExecutors`] if `executors` is empty; [`Error::Bind`] if an
+    /// address cannot be bound. Either way nothing is left running and every
+    /// socket bound so far is closed.
+    pub fn attach_set(executors: &'ex [Executor<'_>], config: Config) -> Result<Self, Error> {
+        if executors.is_empty() {
+            return Err(Error::NoExecutors);
+        }
         let Config {
             vhosts,
             max_connections,
@@ -128,10 +203,24 @@ impl<'ex> Context<'ex> {
             .flat_map(|v| v.listen().iter().copied())
             .collect();
         let mut bound = bind_all(&addrs, &[])?;
-        let (tasks, spawner) = TaskSet::new(ex, pumps);
+        let hosts: Vec<&'ex dyn Host> = executors.iter().map(|ex| ex as &dyn Host).collect();
+        let live = Live::new();
+        let (tasks, workers): (Vec<TaskSet>, Vec<Worker>) = hosts
+            .iter()
+            .map(|host| {
+                let (tasks, spawner) = TaskSet::new(*host, pumps, &live);
+                let worker = Worker {
+                    spawner,
+                    load: AtomicUsize::new(0),
+                };
+                (tasks, worker)
+            })
+            .unzip();
         let shared = Arc::new(ContextShared {
             running: AtomicBool::new(true),
-            spawner,
+            // Not empty: checked above, one worker per executor.
+            spawner: workers[0].spawner.clone(),
+            workers,
             vhosts: Mutex::new(Vec::new()),
             listeners: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
@@ -153,11 +242,15 @@ impl<'ex> Context<'ex> {
             let vhost = Vhost::new(cfg, Arc::downgrade(&shared));
             shared.install_vhost(&vhost, &mut bound);
         }
-        tracing::info!(listeners = ?shared.local_addrs(), "context attached");
+        tracing::info!(
+            listeners = ?shared.local_addrs(),
+            workers = hosts.len(),
+            "context attached"
+        );
         Ok(Self {
-            host: ex,
+            hosts,
             shared,
-            tasks: Some(tasks),
+            tasks,
         })
     }
 
@@ -223,20 +316,21 @@ impl<'ex> Context<'ex> {
     /// to the drain.
     pub fn destroy(mut self) -> Drain<'ex> {
         self.shared.begin_teardown("destroy");
-        let tasks = self.tasks.take();
-        Drain::new(self.host, self.shared.clone(), tasks)
+        let tasks = std::mem::take(&mut self.tasks);
+        Drain::new(self.hosts.clone(), self.shared.clone(), tasks)
     }
 }
 
 impl Drop for Context<'_> {
     fn drop(&mut self) {
-        if let Some(mut tasks) = self.tasks.take() {
+        if !self.tasks.is_empty() {
             tracing::warn!(
                 sessions = self.shared.session_count(),
+                workers = self.tasks.len(),
                 "context dropped without destroy(): forcing every session closed"
             );
             self.shared.begin_teardown("drop");
-            tasks.force(None, 0);
+            force_all(std::mem::take(&mut self.tasks), &[], 0);
         }
     }
 }
@@ -452,6 +546,11 @@ impl ContextShared {
             rejected: self.rejected.load(Ordering::Relaxed),
             closed: self.closed.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
+            connections_per_thread: self
+                .workers
+                .iter()
+                .map(|w| w.load.load(Ordering::Relaxed))
+                .collect(),
         }
     }
 
@@ -549,7 +648,10 @@ impl ContextShared {
     /// Reserves a connection slot; `None` when at the limit.
     pub(crate) fn try_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
         let n = self.connections.fetch_add(1, Ordering::AcqRel);
-        let slot = ConnectionSlot(self.clone());
+        let slot = ConnectionSlot {
+            ctx: self.clone(),
+            worker: None,
+        };
         (n < self.max_connections).then_some(slot)
     }
 
@@ -584,19 +686,61 @@ impl ContextShared {
     }
 }
 
-/// An open TCP connection's place under `max_connections`.
-pub(crate) struct ConnectionSlot(Arc<ContextShared>);
+/// One service thread's share of a context: the spawner of its task set and
+/// the number of connections it serves.
+struct Worker {
+    spawner: Spawner,
+    /// Connections handed to this worker and not yet ended.
+    load: AtomicUsize,
+}
+
+/// An open TCP connection's place under `max_connections`, and once handed
+/// off, its place in its worker's load: both are given back when the
+/// connection's task ends (or is dropped by a forced teardown).
+pub(crate) struct ConnectionSlot {
+    ctx: Arc<ContextShared>,
+    worker: Option<usize>,
+}
 
 impl ConnectionSlot {
     pub(crate) fn ctx(&self) -> &Arc<ContextShared> {
-        &self.0
+        &self.ctx
+    }
+
+    /// Hands the connection to the worker serving the fewest connections (the
+    /// lowest index on a tie), counts it there, and returns that worker's
+    /// spawner, on which the connection's task must be spawned.
+    ///
+    /// The look and the increment are not one atomic step, so two listeners
+    /// accepting at the same instant may both pick the same worker; the
+    /// imbalance is one connection and corrects itself on the next hand-off.
+    pub(crate) fn hand_off(&mut self) -> Spawner {
+        let workers = &self.ctx.workers;
+        let index = least_loaded(workers.iter().map(|w| w.load.load(Ordering::Acquire)));
+        if let Some(previous) = self.worker.replace(index) {
+            workers[previous].load.fetch_sub(1, Ordering::AcqRel);
+        }
+        let worker = &workers[index];
+        worker.load.fetch_add(1, Ordering::AcqRel);
+        worker.spawner.clone()
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.ctx.connections.fetch_sub(1, Ordering::AcqRel);
+        if let Some(index) = self.worker {
+            self.ctx.workers[index].load.fetch_sub(1, Ordering::AcqRel);
+        }
     }
+}
+
+/// The index of the smallest load, the lowest index among equals (0 for none).
+fn least_loaded(loads: impl Iterator<Item = usize>) -> usize {
+    loads
+        .enumerate()
+        .min_by_key(|&(i, load)| (load, i))
+        .map_or(0, |(i, _)| i)
 }
 
 const _: () = {
@@ -605,4 +749,19 @@ const _: () = {
     send_sync::<SessionHandle>();
     send_sync::<Vhost>();
     send_sync::<Context<'static>>();
+    send_sync::<Drain<'static>>();
 };
+
+#[cfg(test)]
+mod tests {
+    use super::least_loaded;
+
+    #[test]
+    fn the_least_loaded_worker_wins_and_ties_go_to_the_lowest_index() {
+        assert_eq!(least_loaded([0, 0, 0].into_iter()), 0);
+        assert_eq!(least_loaded([1, 0, 0].into_iter()), 1);
+        assert_eq!(least_loaded([3, 2, 1, 1].into_iter()), 2);
+        assert_eq!(least_loaded([5].into_iter()), 0);
+        assert_eq!(least_loaded(std::iter::empty()), 0);
+    }
+}

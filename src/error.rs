@@ -24,6 +24,11 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// [`Context::attach_set`](crate::Context::attach_set) was given an empty
+    /// slice of executors (caller's fault): a context needs at least one to
+    /// run on.
+    #[error("attach_set needs at least one executor")]
+    NoExecutors,
     /// The context has been torn down (or is being torn down); handles are inert.
     #[error("the context has been torn down")]
     Closed,

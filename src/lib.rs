@@ -43,6 +43,16 @@
 //! Dropping a `Context` or a `Drain` early is safe: the remaining sessions are
 //! closed at the TCP level, logged, without blocking or panicking.
 //!
+//! # Service threads
+//!
+//! A host that runs one executor per thread attaches one context to all of
+//! them with [`Context::attach_set`]: executor 0 accepts, and each connection
+//! is handed to the thread serving the fewest connections
+//! ([`Counters::connections_per_thread`]). Teardown is the same order over the
+//! set: `destroy`, the host joins its threads, then
+//! `drain(&executors, deadline)` drives every executor from the calling
+//! thread. The threads are the host's; wsgate still starts none.
+//!
 //! # Quick start
 //!
 //! ```no_run
@@ -107,5 +117,5 @@ pub use error::{ConfigError, Error, SendError};
 pub use http::{HttpHandler, Request, Response};
 pub use protocol::{CloseReason, ClosedBy, Options, Protocol, Reject, Wake};
 pub use session::{SessionHandle, SessionId};
-pub use teardown::{Drain, DrainReport};
+pub use teardown::{Drain, DrainReport, Executors};
 pub use vhost::Vhost;

@@ -1,5 +1,6 @@
 //! Listening sockets: binding (all before anything starts), the accept loop,
-//! and the vhosts that share each listener.
+//! the hand-off of each accepted connection to the least loaded worker, and
+//! the vhosts that share each listener.
 
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -152,10 +153,14 @@ fn on_accept(
     let _ = stream.get_ref().set_nodelay(true);
     let stream = Tcp(stream);
     match ctx.try_connection() {
-        Some(slot) => {
-            ctx.spawner
-                .spawn(serve(stream, peer, listener.clone(), slot));
+        Some(mut slot) => {
+            // The connection (and the session it may become) is served by
+            // the least loaded worker until it ends; its slot counts it there.
+            let worker = slot.hand_off();
+            worker.spawn(serve(stream, peer, listener.clone(), slot));
         }
+        // Refusals are short and bounded (MAX_REFUSING); they stay on the
+        // accepting worker.
         None => {
             ctx.rejected(503);
             if listener.refusing.fetch_add(1, Ordering::AcqRel) < MAX_REFUSING {

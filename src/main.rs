@@ -1,6 +1,15 @@
 //! `wsgate`: the gateway binary. Glue only: CLI → config → context → signals
 //! → exit code.
 //!
+//! It serves on `--threads` service threads (default: one per CPU available
+//! to the process): one executor per thread, all attached to one context
+//! ([`Context::attach_set`]). Executor 0 runs on the main thread, with the
+//! accept loops, the signal task, reloads and the stats publisher; the others
+//! run on scoped threads named `wsgate-1`, `wsgate-2`, ... until shutdown is
+//! requested. Once every thread has stopped, one drain drives all the
+//! executors from the main thread. `--threads 1` is the single-loop gateway:
+//! no thread is started.
+//!
 //! Besides serving, the binary does two things of its own on the loop:
 //!
 //! - **Reload on SIGHUP.** It re-reads `--config` and applies the difference
@@ -16,6 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -31,6 +41,10 @@ use wsgate::{Context, ContextHandle, Error, Message, VhostConfig};
 
 /// The topic the binary publishes its counters to.
 const STATS_TOPIC: &str = "stats";
+
+/// The most service threads `--threads` accepts (the file's `threads` has the
+/// same bound).
+const MAX_THREADS: usize = 1024;
 
 /// An embeddable async WebSocket gateway: WebSocket and HTTP on one port.
 #[derive(Debug, Parser)]
@@ -53,6 +67,11 @@ struct Cli {
     /// "stats"; "0s" turns it off.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
     stats_interval: Duration,
+    /// Service threads, each running its own executor; new connections go to
+    /// the least loaded (overrides the file's threads; default: the CPUs
+    /// available to the process, which respects its CPU affinity).
+    #[arg(long, value_name = "N", value_parser = parse_threads)]
+    threads: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -78,9 +97,15 @@ fn run(cli: Cli) -> Result<(), String> {
         .build(&registry)
         .map_err(|e| located(cli.config.as_deref(), &e))?;
     let mut applied = Applied::of(&file);
+    let threads = cli
+        .threads
+        .or(file.threads())
+        .unwrap_or_else(available_threads);
 
-    let ex = Executor::new();
-    let ctx = Context::attach(&ex, config).map_err(|e| error_chain(&e))?;
+    // One executor per service thread; executor 0 is the main thread's.
+    let executors: Vec<Executor<'_>> = (0..threads).map(|_| Executor::new()).collect();
+    let ex = &executors[0];
+    let ctx = Context::attach_set(&executors, config).map_err(|e| error_chain(&e))?;
     let handle = ctx.handle();
     let signals =
         wsgate::signals::shutdown_on_signals(&handle).map_err(|e| format!("signals: {e}"))?;
@@ -108,11 +133,35 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         }
     };
-    async_io::block_on(ex.run(future::or(handle.shutdown_requested(), reload_loop)));
+    tracing::info!(threads, "serving");
+    // Every service thread runs its executor until shutdown is requested; the
+    // scope ends once all of them have stopped, before the drain.
+    let failed = std::thread::scope(|s| {
+        let mut failed = None;
+        for (i, service) in executors.iter().enumerate().skip(1) {
+            let handle = &handle;
+            let spawned = std::thread::Builder::new()
+                .name(format!("wsgate-{i}"))
+                .spawn_scoped(s, move || {
+                    async_io::block_on(service.run(handle.shutdown_requested()));
+                });
+            if let Err(e) = spawned {
+                // The connections already handed to this executor are served
+                // by the drain; shut down rather than run a thread short.
+                failed = Some(format!("cannot start service thread wsgate-{i}: {e}"));
+                let _ = handle.shutdown();
+                break;
+            }
+        }
+        async_io::block_on(ex.run(future::or(handle.shutdown_requested(), reload_loop)));
+        failed
+    });
     drop(stats);
 
     let drain_timeout = cli.drain_timeout.unwrap_or(applied.drain_timeout);
-    let report = ctx.destroy().drain(&ex, Instant::now() + drain_timeout);
+    let report = ctx
+        .destroy()
+        .drain(&executors, Instant::now() + drain_timeout);
     tracing::info!(
         clean = report.clean,
         aborted = report.aborted,
@@ -122,7 +171,16 @@ fn run(cli: Cli) -> Result<(), String> {
         "shutdown complete"
     );
     println!("wsgate drained: {report}");
-    Ok(())
+    failed.map_or(Ok(()), Err)
+}
+
+/// The default number of service threads: the CPUs this process may run on
+/// (`available_parallelism` respects its CPU affinity, e.g. `taskset`), 1 if
+/// that cannot be known.
+fn available_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, NonZeroUsize::get)
+        .min(MAX_THREADS)
 }
 
 /// Reads and parses `path` (the built-in configuration when `None`), with the
@@ -156,7 +214,7 @@ fn located(path: Option<&Path>, e: &wsgate::ConfigError) -> String {
 #[derive(Debug)]
 struct Applied {
     vhosts: BTreeMap<String, String>,
-    /// `max_connections` and `pumps`, which only a restart changes.
+    /// `max_connections`, `pumps` and `threads`, which only a restart changes.
     context: String,
     drain_timeout: Duration,
 }
@@ -225,7 +283,7 @@ fn reload(cli: &Cli, ctx: &Context<'_>, registry: &ProtocolRegistry, applied: &m
             apply(ctx, &next, registry, applied).map_err(|e| format!("{}: {e}", path.display()))?;
         if next.context_fingerprint() != applied.context {
             tracing::warn!(
-                "max_connections and pumps only change on restart; the running values stay"
+                "max_connections, pumps and threads only change on restart; the running values stay"
             );
         }
         applied.drain_timeout = next.drain_timeout();
@@ -426,6 +484,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+fn parse_threads(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_THREADS).contains(n))
+        .ok_or_else(|| format!("invalid number of threads {s:?} (expected 1 to {MAX_THREADS})"))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     wsgate::config::parse_duration(s)
         .ok_or_else(|| format!("invalid duration {s:?} (expected a number with ms, s, m or h)"))
@@ -494,6 +559,16 @@ mod tests {
         let mut next = file(&vhost("a", "127.0.0.8:8", "60s"));
         next.override_listen(&listen);
         assert!(Plan::new(&Applied::of(&old).vhosts, &next).is_empty());
+    }
+
+    #[test]
+    fn threads_are_between_1_and_1024() {
+        assert_eq!(parse_threads("1"), Ok(1));
+        assert_eq!(parse_threads("1024"), Ok(1024));
+        for bad in ["0", "1025", "-1", "two", ""] {
+            assert!(parse_threads(bad).is_err(), "{bad}");
+        }
+        assert!((1..=MAX_THREADS).contains(&available_threads()));
     }
 
     #[test]

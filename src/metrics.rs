@@ -49,6 +49,10 @@ pub struct Stats {
     pub sessions_total: u64,
     /// TCP connections open now.
     pub connections: u64,
+    /// The connections each service thread serves now, indexed like the
+    /// executors the context was attached to (see
+    /// [`Counters::connections_per_thread`](crate::Counters::connections_per_thread)).
+    pub connections_per_thread: Vec<u64>,
     /// Requests refused, by HTTP status.
     pub rejected: BTreeMap<u16, u64>,
     /// Data messages received from clients.
@@ -85,6 +89,7 @@ impl Stats {
             sessions_open: c.sessions_open as u64,
             sessions_total: load(&m.sessions_total),
             connections: c.connections as u64,
+            connections_per_thread: c.connections_per_thread.iter().map(|&n| n as u64).collect(),
             rejected: lock(&m.rejected).clone(),
             messages_in: load(&m.messages_in),
             bytes_in: load(&m.bytes_in),
@@ -128,6 +133,18 @@ impl Stats {
             "gauge",
             "TCP connections open now.",
             &one(self.connections),
+        );
+        let per_thread: Vec<(String, u64)> = self
+            .connections_per_thread
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("{{thread=\"{i}\"}}"), *n))
+            .collect();
+        metric(
+            "thread_connections_open",
+            "gauge",
+            "TCP connections open now, by the service thread serving them.",
+            &per_thread,
         );
         let rejected: Vec<(String, u64)> = self
             .rejected

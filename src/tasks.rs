@@ -8,6 +8,11 @@
 //! on the host's executor that run it. Nothing of wsgate's runs unless the host
 //! runs its loop, and everything runs on the host's threads.
 //!
+//! A context attached to several executors (service threads) has one task set
+//! per executor, a *worker*; their spawners share one [`Live`] count, so the
+//! drain knows when every task of the context has ended, whichever worker ran
+//! it.
+//!
 //! Dropping the task set drops every task's future at once, which closes their
 //! sockets: that is how a deadline forces the remaining sessions down.
 
@@ -59,7 +64,9 @@ pub(crate) struct TaskSet {
 }
 
 impl TaskSet {
-    pub(crate) fn new(host: &dyn Host, pumps: usize) -> (Self, Spawner) {
+    /// A task set run by `pumps` pump tasks on `host`, counting its tasks in
+    /// `live` (shared by every worker of a context).
+    pub(crate) fn new(host: &dyn Host, pumps: usize, live: &Arc<Live>) -> (Self, Spawner) {
         let exec = Arc::new(Executor::new());
         let pumps = (0..pumps)
             .map(|_| {
@@ -71,10 +78,7 @@ impl TaskSet {
             .collect();
         let spawner = Spawner {
             exec: Arc::downgrade(&exec),
-            live: Arc::new(Live {
-                count: AtomicUsize::new(0),
-                zero: Event::new(),
-            }),
+            live: live.clone(),
         };
         (
             Self {
@@ -85,40 +89,60 @@ impl TaskSet {
         )
     }
 
-    /// Cancels the pumps and drops every remaining task, ticking `host` until
-    /// the pumps have let go of the task set (at most `max_ticks` times).
-    /// Returns the number of ticks used.
-    pub(crate) fn force(&mut self, host: Option<&dyn Host>, max_ticks: usize) -> usize {
+    /// Cancels the pumps and lets go of the task set. Returns what is left of
+    /// it: the pumps' futures still hold it until their host executor runs
+    /// them (to drop them) or is dropped.
+    fn release(&mut self) -> Weak<Executor<'static>> {
         // Dropping a pump's `Task` cancels it; the executor drops the pump's
         // future (and with it the pump's reference) the next time it runs.
         self.pumps.clear();
-        let Some(exec) = self.exec.take() else {
-            return 0;
-        };
-        let weak = Arc::downgrade(&exec);
-        drop(exec);
-        let mut ticks = 0;
-        if let Some(host) = host {
-            while weak.strong_count() > 0 && ticks < max_ticks {
-                if !host.try_tick() {
-                    break;
-                }
-                ticks += 1;
-            }
-        }
-        if weak.strong_count() > 0 {
-            tracing::debug!(
-                "task set outlives the pumps until the host executor runs or drops them"
-            );
-        }
-        ticks
+        self.exec
+            .take()
+            .map_or_else(Weak::new, |exec| Arc::downgrade(&exec))
     }
 }
 
 impl Drop for TaskSet {
     fn drop(&mut self) {
-        self.force(None, 0);
+        if self.release().strong_count() > 0 {
+            tracing::debug!(
+                "task set outlives the pumps until the host executor runs or drops them"
+            );
+        }
     }
+}
+
+/// Forces every worker: cancels all the pumps and lets go of every task set
+/// first, so that no worker's task runs again once forcing has begun (a
+/// session dropped on one worker may wake tasks on another), then ticks each
+/// worker's host until its pumps have let go of its task set (at most
+/// `max_ticks` ticks per host). Without hosts it only releases; the task sets
+/// then go when their executors next run or are dropped. Never blocks.
+/// Returns the number of ticks used.
+pub(crate) fn force_all(workers: Vec<TaskSet>, hosts: &[&dyn Host], max_ticks: usize) -> usize {
+    let released: Vec<Weak<Executor<'static>>> = workers
+        .into_iter()
+        .map(|mut tasks| tasks.release())
+        .collect();
+    let mut ticks = 0;
+    for (weak, host) in released.iter().zip(hosts) {
+        let mut n = 0;
+        while weak.strong_count() > 0 && n < max_ticks {
+            if !host.try_tick() {
+                break;
+            }
+            n += 1;
+        }
+        ticks += n;
+    }
+    let outliving = released.iter().filter(|w| w.strong_count() > 0).count();
+    if outliving > 0 {
+        tracing::debug!(
+            workers = outliving,
+            "task sets outlive their pumps until the host executors run or drop them"
+        );
+    }
+    ticks
 }
 
 /// Spawns onto a context's task set from anywhere; counts live tasks.
@@ -128,9 +152,19 @@ pub(crate) struct Spawner {
     live: Arc<Live>,
 }
 
-struct Live {
+/// The live-task count of a context, shared by every worker's spawner.
+pub(crate) struct Live {
     count: AtomicUsize,
     zero: Event,
+}
+
+impl Live {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            count: AtomicUsize::new(0),
+            zero: Event::new(),
+        })
+    }
 }
 
 struct LiveGuard(Arc<Live>);
@@ -166,12 +200,13 @@ impl Spawner {
         true
     }
 
-    /// Tasks spawned and not yet finished (or dropped).
+    /// Tasks spawned and not yet finished (or dropped), on every worker of
+    /// the context.
     pub(crate) fn live(&self) -> usize {
         self.live.count.load(Ordering::Acquire)
     }
 
-    /// Resolves once no task is left.
+    /// Resolves once no task is left on any worker.
     pub(crate) async fn idle(&self) {
         loop {
             let l = self.live.zero.listen();

@@ -6,10 +6,17 @@
 //! [`Context::destroy`](crate::Context::destroy) consumes the context and
 //! returns the `Drain`; both borrow the executor, so the executor cannot be
 //! dropped before them.
+//!
+//! A context attached to several executors (service threads) has one `Drain`
+//! for all of them: once the host has stopped its threads, `drain` drives
+//! every executor from the calling thread.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_executor::Executor;
@@ -17,18 +24,73 @@ use async_io::Timer;
 use futures_lite::future;
 
 use crate::context::ContextShared;
-use crate::tasks::{Host, TaskSet, executor_id};
+use crate::tasks::{Host, TaskSet, force_all};
+
+/// The executors a context was attached to, as [`Drain::drain`] takes them:
+/// one [`Executor`] (after [`Context::attach`](crate::Context::attach)) or the
+/// whole set (after [`Context::attach_set`](crate::Context::attach_set)) as a
+/// slice, a `Vec` or an array.
+///
+/// This trait is sealed: it cannot be implemented outside wsgate.
+pub trait Executors: sealed::Sealed {}
+
+impl Executors for Executor<'_> {}
+impl Executors for [Executor<'_>] {}
+impl Executors for Vec<Executor<'_>> {}
+impl<const N: usize> Executors for [Executor<'_>; N] {}
+
+mod sealed {
+    use async_executor::Executor;
+
+    use crate::tasks::executor_id;
+
+    /// The identities of the executors (see `executor_id`), which `drain`
+    /// compares with the attached ones. Not nameable outside the crate, so
+    /// `Executors` cannot be implemented (or this called) elsewhere.
+    pub trait Sealed {
+        fn ids(&self) -> Vec<usize>;
+    }
+
+    impl Sealed for Executor<'_> {
+        fn ids(&self) -> Vec<usize> {
+            vec![executor_id(self)]
+        }
+    }
+
+    impl Sealed for [Executor<'_>] {
+        fn ids(&self) -> Vec<usize> {
+            self.iter().map(executor_id).collect()
+        }
+    }
+
+    impl Sealed for Vec<Executor<'_>> {
+        fn ids(&self) -> Vec<usize> {
+            self.as_slice().ids()
+        }
+    }
+
+    impl<const N: usize> Sealed for [Executor<'_>; N] {
+        fn ids(&self) -> Vec<usize> {
+            self.as_slice().ids()
+        }
+    }
+}
 
 /// A context that has begun teardown and waits for its close handshakes.
 ///
-/// Call [`drain`](Self::drain) after the host has stopped running its loop.
-/// Dropping a `Drain` undrained forces every remaining session closed (TCP
-/// close, no handshake) and logs it; it never blocks.
+/// Call [`drain`](Self::drain) after the host has stopped running its loop
+/// (every executor of a context from [`attach_set`], with its service threads
+/// joined). Dropping a `Drain` undrained forces every remaining session closed
+/// (TCP close, no handshake) and logs it; it never blocks.
+///
+/// [`attach_set`]: crate::Context::attach_set
 #[must_use = "call drain() to let the close handshakes finish; dropping a Drain forces them"]
 pub struct Drain<'ex> {
-    host: &'ex dyn Host,
+    /// Every executor the context was attached to, one per worker.
+    hosts: Vec<&'ex dyn Host>,
     shared: Arc<ContextShared>,
-    tasks: Option<TaskSet>,
+    /// One task set per worker; empty once forced.
+    tasks: Vec<TaskSet>,
     started: Instant,
 }
 
@@ -46,7 +108,8 @@ pub struct DrainReport {
     /// Other wsgate tasks cut off at the deadline: HTTP exchanges still in
     /// progress, posted closures that had not finished.
     pub tasks_forced: usize,
-    /// Host executor iterations (ticks) the drain ran.
+    /// Host executor iterations (ticks) the drain ran, summed over every
+    /// executor of the context.
     pub iterations: u64,
     /// Time from the start of teardown (`destroy`, or an earlier
     /// `ContextHandle::shutdown`) to the end of the drain.
@@ -77,39 +140,78 @@ impl fmt::Display for DrainReport {
 
 impl<'ex> Drain<'ex> {
     pub(crate) fn new(
-        host: &'ex dyn Host,
+        hosts: Vec<&'ex dyn Host>,
         shared: Arc<ContextShared>,
-        tasks: Option<TaskSet>,
+        tasks: Vec<TaskSet>,
     ) -> Self {
         Self {
-            host,
+            hosts,
             shared,
             tasks,
             started: Instant::now(),
         }
     }
 
-    /// Runs iterations of `ex` (the executor the context was attached to)
-    /// until every session has finished its close handshake and every wsgate
-    /// task has ended, or until `deadline`; then forces the rest closed.
+    /// Runs iterations of the executors the context was attached to until
+    /// every session has finished its close handshake and every wsgate task
+    /// has ended, or until `deadline`; then forces the rest closed.
     ///
-    /// Call it from the thread that owns the loop, outside of any
-    /// `block_on`: it drives the reactor itself while it waits.
-    pub fn drain(mut self, ex: &Executor<'_>, deadline: Instant) -> DrainReport {
-        let host: &dyn Host = if executor_id(ex) == self.host.id() {
-            ex
-        } else {
+    /// `executors` is the executor given to [`attach`], or the set given to
+    /// [`attach_set`] (a slice, `Vec` or array). If it is not the attached
+    /// executors, a warning is logged and the attached ones are drained
+    /// anyway.
+    ///
+    /// Every executor is driven from the calling thread (an `Executor` is
+    /// `Sync`): it runs whatever is ready on each executor in turn, as long as
+    /// any of them makes progress, then sleeps until one of them has work, no
+    /// wsgate task is left, or the deadline passes. The host's own tasks on
+    /// those executors run too. At the deadline every worker is forced: its
+    /// task set is dropped (closing the remaining sockets), then each executor
+    /// is ticked until its pumps have let go.
+    ///
+    /// Call it once the host has stopped running the executors (its service
+    /// threads joined), from a thread outside of any `block_on`: it drives the
+    /// reactor itself while it waits.
+    ///
+    /// [`attach`]: crate::Context::attach
+    /// [`attach_set`]: crate::Context::attach_set
+    pub fn drain<E: Executors + ?Sized>(mut self, executors: &E, deadline: Instant) -> DrainReport {
+        let mut given = sealed::Sealed::ids(executors);
+        let mut attached: Vec<usize> = self.hosts.iter().map(|h| h.id()).collect();
+        given.sort_unstable();
+        attached.sort_unstable();
+        if given != attached {
             tracing::warn!(
-                "drain() was given another executor than attach(); draining the attached one"
+                given = given.len(),
+                attached = attached.len(),
+                "drain() was given other executors than attach(); draining the attached ones"
             );
-            self.host
-        };
+        }
+        let hosts = self.hosts.clone();
         let spawner = self.shared.spawner.clone();
         let mut iterations = 0u64;
-        while spawner.live() > 0 && Instant::now() < deadline {
+        let going = || spawner.live() > 0 && Instant::now() < deadline;
+        while going() {
+            // Whatever is ready, round-robin, so that no executor waits for
+            // another's backlog.
+            let mut progressed = true;
+            while progressed && going() {
+                progressed = false;
+                for host in &hosts {
+                    if host.try_tick() {
+                        progressed = true;
+                        iterations += 1;
+                    }
+                }
+            }
+            if !going() {
+                break;
+            }
+            // Nothing is ready: sleep (driving the reactor) until one
+            // executor has run a task, everything has ended, or the deadline.
             let ticked = async_io::block_on(future::or(
                 async {
-                    host.tick().await;
+                    any_tick(&hosts).await;
                     true
                 },
                 future::or(
@@ -135,9 +237,8 @@ impl<'ex> Drain<'ex> {
                 "drain deadline passed; forcing"
             );
         }
-        if let Some(mut tasks) = self.tasks.take() {
-            iterations += tasks.force(Some(host), 1024) as u64;
-        }
+        let tasks = std::mem::take(&mut self.tasks);
+        iterations += force_all(tasks, &hosts, 1024) as u64;
         let report = DrainReport {
             clean: self.shared.drain_clean.load(Ordering::Relaxed),
             aborted: self.shared.drain_aborted.load(Ordering::Relaxed),
@@ -150,19 +251,20 @@ impl<'ex> Drain<'ex> {
                 .unwrap_or(self.started)
                 .elapsed(),
         };
-        tracing::info!(%report, "drained");
+        tracing::info!(%report, executors = hosts.len(), "drained");
         report
     }
 }
 
 impl Drop for Drain<'_> {
     fn drop(&mut self) {
-        if let Some(mut tasks) = self.tasks.take() {
+        if !self.tasks.is_empty() {
             tracing::warn!(
                 sessions = self.shared.session_count(),
+                workers = self.tasks.len(),
                 "Drain dropped without drain(): forcing every session closed"
             );
-            tasks.force(None, 0);
+            force_all(std::mem::take(&mut self.tasks), &[], 0);
         }
     }
 }
@@ -170,8 +272,23 @@ impl Drop for Drain<'_> {
 impl fmt::Debug for Drain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Drain")
+            .field("executors", &self.hosts.len())
             .field("sessions", &self.shared.session_count())
             .field("tasks", &self.shared.spawner.live())
             .finish_non_exhaustive()
     }
+}
+
+/// Resolves once any of `hosts` has run one task.
+async fn any_tick(hosts: &[&dyn Host]) {
+    let mut ticks: Vec<Pin<Box<dyn Future<Output = ()> + '_>>> =
+        hosts.iter().map(|h| h.tick()).collect();
+    future::poll_fn(|cx| {
+        if ticks.iter_mut().any(|t| t.as_mut().poll(cx).is_ready()) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
 }

@@ -6,82 +6,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use support::gateway::Gateway;
 use wsgate::Message;
-
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Gateway {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn wsgate");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let first = lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("no listening line");
-        let addr = first
-            .strip_prefix("wsgate listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .parse()
-            .unwrap();
-        Self { child, addr, lines }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} failed");
-    }
-
-    /// Waits for exit and returns the exit code; a watchdog kills the
-    /// process if it has not exited within 20 s (the code is then -1).
-    fn wait(&mut self) -> i32 {
-        let (done, watchdog) = mpsc::channel::<()>();
-        let pid = self.child.id().to_string();
-        let dog = std::thread::spawn(move || {
-            if watchdog.recv_timeout(Duration::from_secs(20)).is_err() {
-                let _ = Command::new("kill").args(["-KILL", &pid]).status();
-            }
-        });
-        let status = self.child.wait().unwrap();
-        let _ = done.send(());
-        dog.join().unwrap();
-        status.code().unwrap_or(-1)
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn echo_then_ctrl_c_drains_cleanly_and_exits_zero() {

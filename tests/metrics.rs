@@ -163,6 +163,7 @@ fn metrics_match_the_generated_traffic_exactly() {
         ("wsgate_sessions_open", 0),
         ("wsgate_sessions_total", 4),
         ("wsgate_connections_open", 1),
+        ("wsgate_thread_connections_open{thread=\"0\"}", 1),
         ("wsgate_handshakes_rejected_total{status=\"400\"}", 1),
         ("wsgate_handshakes_rejected_total{status=\"404\"}", 2),
         ("wsgate_handshakes_rejected_total{status=\"426\"}", 2),
@@ -194,6 +195,7 @@ fn metrics_match_the_generated_traffic_exactly() {
     assert_eq!(s.sessions_open, m["wsgate_sessions_open"]);
     assert_eq!(s.sessions_total, m["wsgate_sessions_total"]);
     assert_eq!(s.connections, 0);
+    assert_eq!(s.connections_per_thread, [0]);
     assert_eq!(s.messages_in, m["wsgate_messages_in_total"]);
     assert_eq!(s.bytes_in, m["wsgate_bytes_in_total"]);
     assert_eq!(s.messages_out, m["wsgate_messages_out_total"]);
@@ -211,6 +213,7 @@ fn metrics_match_the_generated_traffic_exactly() {
     // but for the scrape's own connection.
     let mut page = samples(&s.prometheus());
     page.insert("wsgate_connections_open".to_owned(), 1);
+    page.insert("wsgate_thread_connections_open{thread=\"0\"}".to_owned(), 1);
     assert_eq!(page, m);
 
     let report = server.shutdown();

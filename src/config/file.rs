@@ -8,6 +8,7 @@
 //! ```toml
 //! max_connections = 20000
 //! drain_timeout = "10s"
+//! threads = 4
 //!
 //! [[vhost]]
 //! name = "default"
@@ -224,7 +225,7 @@ impl ConfigFile {
     }
 
     /// The context-wide keys except `drain_timeout` (`max_connections`,
-    /// `pumps`) as canonical TOML text: a running context cannot change them,
+    /// `pumps`, `threads`) as canonical TOML text: a running context cannot change them,
     /// so a reload that sees this text change needs a restart to apply it.
     pub fn context_fingerprint(&self) -> String {
         let mut t = self.context_table.clone();
@@ -252,6 +253,13 @@ impl ConfigFile {
             .and_then(|i| self.raw.vhost.get(i))
             .ok_or_else(|| ConfigError::new(format!("vhost.{name}"), "no such vhost"))?;
         self.build_raw_vhost(v, registry)
+    }
+
+    /// How many service threads the binary runs (`threads`, between 1 and
+    /// 1024), if the file says; the binary's `--threads` wins over it.
+    /// Default: none (the binary then runs one per CPU available to it).
+    pub fn threads(&self) -> Option<usize> {
+        self.raw.threads.map(|t| t.0)
     }
 
     /// How long the binary waits for close handshakes after a signal.
@@ -525,6 +533,7 @@ struct RawConfig {
     max_connections: Option<usize>,
     pumps: Option<usize>,
     drain_timeout: Option<DurationValue>,
+    threads: Option<ThreadsValue>,
     #[serde(default)]
     vhost: Vec<RawVhost>,
 }
@@ -648,6 +657,28 @@ impl<'de> Deserialize<'de> for SizeValue {
                 ))
             }),
         }
+    }
+}
+
+/// The binary's number of service threads: an integer from 1 to
+/// [`MAX_THREADS`].
+#[derive(Debug, Clone, Copy)]
+struct ThreadsValue(usize);
+
+/// The most service threads a file may ask for; far more than any machine's
+/// cores, few enough that a typo cannot exhaust the process.
+const MAX_THREADS: usize = 1024;
+
+impl<'de> Deserialize<'de> for ThreadsValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d).map_err(|_: D::Error| {
+            de::Error::custom(format!("expected a whole number from 1 to {MAX_THREADS}"))
+        })?;
+        usize::try_from(n)
+            .ok()
+            .filter(|n| (1..=MAX_THREADS).contains(n))
+            .map(ThreadsValue)
+            .ok_or_else(|| de::Error::custom(format!("must be between 1 and {MAX_THREADS}")))
     }
 }
 
@@ -1038,6 +1069,28 @@ prefix = true
         ]);
         let cfg = f.build(&ProtocolRegistry::builtin()).unwrap();
         assert_eq!(cfg.vhosts()[0].listen().len(), 2);
+    }
+
+    #[test]
+    fn threads_is_optional_and_checked_with_its_line() {
+        let vhost = "[[vhost]]\nname = \"a\"\nlisten = [\"127.0.0.1:0\"]\n";
+        assert_eq!(ConfigFile::parse(vhost).unwrap().threads(), None);
+        let four = ConfigFile::parse(&format!("threads = 4\n{vhost}")).unwrap();
+        assert_eq!(four.threads(), Some(4));
+        assert_ne!(
+            four.context_fingerprint(),
+            ConfigFile::parse(vhost).unwrap().context_fingerprint(),
+            "threads only changes on restart"
+        );
+        for bad in ["0", "-1", "1025", "\"4\"", "2.5"] {
+            let e = ConfigFile::parse(&format!("max_connections = 10\nthreads = {bad}\n{vhost}"))
+                .unwrap_err();
+            assert_eq!(e.key, "threads", "{bad}: {e}");
+            assert_eq!(e.line, Some(2), "{bad}: {e}");
+            assert!(e.to_string().starts_with("line 2: threads: "), "{bad}: {e}");
+        }
+        let e = ConfigFile::parse(&format!("threads = 0\n{vhost}")).unwrap_err();
+        assert!(e.reason.contains("between 1 and 1024"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,10 @@ use async_tungstenite::tungstenite::client::IntoClientRequest;
 use futures_lite::future;
 use wsgate::{Config, Context, ContextHandle, DrainReport};
 
+pub mod example;
+#[cfg(feature = "cli")]
+pub mod gateway;
+
 /// A WebSocket client over a real TCP connection.
 pub type Ws = WebSocketStream<Async<TcpStream>>;
 
