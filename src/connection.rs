@@ -5,6 +5,7 @@
 //! in-memory streams plug in without touching this code.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,7 +45,7 @@ pub(crate) async fn serve<S>(
     listener: Arc<Listener>,
     slot: ConnectionSlot,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: crate::session::Transport + Send + 'static,
 {
     let ctx = slot.ctx().clone();
     // The head is read before the vhost is known, so the listener's default
@@ -131,7 +132,7 @@ async fn upgrade<S>(
     protocols: &[String],
     slot: ConnectionSlot,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: crate::session::Transport + Send + 'static,
 {
     let ctx = slot.ctx().clone();
     let limits = vhost.limits().clone();
@@ -305,12 +306,25 @@ where
                 }
             }
             // Never hold more than the head limit plus one read's worth; the
-            // parse above refuses anything longer. Reading into scratch keeps
-            // `buf` whole if this future is dropped mid-read.
-            let mut scratch = [0u8; 2048];
-            match stream.read(&mut scratch).await {
+            // parse above refuses anything longer. The read goes straight
+            // into `buf`, which is trimmed back within the same poll, so it
+            // stays whole if this future is dropped mid-read (and no buffer
+            // lives in the connection's task across the wait).
+            let read = future::poll_fn(|cx| {
+                let start = buf.len();
+                buf.resize(start + 2048, 0);
+                let poll = Pin::new(&mut *stream).poll_read(cx, &mut buf[start..]);
+                let n = match &poll {
+                    std::task::Poll::Ready(Ok(n)) => *n,
+                    _ => 0,
+                };
+                buf.truncate(start + n);
+                poll
+            })
+            .await;
+            match read {
                 Ok(0) | Err(_) => return HeadOutcome::Gone,
-                Ok(n) => buf.extend_from_slice(&scratch[..n]),
+                Ok(_) => {}
             }
         }
     };
@@ -410,7 +424,9 @@ where
         if stream.close().await.is_err() {
             return;
         }
-        let mut scratch = [0u8; 4096];
+        // On the heap: an array here would make every connection's task
+        // (whose size is its largest state) 4 KiB bigger for its whole life.
+        let mut scratch = vec![0u8; 4096];
         let mut total = 0;
         while total < LINGER_BYTES {
             match stream.read(&mut scratch).await {

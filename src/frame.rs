@@ -417,7 +417,13 @@ impl Decoder {
         if starts && frame.fin && frame.read == 0 && input.len() >= frame.len {
             // A whole single-frame message is in the read buffer: unmask it
             // there and hand it out without copying.
-            let mut payload = input.split_to(frame.len);
+            // When the frame is all that is left, take the whole buffer:
+            // a split would allocate to share it.
+            let mut payload = if input.len() == frame.len {
+                std::mem::take(input)
+            } else {
+                input.split_to(frame.len)
+            };
             unmask(&mut payload, frame.mask, 0);
             self.kind = None;
             return message_event(kind, payload.freeze()).map(|e| Progress::Complete(Some(e)));

@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 #[cfg(any(fuzzing, test))]
 use std::task::{Context as TaskContext, Poll};
 
@@ -37,7 +38,7 @@ use crate::{CloseCode, Message};
 
 mod driver;
 
-pub(crate) use driver::Driver;
+pub(crate) use driver::{Driver, Transport};
 
 /// A session's identifier, unique within its context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,8 +82,6 @@ pub(crate) struct SessionShared {
     /// Topics this session is subscribed to, unsubscribed when it ends.
     pub(crate) topics: Mutex<Vec<Arc<str>>>,
     outbox: Mutex<Outbox>,
-    /// Notified when the writer has something to do.
-    data_ready: Event,
     /// Notified when room frees up or the session closes.
     room: Event,
 }
@@ -91,6 +90,20 @@ struct Outbox {
     queue: VecDeque<Message>,
     bytes: usize,
     state: OutState,
+    /// The session task's waker, left by [`SessionShared::park`].
+    waker: Option<Waker>,
+    /// Whether a push should wake the task: only while it is parked waiting
+    /// for messages. While it runs it looks at the queue again before it
+    /// parks, so a push from its own callbacks (an echo) costs no wake-up.
+    wants_data: bool,
+}
+
+/// What [`SessionShared::park`] found.
+pub(crate) struct Park {
+    /// The queue changed under us: look again instead of sleeping.
+    pub(crate) retry: bool,
+    /// A close has been requested (or the session is closed).
+    pub(crate) closing: bool,
 }
 
 #[derive(Debug)]
@@ -138,8 +151,9 @@ impl SessionHandle {
                     queue: VecDeque::new(),
                     bytes: 0,
                     state: OutState::Open,
+                    waker: None,
+                    wants_data: false,
                 }),
-                data_ready: Event::new(),
                 room: Event::new(),
             }),
         }
@@ -326,9 +340,10 @@ impl SessionShared {
                 OverflowPolicy::Reject => return Err(SendError::Full(message)),
                 OverflowPolicy::Close(code) => {
                     out.state = OutState::Closing(close_frame(code, "outbound queue full"));
+                    let waker = out.waker.take();
                     drop(out);
                     tracing::debug!(session = %self.id, "outbound queue full, closing");
-                    self.data_ready.notify(1);
+                    wake(waker);
                     self.room.notify(usize::MAX);
                     return Err(SendError::Full(message));
                 }
@@ -350,8 +365,14 @@ impl SessionShared {
         }
         out.bytes += size;
         out.queue.push_back(message);
+        let waker = if out.wants_data {
+            out.wants_data = false;
+            out.waker.take()
+        } else {
+            None
+        };
         drop(out);
-        self.data_ready.notify(1);
+        wake(waker);
         if dropped > 0 {
             self.count_drops(dropped);
         }
@@ -372,19 +393,21 @@ impl SessionShared {
             return false;
         }
         out.state = OutState::Closing(close_frame(code, reason));
+        // A close wakes the task even while it waits for the socket instead
+        // of for messages: its close timeout must start now.
+        let waker = out.waker.take();
         drop(out);
-        self.data_ready.notify(1);
+        wake(waker);
         // Senders parked on a full queue learn at once that it is closed.
         self.room.notify(usize::MAX);
         true
     }
 
-    fn is_closing(&self) -> bool {
-        !matches!(self.lock().state, OutState::Open)
-    }
-
+    /// Takes the next message for the writer (or the requested Close).
+    /// The task is running, so pushes stop waking it until it parks again.
     pub(crate) fn pop(&self) -> Pop {
         let mut out = self.lock();
+        out.wants_data = false;
         if let Some(m) = out.queue.pop_front() {
             out.bytes -= m.len();
             drop(out);
@@ -400,8 +423,31 @@ impl SessionShared {
         }
     }
 
-    fn over_bound(&self) -> bool {
+    pub(crate) fn over_bound(&self) -> bool {
         self.lock().bytes >= self.max_bytes
+    }
+
+    /// Leaves the task's waker for the next push (when `wants_data`) or
+    /// close request. Checks and registers under one lock, so that no push
+    /// slips between the task's last look at the queue and its sleep.
+    pub(crate) fn park(&self, waker: &Waker, wants_data: bool) -> Park {
+        let mut out = self.lock();
+        let closing = !matches!(out.state, OutState::Open);
+        if wants_data && (!out.queue.is_empty() || matches!(out.state, OutState::Closing(_))) {
+            return Park {
+                retry: true,
+                closing,
+            };
+        }
+        match &out.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => out.waker = Some(waker.clone()),
+        }
+        out.wants_data = wants_data;
+        Park {
+            retry: false,
+            closing,
+        }
     }
 
     /// No more sends: drop what is queued and release waiting senders.
@@ -410,8 +456,17 @@ impl SessionShared {
         out.state = OutState::Closed;
         out.queue.clear();
         out.bytes = 0;
+        // The task is ending: let go of its waker (and the task's memory).
+        let waker = out.waker.take();
         drop(out);
+        drop(waker);
         self.room.notify(usize::MAX);
+    }
+}
+
+fn wake(waker: Option<Waker>) {
+    if let Some(w) = waker {
+        w.wake();
     }
 }
 

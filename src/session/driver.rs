@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 use async_io::Timer;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
 use bytes::{Buf, Bytes, BytesMut};
-use event_listener::EventListener;
 use futures_lite::{AsyncRead, AsyncWrite};
 
 use super::{Pop, SessionHandle, close_frame};
@@ -48,6 +47,40 @@ const COPY_MAX: usize = 1024;
 
 /// Chunks handed to one vectored write.
 const MAX_IOV: usize = 32;
+
+/// The size of each thread's read buffer: the most one read call takes.
+const SCRATCH_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    /// Every session on a thread reads into this one buffer, zeroed once, and
+    /// keeps only the bytes of an incomplete frame (or, for a whole frame,
+    /// exactly the bytes of that frame, which become the message's payload
+    /// without another copy). So a read costs no zero-fill and an idle
+    /// connection holds no read buffer at all.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
+}
+
+/// A byte stream the session can run on.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// Resolves when the stream may have bytes to read, registering for a
+    /// wake-up otherwise. After a read that returned less than it asked for,
+    /// the driver waits here instead of making a read call that would only
+    /// say "would block". The default says "try reading".
+    fn poll_readable(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let _ = cx;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Transport for crate::listener::Tcp {
+    fn poll_readable(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_readable(cx)
+    }
+}
+
+#[cfg(any(fuzzing, test))]
+impl Transport for super::MemStream {}
 
 /// Timing limits a session enforces.
 #[derive(Debug, Clone, Copy)]
@@ -73,9 +106,14 @@ pub(crate) struct Driver<S> {
     handle: SessionHandle,
     timing: Timing,
     decoder: Decoder,
-    /// Bytes read and not yet decoded.
+    /// Bytes read and not yet decoded (empty, unallocated, between messages).
     rbuf: BytesMut,
     read_size: usize,
+    /// The last read returned less than asked: the socket is drained, so
+    /// wait for readiness before the next read call.
+    read_dry: bool,
+    /// The outbound queue was over its bound when last looked at.
+    over_bound: bool,
     /// Encoded bytes waiting for the socket, in order.
     out: VecDeque<Bytes>,
     out_len: usize,
@@ -84,7 +122,6 @@ pub(crate) struct Driver<S> {
     /// Stop taking messages from the queue above this many encoded bytes.
     write_batch: usize,
     flush_pending: bool,
-    listener: Option<EventListener>,
     ping_due: bool,
     pinged: bool,
     /// The Close frame we queued, if any.
@@ -116,15 +153,14 @@ struct Tally {
     bytes_out: u64,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
+impl<S: Transport> Driver<S> {
     /// A driver for `io`, whose first bytes (`leftover`, read with the
     /// request head) are already in hand.
     pub(crate) fn new(io: S, leftover: &[u8], handle: SessionHandle, limits: &Limits) -> Self {
         let timing = Timing::of(limits);
         let now = Instant::now();
         let timer_at = now + timing.ping_interval;
-        let mut rbuf = BytesMut::with_capacity(limits.read_buffer_size.max(leftover.len()));
-        rbuf.extend_from_slice(leftover);
+        let rbuf = BytesMut::from(leftover);
         Self {
             io,
             timing,
@@ -133,13 +169,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 max_message_size: limits.max_message_size,
             }),
             rbuf,
-            read_size: limits.read_buffer_size,
+            read_size: limits.read_buffer_size.clamp(1, SCRATCH_SIZE),
+            read_dry: false,
+            over_bound: false,
             out: VecDeque::new(),
             out_len: 0,
             scratch: BytesMut::new(),
             write_batch: limits.write_buffer_size.max(COPY_MAX),
             flush_pending: false,
-            listener: None,
             ping_due: false,
             pinged: false,
             we_closed: None,
@@ -198,7 +235,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             // Outbound: take queued messages (then a requested Close, then a
             // due ping) until a batch is gathered.
             if self.we_closed.is_none() && self.peer_closed.is_none() && !self.failing {
-                while self.pending_out() < self.write_batch {
+                // An empty queue is not over its bound; a full batch looks.
+                self.over_bound = false;
+                loop {
+                    if self.pending_out() >= self.write_batch {
+                        self.over_bound = self.handle.shared.over_bound();
+                        break;
+                    }
                     match self.handle.shared.pop() {
                         Pop::Message(m) => self.push(&m),
                         Pop::Close(frame) => {
@@ -241,11 +284,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             // closing, to see the peer's Close).
             if !self.failing
                 && self.peer_closed.is_none()
-                && (self.we_closed.is_some() || !self.handle.shared.over_bound())
+                && (self.we_closed.is_some() || !self.over_bound)
             {
                 match self.poll_event(cx) {
                     Poll::Ready(Ok(Some(event))) => {
-                        self.last_rx_now();
                         self.on_event(event, callbacks);
                         progress = true;
                     }
@@ -274,33 +316,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 continue;
             }
 
-            // Nothing moved. A close requested while queued messages cannot
-            // leave (the peer stopped reading) must not wait for the idle
-            // timeout: its close timeout starts now.
-            if self.close_deadline.is_none() && self.handle.shared.is_closing() {
-                self.arm_close_deadline();
-            }
-            // Make sure a push to the queue wakes us: register first, then
-            // look again, so that no notification is lost. While a full batch
-            // waits for the socket, its writability wakes us instead, so a
-            // stalled subscriber costs a publisher no wake-up per message.
-            if self.we_closed.is_none()
+            // Nothing moved. Leave our waker with the queue: pushes wake us
+            // only while we wait for messages; while a full batch waits for
+            // the socket, its writability wakes us instead, so a stalled
+            // subscriber costs a publisher no wake-up per message. Checking
+            // and registering under one lock loses no push.
+            let wants_data = self.we_closed.is_none()
                 && self.peer_closed.is_none()
                 && !self.failing
-                && self.pending_out() < self.write_batch
-            {
-                match &mut self.listener {
-                    None => {
-                        self.listener = Some(self.handle.shared.data_ready.listen());
-                        continue;
-                    }
-                    Some(l) => {
-                        if Pin::new(l).poll(cx).is_ready() {
-                            self.listener = None;
-                            continue;
-                        }
-                    }
-                }
+                && self.pending_out() < self.write_batch;
+            let park = self.handle.shared.park(cx.waker(), wants_data);
+            // A close requested while queued messages cannot leave (the peer
+            // stopped reading) must not wait for the idle timeout: its close
+            // timeout starts now.
+            if park.closing && self.close_deadline.is_none() {
+                self.arm_close_deadline();
+            }
+            if park.retry {
+                continue;
             }
 
             if self.poll_timer(cx) {
@@ -407,28 +440,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 Ok(None) => {}
                 Err(fail) => return Poll::Ready(Err(ReadError::Fail(fail))),
             }
-            // An empty buffer that grew for a big frame goes back to its
-            // configured size, so a burst does not pin memory.
-            if self.rbuf.is_empty() && self.rbuf.capacity() > 4 * self.read_size {
-                self.rbuf = BytesMut::with_capacity(self.read_size);
+            if self.read_dry {
+                match self.io.poll_readable(cx) {
+                    Poll::Ready(Ok(())) => self.read_dry = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(ReadError::Io(e))),
+                    Poll::Pending => {
+                        self.release_rbuf();
+                        return Poll::Pending;
+                    }
+                }
             }
-            let start = self.rbuf.len();
-            self.rbuf.resize(start + self.read_size, 0);
-            match Pin::new(&mut self.io).poll_read(cx, &mut self.rbuf[start..]) {
-                Poll::Ready(Ok(0)) => {
-                    self.rbuf.truncate(start);
-                    return Poll::Ready(Ok(None));
+            let want = self.read_size;
+            let (io, rbuf) = (&mut self.io, &mut self.rbuf);
+            let read = SCRATCH.with(|scratch| {
+                // No callback runs while the buffer is borrowed, so no other
+                // session on this thread can want it at the same time.
+                let Ok(mut scratch) = scratch.try_borrow_mut() else {
+                    return Poll::Ready(Err(io::Error::other("read buffer busy")));
+                };
+                let buf = &mut scratch[..want];
+                let poll = Pin::new(io).poll_read(cx, buf);
+                if let Poll::Ready(Ok(n)) = poll {
+                    // In bounds: `n <= buf.len()` by the `AsyncRead` contract.
+                    rbuf.extend_from_slice(&buf[..n]);
                 }
-                Poll::Ready(Ok(n)) => self.rbuf.truncate(start + n),
-                Poll::Ready(Err(e)) => {
-                    self.rbuf.truncate(start);
-                    return Poll::Ready(Err(ReadError::Io(e)));
+                poll
+            });
+            match read {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(None)),
+                Poll::Ready(Ok(n)) => {
+                    self.read_dry = n < want;
+                    self.last_rx = Instant::now();
+                    self.pinged = false;
                 }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ReadError::Io(e))),
                 Poll::Pending => {
-                    self.rbuf.truncate(start);
+                    self.release_rbuf();
                     return Poll::Pending;
                 }
             }
+        }
+    }
+
+    /// Between messages the read buffer is empty: free it, so that an idle
+    /// connection holds none (the next read allocates what it needs).
+    fn release_rbuf(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
         }
     }
 
@@ -481,11 +539,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         self.arm_close_deadline();
     }
 
-    fn last_rx_now(&mut self) {
-        self.last_rx = Instant::now();
-        self.pinged = false;
-    }
-
     fn arm_close_deadline(&mut self) {
         if self.close_deadline.is_none() {
             self.close_deadline = Some(Instant::now() + self.timing.close_timeout);
@@ -532,9 +585,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
             // Silent for a whole ping interval: hand back the buffers' spare
             // memory (the read buffer is allocated again by the next read).
             self.decoder.shrink();
-            if self.rbuf.is_empty() {
-                self.rbuf = BytesMut::new();
-            }
+            self.release_rbuf();
         } else {
             tracing::debug!(session = %self.handle.id(), "idle timeout");
             self.handle
