@@ -4,6 +4,7 @@
 //! Generic over the byte stream (`AsyncRead + AsyncWrite`), so TLS and
 //! in-memory streams plug in without touching this code.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_io::Timer;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
+use tracing::Instrument;
 
 use crate::config::{Limits, MountTarget};
 use crate::context::{ConnectionSlot, ContextShared};
@@ -130,11 +132,11 @@ async fn upgrade<S>(
     req: Request,
     vhost: Vhost,
     protocols: &[String],
-    slot: ConnectionSlot,
+    conn: ConnectionSlot,
 ) where
     S: crate::session::Transport + Send + 'static,
 {
-    let ctx = slot.ctx().clone();
+    let ctx = conn.ctx().clone();
     let limits = vhost.limits().clone();
     let up = match check_upgrade(&req) {
         Ok(up) => up,
@@ -204,7 +206,6 @@ async fn upgrade<S>(
         }
     };
     let span = tracing::debug_span!("session", id = %handle.id(), peer = %req.peer());
-    let _enter = span.enter();
     let mut session = OpenSession {
         _slot: slot,
         ctx: ctx.clone(),
@@ -232,19 +233,54 @@ async fn upgrade<S>(
         session.finish(CloseReason::abnormal("handshake write failed"));
         return;
     }
-    tracing::debug!(protocol = name, "session open");
+    span.in_scope(|| tracing::debug!(protocol = name, "session open"));
     let leftover = buf.split_off(head_len);
     drop(buf);
-    let mut driver = Driver::new(stream, &leftover, handle, &limits);
+    let driver = Driver::new(stream, &leftover, handle, &limits);
     drop(leftover);
-    let reason = match session.callbacks.as_mut() {
-        Some(cb) => driver.run(cb.as_mut()).await,
-        None => return,
+    // The session runs as a task of its own, on the same worker, sized for
+    // the session alone: the handshake's state (request, buffers, timers)
+    // is freed with this task instead of living as long as the connection.
+    let spawner = conn.spawner();
+    let task = SessionTask {
+        driver: Some(driver),
+        session: Some(session),
+        conn: Some(conn),
     };
-    // Close the socket before the session counts as ended.
-    drop(driver);
-    tracing::debug!(code = u16::from(reason.code), clean = reason.clean, by = ?reason.closed_by, "session closed");
-    session.finish(reason);
+    spawner.spawn(task.instrument(span));
+}
+
+/// An open session as a task: the driver, the session's bookkeeping and the
+/// connection's slot, nothing else. A hand-written future rather than an
+/// `async fn`, whose arguments would be stored twice (as arguments and as
+/// locals), doubling what every idle connection costs.
+struct SessionTask<S> {
+    driver: Option<Driver<S>>,
+    session: Option<OpenSession>,
+    conn: Option<ConnectionSlot>,
+}
+
+impl<S: crate::session::Transport> Future for SessionTask<S> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let this = &mut *self;
+        let (Some(driver), Some(session)) = (this.driver.as_mut(), this.session.as_mut()) else {
+            return std::task::Poll::Ready(());
+        };
+        let Some(callbacks) = session.callbacks.as_mut() else {
+            return std::task::Poll::Ready(());
+        };
+        let reason = futures_lite::ready!(driver.poll_run(cx, callbacks.as_mut()));
+        // In this order: the socket closes, then the session ends (and is
+        // unregistered), then the connection stops counting.
+        this.driver = None;
+        tracing::debug!(code = u16::from(reason.code), clean = reason.clean, by = ?reason.closed_by, "session closed");
+        session.finish(reason);
+        this.session = None;
+        this.conn = None;
+        std::task::Poll::Ready(())
+    }
 }
 
 /// A session between registration and its end; unregisters it when dropped,

@@ -707,6 +707,14 @@ impl ConnectionSlot {
         &self.ctx
     }
 
+    /// The spawner of the worker serving this connection.
+    pub(crate) fn spawner(&self) -> Spawner {
+        self.worker.map_or_else(
+            || self.ctx.spawner.clone(),
+            |i| self.ctx.workers[i].spawner.clone(),
+        )
+    }
+
     /// Hands the connection to the worker serving the fewest connections (the
     /// lowest index on a tie), counts it there, and returns that worker's
     /// spawner, on which the connection's task must be spawned.

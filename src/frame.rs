@@ -109,6 +109,17 @@ pub(crate) enum Event {
     Close(Option<CloseFrame>),
 }
 
+impl Event {
+    /// The payload's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Self::Text(t) => t.len(),
+            Self::Binary(b) | Self::Ping(b) | Self::Pong(b) => b.len(),
+            Self::Close(_) => 0,
+        }
+    }
+}
+
 impl From<Event> for Message {
     fn from(event: Event) -> Self {
         match event {

@@ -100,6 +100,7 @@ pub mod metrics;
 mod protocol;
 pub mod protocols;
 pub mod pubsub;
+mod run;
 mod session;
 #[cfg(feature = "signals")]
 pub mod signals;
@@ -116,6 +117,7 @@ pub use context::{Context, ContextHandle, Counters};
 pub use error::{ConfigError, Error, SendError};
 pub use http::{HttpHandler, Request, Response};
 pub use protocol::{CloseReason, ClosedBy, Options, Protocol, Reject, Wake};
+pub use run::run;
 pub use session::{SessionHandle, SessionId};
 pub use teardown::{Drain, DrainReport, Executors};
 pub use vhost::Vhost;

@@ -143,7 +143,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let spawned = std::thread::Builder::new()
                 .name(format!("wsgate-{i}"))
                 .spawn_scoped(s, move || {
-                    async_io::block_on(service.run(handle.shutdown_requested()));
+                    wsgate::run(service, handle.shutdown_requested());
                 });
             if let Err(e) = spawned {
                 // The connections already handed to this executor are served
@@ -153,7 +153,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 break;
             }
         }
-        async_io::block_on(ex.run(future::or(handle.shutdown_requested(), reload_loop)));
+        wsgate::run(ex, future::or(handle.shutdown_requested(), reload_loop));
         failed
     });
     drop(stats);

@@ -17,9 +17,11 @@
 //! sockets: that is how a deadline forces the remaining sessions down.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 
 use async_executor::{Executor, Task};
 use event_listener::Event;
@@ -57,6 +59,29 @@ pub(crate) fn executor_id(ex: &Executor<'_>) -> usize {
     std::ptr::from_ref(ex) as usize
 }
 
+/// Tasks a pump runs before it hands the thread back to the host's loop.
+const PUMP_BATCH: usize = 32;
+
+/// Runs the task set on the host's executor: a bounded batch at a time, so
+/// that the host's loop (and with it the reactor) gets its turn often, the
+/// way tokio polls for I/O every 61 tasks. `Executor::run` would run 200 of
+/// our tasks per poll, and the host's own `run` 200 polls of the pump before
+/// the reactor looked for I/O again.
+async fn pump(exec: Arc<Executor<'static>>) {
+    loop {
+        let mut ran = 0;
+        while ran < PUMP_BATCH && exec.try_tick() {
+            ran += 1;
+        }
+        if ran == PUMP_BATCH {
+            futures_lite::future::yield_now().await;
+        } else {
+            // Nothing is ready: sleep until a task is, then run it.
+            exec.tick().await;
+        }
+    }
+}
+
 /// The owning side of a context's task set.
 pub(crate) struct TaskSet {
     exec: Option<Arc<Executor<'static>>>,
@@ -71,9 +96,7 @@ impl TaskSet {
         let pumps = (0..pumps)
             .map(|_| {
                 let exec = exec.clone();
-                host.spawn_pump(Box::pin(async move {
-                    exec.run(std::future::pending::<()>()).await;
-                }))
+                host.spawn_pump(Box::pin(pump(exec)))
             })
             .collect();
         let spawner = Spawner {
@@ -169,6 +192,35 @@ impl Live {
 
 struct LiveGuard(Arc<Live>);
 
+pin_project_lite::pin_project! {
+    /// A wsgate task as spawned: counted while it lives, and stopped (not
+    /// unwound into the host's loop) if it panics. A plain struct rather than
+    /// an `async` block, which would hold the future twice (once captured,
+    /// once being awaited) and double every connection's memory.
+    struct Guarded<F> {
+        #[pin]
+        fut: futures_lite::future::CatchUnwind<AssertUnwindSafe<F>>,
+        _guard: LiveGuard,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Guarded<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        // Backstop: a panic in a task must not unwind through the pump into
+        // the host's loop. Callbacks are isolated one by one already.
+        match self.project().fut.poll(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(()),
+            Poll::Ready(Err(_)) => {
+                tracing::error!("a wsgate task panicked; it was stopped");
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 impl Drop for LiveGuard {
     fn drop(&mut self) {
         if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -184,17 +236,9 @@ impl Spawner {
             return false;
         };
         self.live.count.fetch_add(1, Ordering::AcqRel);
-        let guard = LiveGuard(self.live.clone());
-        exec.spawn(async move {
-            let _guard = guard;
-            // Backstop: a panic in a task must not unwind through the pump
-            // into the host's loop. Callbacks are isolated one by one already.
-            if futures_lite::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut))
-                .await
-                .is_err()
-            {
-                tracing::error!("a wsgate task panicked; it was stopped");
-            }
+        exec.spawn(Guarded {
+            fut: futures_lite::FutureExt::catch_unwind(AssertUnwindSafe(fut)),
+            _guard: LiveGuard(self.live.clone()),
         })
         .detach();
         true

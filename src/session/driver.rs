@@ -196,13 +196,20 @@ impl<S: Transport> Driver<S> {
 
     /// Runs the session to its end, feeding messages to `callbacks`, and
     /// reports how it ended. The caller calls the `close` callback.
+    #[cfg(any(fuzzing, test))]
     pub(crate) async fn run(&mut self, callbacks: &mut dyn SessionCallbacks) -> CloseReason {
-        std::future::poll_fn(|cx| {
-            let poll = self.poll_session(cx, callbacks);
-            self.report_tally();
-            poll
-        })
-        .await
+        std::future::poll_fn(|cx| self.poll_run(cx, callbacks)).await
+    }
+
+    /// Polls the session: `Ready` with how it ended.
+    pub(crate) fn poll_run(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        callbacks: &mut dyn SessionCallbacks,
+    ) -> Poll<CloseReason> {
+        let poll = self.poll_session(cx, callbacks);
+        self.report_tally();
+        poll
     }
 
     fn report_tally(&mut self) {
@@ -282,14 +289,31 @@ impl<S: Transport> Driver<S> {
 
             // Inbound, unless the queue is over its bound (keep reading while
             // closing, to see the peer's Close).
-            if !self.failing
-                && self.peer_closed.is_none()
-                && (self.we_closed.is_some() || !self.over_bound)
-            {
+            if self.reading() && (self.we_closed.is_some() || !self.over_bound) {
                 match self.poll_event(cx) {
                     Poll::Ready(Ok(Some(event))) => {
                         self.on_event(event, callbacks);
                         progress = true;
+                        // Handle every other whole frame already read before
+                        // writing, so that the answers to one read leave in
+                        // one write ("corking"). Bounded by the budget and by
+                        // a batch's worth of payload, after which the queue's
+                        // bound is looked at again.
+                        let mut batch = 0;
+                        while budget > 1 && batch < self.write_batch && self.reading() {
+                            match self.decoder.decode(&mut self.rbuf) {
+                                Ok(Some(event)) => {
+                                    batch += event.len();
+                                    self.on_event(event, callbacks);
+                                    budget -= 1;
+                                }
+                                Ok(None) => break,
+                                Err(fail) => {
+                                    self.fail(fail);
+                                    break;
+                                }
+                            }
+                        }
                     }
                     Poll::Ready(Ok(None)) => {
                         self.eof = true;
@@ -341,6 +365,12 @@ impl<S: Transport> Driver<S> {
             }
             return Poll::Pending;
         }
+    }
+
+    /// Whether inbound frames are still wanted (after our Close, to see the
+    /// peer's answer).
+    fn reading(&self) -> bool {
+        !self.failing && self.peer_closed.is_none()
     }
 
     fn pending_out(&self) -> usize {
