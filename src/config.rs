@@ -176,10 +176,11 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Time the peer has to answer our Close before TCP is closed. Default: 5 s.
     pub close_timeout: Duration,
-    /// tungstenite's read buffer per session: it is zero-filled before every
-    /// read, so small is fast. Default: 4096.
+    /// The most one read call takes. Reads go into one buffer per thread
+    /// (64 KiB, which also caps this); a session keeps only the bytes of an
+    /// incomplete frame, and nothing between messages. Default: 64 KiB.
     pub read_buffer_size: usize,
-    /// Outbound bytes tungstenite gathers before writing. Default: 4096.
+    /// Outbound bytes a session gathers into one write. Default: 4096.
     pub write_buffer_size: usize,
 }
 
@@ -200,7 +201,7 @@ impl Default for Limits {
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             close_timeout: Duration::from_secs(5),
-            read_buffer_size: 4096,
+            read_buffer_size: 64 * 1024,
             write_buffer_size: 4096,
         }
     }
