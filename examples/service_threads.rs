@@ -104,7 +104,9 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
             let spawned = thread::Builder::new()
                 .name(format!("service-{i}"))
                 .spawn_scoped(s, move || {
-                    async_io::block_on(ex.run(handle.shutdown_requested()));
+                    // `wsgate::run` is `block_on(ex.run(..))` that polls
+                    // the reactor every few tasks (see its docs).
+                    wsgate::run(ex, handle.shutdown_requested());
                 });
             if let Err(e) = spawned {
                 // Stop the threads already running; the scope joins them.
@@ -114,14 +116,15 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
         }
         // Executor 0 on this thread, until a signal or `--seconds`; either
         // way every thread sees the shutdown request and stops.
-        async_io::block_on(
-            main_loop.run(future::or(handle.shutdown_requested(), async {
+        wsgate::run(
+            main_loop,
+            future::or(handle.shutdown_requested(), async {
                 match seconds {
                     Some(d) => Timer::after(d).await,
                     None => future::pending().await,
                 };
                 let _ = handle.shutdown();
-            })),
+            }),
         );
         Ok(())
     })?;
