@@ -282,6 +282,39 @@ fn protocol_violations_are_1002() {
 /// Autobahn 6.3.1's text: valid UTF-8 up to an encoded surrogate (ED A0 80).
 const BAD_UTF8: &[u8] = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited";
 
+/// Frames read together are answered together ("corking"), but never out
+/// of order: the echoes of the valid messages in the same write as a
+/// protocol violation, or as the client's Close, leave before our Close
+/// (Autobahn 3.2, 4.1.3, 5.15 and the like).
+#[test]
+fn answers_to_messages_read_with_a_violation_or_a_close_go_out_first() {
+    let server = frame_server();
+    for (last, code) in [
+        (vec![0xC1, 0x80, 0, 0, 0, 0], 1002), // RSV1 set on a text frame
+        (client_frame(0x88, &1000u16.to_be_bytes()), 1000),
+    ] {
+        let mut bytes = Vec::new();
+        for i in 0..3u8 {
+            bytes.extend(client_frame(0x81, &[b'a' + i; 5]));
+        }
+        bytes.extend(last);
+        let mut s = raw_ws(server.addr(), "/echo");
+        s.write_all(&bytes).unwrap();
+        let (answer, end) = read_until_closed(&mut s, CLOSE_WITHIN);
+        let frames = server_frames(&answer);
+        let texts: Vec<&[u8]> = frames
+            .iter()
+            .filter(|f| f.opcode() == 0x1)
+            .map(|f| f.payload.as_slice())
+            .collect();
+        assert_eq!(texts, [b"aaaaa", b"bbbbb", b"ccccc"], "{frames:?}");
+        assert_eq!(frames.len(), 4, "three echoes, then the Close: {frames:?}");
+        assert_eq!(last_close(&answer).close_code(), Some(code));
+        assert_eq!(end, TcpEnd::Eof);
+    }
+    server.shutdown();
+}
+
 #[test]
 fn invalid_utf8_in_a_text_message_is_1007() {
     let server = frame_server();

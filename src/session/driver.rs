@@ -241,32 +241,7 @@ impl<S: Transport> Driver<S> {
 
             // Outbound: take queued messages (then a requested Close, then a
             // due ping) until a batch is gathered.
-            if self.we_closed.is_none() && self.peer_closed.is_none() && !self.failing {
-                // An empty queue is not over its bound; a full batch looks.
-                self.over_bound = false;
-                loop {
-                    if self.pending_out() >= self.write_batch {
-                        self.over_bound = self.handle.shared.over_bound();
-                        break;
-                    }
-                    match self.handle.shared.pop() {
-                        Pop::Message(m) => self.push(&m),
-                        Pop::Close(frame) => {
-                            self.push(&Message::Close(Some(frame.clone())));
-                            self.we_closed = Some(frame);
-                            self.arm_close_deadline();
-                            progress = true;
-                            break;
-                        }
-                        Pop::Empty if self.ping_due => {
-                            self.ping_due = false;
-                            self.push(&Message::Ping(Bytes::new()));
-                        }
-                        Pop::Empty => break,
-                    }
-                    progress = true;
-                }
-            }
+            progress |= self.gather();
 
             let before = self.pending_out();
             if let Poll::Ready(Err(e)) = self.poll_write_out(cx) {
@@ -304,11 +279,19 @@ impl<S: Transport> Driver<S> {
                             match self.decoder.decode(&mut self.rbuf) {
                                 Ok(Some(event)) => {
                                     batch += event.len();
+                                    if let Event::Close(_) = event {
+                                        // Answers to the messages before the
+                                        // Close go out before ours.
+                                        self.gather();
+                                    }
                                     self.on_event(event, callbacks);
                                     budget -= 1;
                                 }
                                 Ok(None) => break,
                                 Err(fail) => {
+                                    // Likewise before failing: the messages
+                                    // that were valid are answered first.
+                                    self.gather();
                                     self.fail(fail);
                                     break;
                                 }
@@ -365,6 +348,39 @@ impl<S: Transport> Driver<S> {
             }
             return Poll::Pending;
         }
+    }
+
+    /// Takes queued messages (then a requested Close, then a due ping) into
+    /// the output until a batch is gathered; returns whether it took any.
+    fn gather(&mut self) -> bool {
+        let mut progress = false;
+        if self.we_closed.is_some() || self.peer_closed.is_some() || self.failing {
+            return progress;
+        }
+        // An empty queue is not over its bound; a full batch looks.
+        self.over_bound = false;
+        loop {
+            if self.pending_out() >= self.write_batch {
+                self.over_bound = self.handle.shared.over_bound();
+                break;
+            }
+            match self.handle.shared.pop() {
+                Pop::Message(m) => self.push(&m),
+                Pop::Close(frame) => {
+                    self.push(&Message::Close(Some(frame.clone())));
+                    self.we_closed = Some(frame);
+                    self.arm_close_deadline();
+                    return true;
+                }
+                Pop::Empty if self.ping_due => {
+                    self.ping_due = false;
+                    self.push(&Message::Ping(Bytes::new()));
+                }
+                Pop::Empty => break,
+            }
+            progress = true;
+        }
+        progress
     }
 
     /// Whether inbound frames are still wanted (after our Close, to see the
