@@ -190,6 +190,7 @@ async fn upgrade<S>(
         vhost.clone(),
         req.path().to_owned(),
         name.to_owned(),
+        Some(conn.spawner()),
     );
     let callbacks = match protocol.open(&req, &handle) {
         Ok(cb) => cb,

@@ -33,6 +33,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 
 use crate::config::OverflowPolicy;
 use crate::error::SendError;
+use crate::tasks::Spawner;
 use crate::vhost::{Vhost, lock};
 use crate::{CloseCode, Message};
 
@@ -81,6 +82,9 @@ pub(crate) struct SessionShared {
     dropped: AtomicU64,
     /// Topics this session is subscribed to, unsubscribed when it ends.
     pub(crate) topics: Mutex<Vec<Arc<str>>>,
+    /// The task set of the worker serving the session, where
+    /// [`SessionHandle::spawn`] puts its tasks (`None`: the context's first).
+    spawner: Option<Spawner>,
     outbox: Mutex<Outbox>,
     /// Notified when room frees up or the session closes.
     room: Event,
@@ -128,6 +132,7 @@ impl SessionHandle {
         vhost: Vhost,
         path: String,
         protocol: String,
+        spawner: Option<Spawner>,
     ) -> Self {
         let limits = vhost.limits();
         let (max_bytes, max_messages, overflow) = (
@@ -147,6 +152,7 @@ impl SessionHandle {
                 overflow,
                 dropped: AtomicU64::new(0),
                 topics: Mutex::new(Vec::new()),
+                spawner,
                 outbox: Mutex::new(Outbox {
                     queue: VecDeque::new(),
                     bytes: 0,
@@ -235,7 +241,7 @@ impl SessionHandle {
     }
 
     /// Runs `task` on the context's loop, alongside the session (a timer that
-    /// pushes to it, say). The task is wsgate's: a drain waits for it and a
+    /// pushes to it, say): on the same service thread as the session. The task is wsgate's: a drain waits for it and a
     /// forced teardown drops it, so it should end when the session does
     /// (check [`is_open`](Self::is_open) or the result of a send).
     ///
@@ -247,7 +253,8 @@ impl SessionHandle {
         task: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), crate::Error> {
         let ctx = self.shared.vhost.context().ok_or(crate::Error::Closed)?;
-        if ctx.is_running() && ctx.spawner.spawn(task) {
+        let spawner = self.shared.spawner.as_ref().unwrap_or(&ctx.spawner);
+        if ctx.is_running() && spawner.spawn(task) {
             Ok(())
         } else {
             Err(crate::Error::Closed)
@@ -503,7 +510,7 @@ pub(crate) fn run_in_memory(input: &[u8], limits: &crate::Limits) -> Vec<u8> {
         return Vec::new();
     };
     let peer = SocketAddr::from(([127, 0, 0, 1], 1));
-    let handle = SessionHandle::new(SessionId(1), peer, vhost, "/".into(), "echo".into());
+    let handle = SessionHandle::new(SessionId(1), peer, vhost, "/".into(), "echo".into(), None);
     let request = crate::Request::synthetic("GET", "/", &[], peer);
     let Ok(mut callbacks) = erase(crate::protocols::Echo).open(&request, &handle) else {
         return Vec::new();

@@ -76,8 +76,9 @@ fn current_thread() -> String {
     thread::current().name().unwrap_or("unnamed").to_owned()
 }
 
-/// Answers every message with the names of the threads that ran `open` and
-/// that run `message`: `"OPENED SERVING"`.
+/// Answers every message with the names of the threads that ran `open`, that
+/// run `message`, and that run a task the session spawned:
+/// `"OPENED SERVING SPAWNED"`.
 struct Where;
 
 impl Protocol for Where {
@@ -92,8 +93,16 @@ impl Protocol for Where {
     }
 
     fn message(&self, opened_on: &mut String, session: &SessionHandle, _message: Message) {
+        // Answered from a task the session spawns: it must run on the
+        // session's thread too.
         let answer = format!("{opened_on} {}", current_thread());
-        session.try_send(Message::text(answer)).unwrap();
+        let s = session.clone();
+        session
+            .spawn(async move {
+                let answer = format!("{answer} {}", current_thread());
+                s.try_send(Message::text(answer)).unwrap();
+            })
+            .unwrap();
     }
 }
 
@@ -115,8 +124,15 @@ async fn open_where(addr: SocketAddr) -> (Ws, String) {
     ws.send(Message::text("where?")).await.unwrap();
     let reply = ws.next().await.expect("an answer").expect("an answer");
     let reply = reply.into_text().unwrap().to_string();
-    let (opened, serving) = reply.split_once(' ').expect("two thread names");
+    let names: Vec<&str> = reply.split(' ').collect();
+    let [opened, serving, spawned] = names[..] else {
+        panic!("three thread names: {reply}");
+    };
     assert_eq!(opened, serving, "the connection changed threads");
+    assert_eq!(
+        spawned, serving,
+        "SessionHandle::spawn ran on another thread"
+    );
     (ws, serving.to_owned())
 }
 
