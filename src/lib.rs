@@ -53,6 +53,13 @@
 //! `drain(&executors, deadline)` drives every executor from the calling
 //! thread. The threads are the host's; wsgate still starts none.
 //!
+//! # Driving the loop
+//!
+//! Any way of running the executor works. [`run`] is a drop-in for
+//! `async_io::block_on(ex.run(future))` that polls the reactor every few
+//! tasks instead of every 200, which keeps async-io's helper thread from
+//! taking the reactor over on a loaded server; the binary uses it.
+//!
 //! # Quick start
 //!
 //! ```no_run
