@@ -45,7 +45,7 @@ fn echo_then_ctrl_c_drains_cleanly_and_exits_zero() {
         while let Some(Ok(_)) = ws.next().await {}
     });
     assert_eq!(gw.wait(), 0);
-    let drained: Vec<String> = gw.lines.try_iter().collect();
+    let drained: Vec<String> = gw.rest();
     assert!(
         drained
             .iter()

@@ -208,6 +208,19 @@ mod non_reading {
 
     #[test]
     fn a_client_sending_200_mib_without_reading_cannot_grow_server_memory() {
+        // Echo frames of 64 KiB, never reading the echoes.
+        flood(&client_frame(0x82, &vec![0x5a; FRAME]), "echo");
+    }
+
+    /// Pongs do not go through the outbound queue, so they are bounded on
+    /// their own: a peer that pings without reading the pongs is throttled
+    /// by TCP too.
+    #[test]
+    fn a_client_pinging_200_mib_without_reading_the_pongs_cannot_grow_server_memory() {
+        flood(&client_frame(0x89, &[0x5a; 125]), "ping");
+    }
+
+    fn flood(frame: &[u8], what: &str) {
         let _serial = serial();
         let dir = std::env::temp_dir().join(format!("wsgate-hostile-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -234,10 +247,8 @@ protocol = "echo"
         let gw = Gateway::start(&config);
         let (peak_before, rss_before) = gw.memory();
 
-        // Echo frames of 64 KiB, never reading the echoes.
         let mut s = raw_ws(gw.addr, "/echo");
         s.set_write_timeout(Some(WRITE_TIMEOUT)).unwrap();
-        let frame = client_frame(0x82, &vec![0x5a; FRAME]);
         let started = Instant::now();
         let mut written = 0;
         let mut off = 0;
@@ -260,7 +271,7 @@ protocol = "echo"
         let elapsed = started.elapsed();
         let (peak_after, rss_after) = gw.memory();
         eprintln!(
-            "non-reading client: wrote {:.1} MiB of {:.0} MiB attempted in {elapsed:.2?}, stopped by {stopped_by}",
+            "non-reading {what} client: wrote {:.1} MiB of {:.0} MiB attempted in {elapsed:.2?}, stopped by {stopped_by}",
             mib(written),
             mib(ATTEMPT)
         );

@@ -533,7 +533,7 @@ fn the_binary_serves_on_two_threads_and_drains_on_sigint() {
     gw.signal("-INT");
     run(expect_going_away(&mut clients));
     assert_eq!(gw.wait(), 0);
-    let drained: Vec<String> = gw.lines.try_iter().collect();
+    let drained: Vec<String> = gw.rest();
     assert!(
         drained
             .iter()

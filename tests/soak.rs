@@ -155,7 +155,12 @@ fn ten_thousand_sessions_echo_for_a_minute_and_drain_cleanly() {
     gw.signal("-INT");
     let code = gw.wait(EXIT_LIMIT);
     let peak = sampler.stop();
-    let lines: Vec<String> = gw.lines.try_iter().collect();
+    // Up to the end of the output: the last lines may still be on their way
+    // from the reader thread after the exit.
+    let mut lines = Vec::new();
+    while let Ok(line) = gw.lines.recv_timeout(Duration::from_secs(20)) {
+        lines.push(line);
+    }
     assert_eq!(code, 0, "wsgate exit status; stdout: {lines:?}");
     let drained = lines
         .iter()

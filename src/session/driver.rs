@@ -4,8 +4,9 @@
 //!
 //! # Invariants
 //!
-//! - Reading stops while the outbound queue is over its bound, so a peer that
-//!   sends without reading is throttled by TCP, not buffered by us.
+//! - Reading stops while the outbound queue is over its bound, or while as
+//!   many bytes of our own (pongs) wait for the socket, so a peer that sends
+//!   without reading is throttled by TCP, not buffered by us.
 //! - Outbound messages are encoded into a short list of chunks (headers and
 //!   small payloads copied together, large payloads shared, never copied) and
 //!   leave in one vectored write per batch; nothing is flushed per message.
@@ -121,6 +122,9 @@ pub(crate) struct Driver<S> {
     scratch: BytesMut,
     /// Stop taking messages from the queue above this many encoded bytes.
     write_batch: usize,
+    /// Stop reading while this many bytes wait for the socket: what we write
+    /// without the queue (pongs) is bounded like the queue.
+    max_out: usize,
     flush_pending: bool,
     ping_due: bool,
     pinged: bool,
@@ -176,6 +180,9 @@ impl<S: Transport> Driver<S> {
             out_len: 0,
             scratch: BytesMut::new(),
             write_batch: limits.write_buffer_size.max(COPY_MAX),
+            max_out: limits
+                .max_queue_bytes
+                .max(limits.write_buffer_size.max(COPY_MAX)),
             flush_pending: false,
             ping_due: false,
             pinged: false,
@@ -264,7 +271,10 @@ impl<S: Transport> Driver<S> {
 
             // Inbound, unless the queue is over its bound (keep reading while
             // closing, to see the peer's Close).
-            if self.reading() && (self.we_closed.is_some() || !self.over_bound) {
+            if self.reading()
+                && (self.we_closed.is_some() || !self.over_bound)
+                && self.pending_out() < self.max_out
+            {
                 match self.poll_event(cx) {
                     Poll::Ready(Ok(Some(event))) => {
                         self.on_event(event, callbacks);

@@ -70,6 +70,16 @@ impl Gateway {
         dog.join().unwrap();
         status.code().unwrap_or(-1)
     }
+
+    /// The lines not yet taken, up to the end of the output: after `wait`,
+    /// the last ones may still be on their way from the reader thread.
+    pub fn rest(&self) -> Vec<String> {
+        let mut rest = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(20)) {
+            rest.push(line);
+        }
+        rest
+    }
 }
 
 impl Drop for Gateway {
