@@ -1,0 +1,448 @@
+//! The decoder: client frames in, [`Event`]s or a [`Fail`] out (sans-IO).
+
+use std::fmt;
+use std::str;
+
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::{CloseCode, DecodeLimits, Event, Fail, INVALID_UTF8, MAX_CONTROL_PAYLOAD, opcode};
+
+/// A sans-IO decoder of the frames a client sends to a server.
+///
+/// Feed it the connection's read buffer with [`decode`](Self::decode) until
+/// it returns `Ok(None)`, then read more bytes into the same buffer.
+pub(crate) struct Decoder {
+    limits: DecodeLimits,
+    state: State,
+    /// The data message being reassembled, fragments concatenated (§5.4).
+    /// Visible to the tests, which check that its memory is released.
+    pub(super) message: BytesMut,
+    /// The kind of the data message in progress, if any.
+    kind: Option<DataKind>,
+    /// How many leading bytes of a text `message` are known valid UTF-8.
+    validated: usize,
+    /// The payload of the control frame being read.
+    control: [u8; MAX_CONTROL_PAYLOAD],
+}
+
+impl Decoder {
+    /// A decoder at the start of a connection's frame stream.
+    pub(crate) fn new(limits: DecodeLimits) -> Self {
+        Self {
+            limits,
+            state: State::Header,
+            message: BytesMut::new(),
+            kind: None,
+            validated: 0,
+            control: [0; MAX_CONTROL_PAYLOAD],
+        }
+    }
+
+    /// Consumes bytes from the front of `input` and returns the next event.
+    ///
+    /// Returns `Ok(Some(_))` as soon as a message completes or a control
+    /// frame arrives, possibly leaving further frames in `input` (call again);
+    /// `Ok(None)` when more bytes are needed, having consumed everything
+    /// usable (a partial header stays in `input`, to be completed by the next
+    /// read appended behind it).
+    ///
+    /// # Errors
+    ///
+    /// The [`Fail`] to send in a Close frame when the peer broke RFC 6455 or
+    /// a limit. After an error, or after an [`Event::Close`], the decoder is
+    /// done: further calls consume nothing and return `Ok(None)`.
+    pub(crate) fn decode(&mut self, input: &mut BytesMut) -> Result<Option<Event>, Fail> {
+        let result = self.step(input);
+        if matches!(result, Err(_) | Ok(Some(Event::Close(_)))) {
+            self.state = State::Done;
+            self.kind = None;
+            self.validated = 0;
+            self.message = BytesMut::new();
+        }
+        result
+    }
+
+    /// Bytes currently held for an incomplete data message or control frame.
+    pub(crate) fn buffered(&self) -> usize {
+        let control = match self.state {
+            State::Payload(Frame {
+                kind: FrameKind::Control(_),
+                read,
+                ..
+            }) => read,
+            _ => 0,
+        };
+        self.message.len() + control
+    }
+
+    /// Releases the spare capacity of the message buffer (when the connection
+    /// goes idle); an incomplete message is kept, in a buffer of its size.
+    pub(crate) fn shrink(&mut self) {
+        if self.message.is_empty() {
+            self.message = BytesMut::new();
+        } else if self.message.capacity() > self.message.len() {
+            self.message = BytesMut::from(&self.message[..]);
+        }
+    }
+
+    /// Reads frames until one yields an event or the input runs out.
+    fn step(&mut self, input: &mut BytesMut) -> Result<Option<Event>, Fail> {
+        loop {
+            let frame = match self.state {
+                State::Done => return Ok(None),
+                State::Payload(frame) => frame,
+                State::Header => match self.read_header(input)? {
+                    Some(frame) => frame,
+                    None => return Ok(None),
+                },
+            };
+            let progress = match frame.kind {
+                FrameKind::Control(op) => self.control_payload(op, frame, input)?,
+                FrameKind::Data { kind, starts } => {
+                    self.data_payload(kind, starts, frame, input)?
+                }
+            };
+            match progress {
+                Progress::Partial(frame) => {
+                    self.state = State::Payload(frame);
+                    return Ok(None);
+                }
+                Progress::Complete(event) => {
+                    self.state = State::Header;
+                    if event.is_some() {
+                        return Ok(event);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses the header at the front of `input`, deciding each rule as soon
+    /// as the bytes it needs are present, and consumes it once complete.
+    fn read_header(&mut self, input: &mut BytesMut) -> Result<Option<Frame>, Fail> {
+        let &[b0, b1, ..] = &input[..] else {
+            return Ok(None);
+        };
+        // §5.2: no extension is negotiated, so every reserved bit must be 0.
+        if b0 & 0x70 != 0 {
+            return Err(Fail::protocol("reserved bits set"));
+        }
+        let fin = b0 & 0x80 != 0;
+        let len7 = b1 & 0x7F;
+        let kind = match b0 & 0x0F {
+            opcode::CONTINUATION => match self.kind {
+                Some(kind) => FrameKind::Data {
+                    kind,
+                    starts: false,
+                },
+                None => return Err(Fail::protocol("unexpected continuation frame")),
+            },
+            op @ (opcode::TEXT | opcode::BINARY) => {
+                // §5.4: the fragments of one message are not interleaved
+                // with another message.
+                if self.kind.is_some() {
+                    return Err(Fail::protocol("expected continuation frame"));
+                }
+                let kind = if op == opcode::TEXT {
+                    DataKind::Text
+                } else {
+                    DataKind::Binary
+                };
+                FrameKind::Data { kind, starts: true }
+            }
+            op @ (opcode::CLOSE | opcode::PING | opcode::PONG) => {
+                // §5.5: control frames are never fragmented and carry at
+                // most 125 bytes, so their length fits in the first 7 bits.
+                if !fin {
+                    return Err(Fail::protocol("fragmented control frame"));
+                }
+                if usize::from(len7) > MAX_CONTROL_PAYLOAD {
+                    return Err(Fail::protocol("control frame too big"));
+                }
+                FrameKind::Control(match op {
+                    opcode::CLOSE => ControlOp::Close,
+                    opcode::PING => ControlOp::Ping,
+                    _ => ControlOp::Pong,
+                })
+            }
+            _ => return Err(Fail::protocol("unknown opcode")),
+        };
+        // §5.1, §5.3: a server closes the connection on an unmasked frame.
+        if b1 & 0x80 == 0 {
+            return Err(Fail::protocol("unmasked client frame"));
+        }
+        let (len, mask_at) = match len7 {
+            126 => {
+                let Some(&[a, b]) = input.get(2..4) else {
+                    return Ok(None);
+                };
+                (u64::from(u16::from_be_bytes([a, b])), 4)
+            }
+            127 => {
+                let Some(&[a, b, c, d, e, f, g, h]) = input.get(2..10) else {
+                    return Ok(None);
+                };
+                (u64::from_be_bytes([a, b, c, d, e, f, g, h]), 10)
+            }
+            short => (u64::from(short), 2),
+        };
+        // §5.2: the most significant bit of a 64-bit length must be 0.
+        if len >> 63 != 0 {
+            return Err(Fail::protocol("invalid frame length"));
+        }
+        // A length that does not fit in usize is above any limit.
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len > self.limits.max_frame_size {
+            return Err(Fail::size("frame too big"));
+        }
+        if matches!(kind, FrameKind::Data { .. })
+            && self.message.len().saturating_add(len) > self.limits.max_message_size
+        {
+            return Err(Fail::size("message too big"));
+        }
+        let Some(&[m0, m1, m2, m3]) = input.get(mask_at..mask_at + 4) else {
+            return Ok(None);
+        };
+        input.advance(mask_at + 4);
+        if let FrameKind::Data { kind, starts: true } = kind {
+            self.kind = Some(kind);
+        }
+        Ok(Some(Frame {
+            kind,
+            fin,
+            mask: [m0, m1, m2, m3],
+            len,
+            read: 0,
+        }))
+    }
+
+    /// Reads a control frame's payload into the fixed array.
+    fn control_payload(
+        &mut self,
+        op: ControlOp,
+        mut frame: Frame,
+        input: &mut BytesMut,
+    ) -> Result<Progress, Fail> {
+        let take = frame.remaining().min(input.len());
+        // In bounds: `read_header` admitted this control frame only with
+        // `len <= 125`, and `read + remaining == len`, so
+        // `read + take <= 125`; `take <= input.len()`.
+        let dst = &mut self.control[frame.read..frame.read + take];
+        dst.copy_from_slice(&input[..take]);
+        unmask(dst, frame.mask, frame.read);
+        input.advance(take);
+        frame.read += take;
+        if frame.read < frame.len {
+            return Ok(Progress::Partial(frame));
+        }
+        // In bounds: `frame.len <= 125`, as above.
+        let payload = &self.control[..frame.len];
+        let event = match op {
+            ControlOp::Close => Event::Close(close_payload(payload)?),
+            ControlOp::Ping => Event::Ping(Bytes::copy_from_slice(payload)),
+            ControlOp::Pong => Event::Pong(Bytes::copy_from_slice(payload)),
+        };
+        Ok(Progress::Complete(Some(event)))
+    }
+
+    /// Consumes what has arrived of a data frame's payload.
+    fn data_payload(
+        &mut self,
+        kind: DataKind,
+        starts: bool,
+        mut frame: Frame,
+        input: &mut BytesMut,
+    ) -> Result<Progress, Fail> {
+        if starts && frame.fin && frame.read == 0 && input.len() >= frame.len {
+            // A whole single-frame message is in the read buffer: unmask it
+            // there and hand it out without copying.
+            // When the frame is all that is left, take the whole buffer:
+            // a split would allocate to share it.
+            let mut payload = if input.len() == frame.len {
+                std::mem::take(input)
+            } else {
+                input.split_to(frame.len)
+            };
+            unmask(&mut payload, frame.mask, 0);
+            self.kind = None;
+            return message_event(kind, payload.freeze()).map(|e| Progress::Complete(Some(e)));
+        }
+        // Reserve only for bytes that have arrived, never the announced length.
+        let take = frame.remaining().min(input.len());
+        // In bounds: `take <= input.len()`.
+        let chunk = &mut input[..take];
+        unmask(chunk, frame.mask, frame.read);
+        self.message.extend_from_slice(chunk);
+        input.advance(take);
+        frame.read += take;
+        if kind == DataKind::Text {
+            self.check_utf8()?;
+        }
+        if frame.read < frame.len {
+            return Ok(Progress::Partial(frame));
+        }
+        if !frame.fin {
+            return Ok(Progress::Complete(None));
+        }
+        // §8.1: a code point cut off by the end of the message is invalid.
+        if kind == DataKind::Text && self.validated != self.message.len() {
+            return Err(INVALID_UTF8);
+        }
+        self.kind = None;
+        self.validated = 0;
+        // `split` hands the bytes out and leaves only spare capacity behind,
+        // which `shrink` releases.
+        let payload = self.message.split().freeze();
+        message_event(kind, payload).map(|e| Progress::Complete(Some(e)))
+    }
+
+    /// Validates the text message's bytes not yet known valid, failing at the
+    /// first byte that no continuation could make valid.
+    fn check_utf8(&mut self) -> Result<(), Fail> {
+        // In bounds: `validated` only ever grows to at most `message.len()`,
+        // and `message` only grows until it is reset with `validated`.
+        match str::from_utf8(&self.message[self.validated..]) {
+            Ok(_) => self.validated = self.message.len(),
+            // An incomplete code point at the end: valid so far.
+            Err(e) if e.error_len().is_none() => self.validated += e.valid_up_to(),
+            Err(_) => return Err(INVALID_UTF8),
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decoder")
+            .field("limits", &self.limits)
+            .field("state", &self.state)
+            .field("kind", &self.kind)
+            .field("buffered", &self.buffered())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses a Close frame's payload (RFC 6455 §5.5.1): nothing, or a status
+/// code followed by a UTF-8 reason.
+///
+/// # Errors
+///
+/// 1002 for a payload of one byte or of more than 125 (§5.5), or a code
+/// that may not be sent (§7.4); 1007 for a reason that is not UTF-8.
+pub(crate) fn close_payload(payload: &[u8]) -> Result<Option<CloseFrame>, Fail> {
+    if payload.len() > MAX_CONTROL_PAYLOAD {
+        return Err(Fail::protocol("control frame too big"));
+    }
+    match payload {
+        [] => Ok(None),
+        [_] => Err(Fail::protocol("truncated close code")),
+        &[hi, lo, ref reason @ ..] => {
+            let code = u16::from_be_bytes([hi, lo]);
+            if !is_valid_close_code(code) {
+                return Err(Fail::protocol("invalid close code"));
+            }
+            let reason =
+                Utf8Bytes::try_from(Bytes::copy_from_slice(reason)).map_err(|_| INVALID_UTF8)?;
+            Ok(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason,
+            }))
+        }
+    }
+}
+
+/// Where the decoder is in the frame stream.
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// At a frame boundary, waiting for a header.
+    Header,
+    /// Inside this frame's payload.
+    Payload(Frame),
+    /// After a failure or a Close frame.
+    Done,
+}
+
+/// A frame whose header has been read.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    kind: FrameKind,
+    fin: bool,
+    mask: [u8; 4],
+    /// The payload length, within the limits.
+    len: usize,
+    /// Payload bytes consumed so far; also the mask offset.
+    read: usize,
+}
+
+impl Frame {
+    fn remaining(&self) -> usize {
+        self.len - self.read
+    }
+}
+
+/// A frame's opcode, resolved against the message in progress.
+#[derive(Debug, Clone, Copy)]
+enum FrameKind {
+    /// A frame of a data message of `kind`; `starts` unless a continuation.
+    Data {
+        kind: DataKind,
+        starts: bool,
+    },
+    Control(ControlOp),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataKind {
+    Text,
+    Binary,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ControlOp {
+    Close,
+    Ping,
+    Pong,
+}
+
+/// What reading a frame's payload came to.
+enum Progress {
+    /// The input ran out inside the payload.
+    Partial(Frame),
+    /// The frame is complete, with the event it completed, if any.
+    Complete(Option<Event>),
+}
+
+/// The event for a complete data message.
+fn message_event(kind: DataKind, payload: Bytes) -> Result<Event, Fail> {
+    match kind {
+        DataKind::Binary => Ok(Event::Binary(payload)),
+        DataKind::Text => Utf8Bytes::try_from(payload)
+            .map(Event::Text)
+            .map_err(|_| INVALID_UTF8),
+    }
+}
+
+/// Whether `code` may appear in a Close frame (RFC 6455 §7.4.1, §7.4.2, and
+/// the IANA registry for 1012–1014).
+fn is_valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// XORs `buf` with the masking key (§5.3), `buf[0]` being payload byte
+/// `offset`.
+pub(super) fn unmask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
+    let mut mask = mask;
+    mask.rotate_left(offset % 4);
+    // Whole words first, in a form the compiler vectorizes.
+    let mut words = buf.chunks_exact_mut(4);
+    for word in &mut words {
+        for (byte, m) in word.iter_mut().zip(mask) {
+            *byte ^= m;
+        }
+    }
+    for (byte, m) in words.into_remainder().iter_mut().zip(mask) {
+        *byte ^= m;
+    }
+}
