@@ -180,7 +180,13 @@ fn on_accept(
 /// An accepted TCP stream whose `close` half-closes the connection
 /// (`shutdown(Write)`), so that a refusal's FIN leaves at once while we read
 /// what the client still sends. async-io's own `poll_close` only flushes.
-pub(crate) struct Tcp(pub(crate) Async<TcpStream>);
+pub(crate) struct Tcp(Async<TcpStream>);
+
+impl crate::session::Transport for Tcp {
+    fn poll_readable(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_readable(cx)
+    }
+}
 
 impl AsyncRead for Tcp {
     fn poll_read(

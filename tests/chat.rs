@@ -6,20 +6,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use support::Ws;
+use support::example::{EXIT_LIMIT, Example};
 use wsgate::{CloseCode, Message};
-
-/// Time for `cargo run` to build the example (a cold build of the crate on a
-/// slow machine) and print its address.
-const START_LIMIT: Duration = Duration::from_secs(600);
 
 /// How long the example serves: time enough for the conversation below on
 /// a busy machine.
@@ -27,9 +19,6 @@ const SERVE_SECONDS: &str = "6";
 
 /// Time for the clients' part: the conversation, then the close.
 const CLIENT_LIMIT: Duration = Duration::from_secs(30);
-
-/// Time for the example to exit after it closed the sessions.
-const EXIT_LIMIT: Duration = Duration::from_secs(30);
 
 #[test]
 fn two_clients_chat_in_a_room_and_in_private_then_get_1001_and_the_drain_is_clean() {
@@ -162,112 +151,4 @@ async fn close_code(ws: &mut Ws) -> Option<CloseCode> {
     // closes TCP.
     while let Some(Ok(_)) = ws.next().await {}
     code
-}
-
-/// An example as a child process; killed on drop if still running, so that a
-/// failing test leaves nothing behind.
-struct Example {
-    child: Child,
-    lines: Receiver<String>,
-    stdout: Option<thread::JoinHandle<()>>,
-    seen: Vec<String>,
-}
-
-impl Example {
-    fn start(name: &str, args: &[&str]) -> Self {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        // `cargo run` replaces itself with the example on Unix, so `child` is
-        // the example once it runs.
-        let mut child = Command::new(cargo)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["run", "--quiet", "--example", name])
-            .arg("--")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start cargo");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().expect("piped stdout");
-        let err = child.stderr.take().expect("piped stderr");
-        // The harness captures these threads' output too, and shows it if the
-        // test fails.
-        let stdout = thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                println!("[example stdout] {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("[example stderr] {line}");
-            }
-        });
-        Self {
-            child,
-            lines,
-            stdout: Some(stdout),
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for the `listening on ADDR` line.
-    fn address(&mut self) -> SocketAddr {
-        let deadline = Instant::now() + START_LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let addr = line.strip_prefix("listening on ").map(str::parse);
-                    self.seen.push(line);
-                    if let Some(addr) = addr {
-                        return addr.expect("listening on an address");
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("the example did not print its address within {START_LIMIT:?}")
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.wait(EXIT_LIMIT);
-                    panic!("the example ended before listening ({status})")
-                }
-            }
-        }
-    }
-
-    /// Waits for the process to exit; panics (and kills it) after `limit`.
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the example did not exit within {limit:?}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Every stdout line, once the process has exited.
-    fn rest_of_stdout(&mut self) -> Vec<String> {
-        if let Some(t) = self.stdout.take() {
-            t.join().expect("stdout reader");
-        }
-        self.seen.extend(self.lines.try_iter());
-        self.seen.clone()
-    }
-}
-
-impl Drop for Example {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }

@@ -124,15 +124,13 @@ fn slowloris_heads_get_408_while_a_normal_client_is_served() {
 
 #[cfg(feature = "cli")]
 mod non_reading {
-    use std::io::{BufRead, BufReader, ErrorKind, Write};
-    use std::net::SocketAddr;
-    use std::process::{Child, Command, Stdio};
-    use std::sync::mpsc;
+    use std::io::{ErrorKind, Write};
     use std::time::{Duration, Instant};
 
     use futures_lite::StreamExt;
     use wsgate::Message;
 
+    use super::support::gateway::Gateway;
     use super::support::{self, client_frame, connect, raw_ws, serial};
 
     const MIB: usize = 1 << 20;
@@ -144,62 +142,19 @@ mod non_reading {
     /// What the server's peak RSS may grow by.
     const BOUND: usize = 64 * MIB;
 
-    /// The `wsgate` binary, killed when dropped.
-    struct Gateway {
-        child: Child,
-        addr: SocketAddr,
-    }
-
-    impl Gateway {
-        fn start(config: &std::path::Path) -> Self {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-                .arg("--config")
-                .arg(config)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn wsgate");
-            let stdout = child.stdout.take().unwrap();
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-            let first = rx.recv_timeout(support::LIMIT).expect("no listening line");
-            let addr = first
-                .strip_prefix("wsgate listening on ")
-                .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-                .parse()
-                .unwrap();
-            Self { child, addr }
-        }
-
-        /// `VmHWM` (peak RSS) and `VmRSS` of the server, in bytes.
-        fn memory(&self) -> (usize, usize) {
-            let status =
-                std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-            let field = |name: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .and_then(|v| v.trim().strip_suffix("kB"))
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .unwrap_or_else(|| panic!("no {name} in /proc/pid/status"))
-                    * 1024
-            };
-            (field("VmHWM:"), field("VmRSS:"))
-        }
-    }
-
-    impl Drop for Gateway {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    /// `VmHWM` (peak RSS) and `VmRSS` of the server, in bytes.
+    fn memory(gw: &Gateway) -> (usize, usize) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", gw.pid())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().strip_suffix("kB"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("no {name} in /proc/pid/status"))
+                * 1024
+        };
+        (field("VmHWM:"), field("VmRSS:"))
     }
 
     fn mib(bytes: usize) -> f64 {
@@ -244,8 +199,8 @@ protocol = "echo"
 "#,
         )
         .unwrap();
-        let gw = Gateway::start(&config);
-        let (peak_before, rss_before) = gw.memory();
+        let gw = Gateway::start(&["--config", config.to_str().unwrap()]);
+        let (peak_before, rss_before) = memory(&gw);
 
         let mut s = raw_ws(gw.addr, "/echo");
         s.set_write_timeout(Some(WRITE_TIMEOUT)).unwrap();
@@ -269,7 +224,7 @@ protocol = "echo"
             }
         };
         let elapsed = started.elapsed();
-        let (peak_after, rss_after) = gw.memory();
+        let (peak_after, rss_after) = memory(&gw);
         eprintln!(
             "non-reading {what} client: wrote {:.1} MiB of {:.0} MiB attempted in {elapsed:.2?}, stopped by {stopped_by}",
             mib(written),

@@ -13,114 +13,32 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
+use support::gateway::Gateway;
 use wsgate::Message;
 
-/// The binary, run with `args`, and its stdout lines.
-struct Gateway {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Gateway {
-    /// Starts the binary and returns it with the addresses of its first
-    /// `listeners` `wsgate listening on` lines.
-    fn start(args: &[&str], listeners: usize) -> (Self, Vec<SocketAddr>) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn wsgate");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let gw = Self { child, lines };
-        let addrs = (0..listeners)
-            .map(|_| {
-                gw.line("wsgate listening on ")
-                    .parse()
-                    .expect("listening address")
-            })
-            .collect();
-        (gw, addrs)
-    }
-
-    /// The rest of the next stdout line that starts with `prefix`, skipping
-    /// others; panics after 20 s.
-    fn line(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + support::LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no line starting with {prefix:?}"));
-            if let Some(rest) = line.strip_prefix(prefix) {
-                return rest.to_owned();
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} failed");
-    }
-
-    /// Sends SIGHUP and returns what the reload printed: `Ok(summary)` for
-    /// `wsgate reloaded: SUMMARY`, `Err(error)` for `wsgate reload failed: ERROR`.
-    fn reload(&self) -> Result<String, String> {
-        self.signal("-HUP");
-        let line = self.line("wsgate reload");
-        if let Some(summary) = line.strip_prefix("ed: ") {
-            Ok(summary.to_owned())
-        } else if let Some(error) = line.strip_prefix(" failed: ") {
-            Err(error.to_owned())
-        } else {
-            panic!("unexpected reload line {line:?}");
-        }
-    }
-
-    /// SIGINT, then the exit code (a watchdog kills the process after 20 s).
-    fn stop(mut self) -> i32 {
-        self.signal("-INT");
-        let (done, watchdog) = mpsc::channel::<()>();
-        let pid = self.child.id().to_string();
-        let dog = std::thread::spawn(move || {
-            if watchdog.recv_timeout(support::LIMIT).is_err() {
-                let _ = Command::new("kill").args(["-KILL", &pid]).status();
-            }
-        });
-        let status = self.child.wait().unwrap();
-        let _ = done.send(());
-        dog.join().unwrap();
-        status.code().unwrap_or(-1)
+/// Sends SIGHUP and returns what the reload printed: `Ok(summary)` for
+/// `wsgate reloaded: SUMMARY`, `Err(error)` for `wsgate reload failed: ERROR`.
+fn reload(gw: &Gateway) -> Result<String, String> {
+    gw.signal("-HUP");
+    let line = gw.line("wsgate reload");
+    if let Some(summary) = line.strip_prefix("ed: ") {
+        Ok(summary.to_owned())
+    } else if let Some(error) = line.strip_prefix(" failed: ") {
+        Err(error.to_owned())
+    } else {
+        panic!("unexpected reload line {line:?}");
     }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// SIGINT, then the exit code (a watchdog kills the process after 20 s).
+fn stop(mut gw: Gateway) -> i32 {
+    gw.signal("-INT");
+    gw.wait()
 }
 
 /// A configuration file in its own temporary directory, removed on drop.
@@ -210,7 +128,7 @@ fn sighup_replaces_changed_vhosts_and_leaves_the_others_alone() {
     ]
     .concat();
     let cfg = ConfigPath::new("diff", &v1);
-    let (gw, addrs) = Gateway::start(&["--config", cfg.as_str()], 3);
+    let (gw, addrs) = Gateway::start_listening(&["--config", cfg.as_str()], 3);
     let (a, b, d) = (addrs[0], addrs[1], addrs[2]);
     assert_eq!(
         [a.ip(), b.ip(), d.ip()].map(|ip| ip.to_string()),
@@ -240,7 +158,7 @@ fn sighup_replaces_changed_vhosts_and_leaves_the_others_alone() {
     ]
     .concat();
     cfg.write(&v2);
-    let summary = gw.reload().expect("reload");
+    let summary = reload(&gw).expect("reload");
     let items = parse_summary(&summary);
     assert_eq!(
         items.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -286,15 +204,15 @@ fn sighup_replaces_changed_vhosts_and_leaves_the_others_alone() {
     wait_refused(d);
 
     // The same file again: nothing to do, and nothing is disturbed.
-    assert_eq!(gw.reload().as_deref(), Ok("no changes"));
-    assert_eq!(gw.stop(), 0);
+    assert_eq!(reload(&gw).as_deref(), Ok("no changes"));
+    assert_eq!(stop(gw), 0);
 }
 
 #[test]
 fn a_bad_configuration_on_reload_keeps_the_old_one_serving() {
     let v1 = [vhost("a", "127.0.0.1:0", ""), vhost("b", "127.0.0.2:0", "")].concat();
     let cfg = ConfigPath::new("bad", &v1);
-    let (gw, addrs) = Gateway::start(&["--config", cfg.as_str()], 2);
+    let (gw, addrs) = Gateway::start_listening(&["--config", cfg.as_str()], 2);
     let (a, b) = (addrs[0], addrs[1]);
     let (mut ws_a, mut ws_b) = support::run(async move {
         let mut ws_a = support::connect(a, "/echo").await;
@@ -311,7 +229,7 @@ fn a_bad_configuration_on_reload_keeps_the_old_one_serving() {
 
     // Not TOML the loader accepts: the error names the key and the line.
     cfg.write(&[vhost("a", "127.0.0.1:0", "bogus = 1"), b_changed.clone()].concat());
-    let e = gw.reload().expect_err("an unknown key");
+    let e = reload(&gw).expect_err("an unknown key");
     assert!(e.contains("line 8") && e.contains("unknown field"), "{e}");
 
     // Valid TOML that does not build (an unknown protocol).
@@ -322,7 +240,7 @@ fn a_bad_configuration_on_reload_keeps_the_old_one_serving() {
         ]
         .concat(),
     );
-    let e = gw.reload().expect_err("an unknown protocol");
+    let e = reload(&gw).expect_err("an unknown protocol");
     assert!(e.contains("unknown protocol \"nope\""), "{e}");
 
     // A duplicate vhost name (only the whole file can tell).
@@ -334,7 +252,7 @@ fn a_bad_configuration_on_reload_keeps_the_old_one_serving() {
         ]
         .concat(),
     );
-    let e = gw.reload().expect_err("a duplicate name");
+    let e = reload(&gw).expect_err("a duplicate name");
     assert!(e.contains("duplicate vhost name"), "{e}");
 
     // Builds, but a new vhost's address is taken: found before b is touched.
@@ -348,7 +266,7 @@ fn a_bad_configuration_on_reload_keeps_the_old_one_serving() {
         ]
         .concat(),
     );
-    let e = gw.reload().expect_err("an address in use");
+    let e = reload(&gw).expect_err("an address in use");
     assert!(e.contains(&format!("cannot listen on {busy}")), "{e}");
 
     support::run(async move {
@@ -363,15 +281,16 @@ fn a_bad_configuration_on_reload_keeps_the_old_one_serving() {
     // Fixed: the reload goes through, with b replaced at last.
     drop(taken);
     cfg.write(&[vhost("a", "127.0.0.1:0", ""), b_changed].concat());
-    let summary = gw.reload().expect("reload");
+    let summary = reload(&gw).expect("reload");
     assert_eq!(summary, format!("~vhost b on {b}"));
-    assert_eq!(gw.stop(), 0);
+    assert_eq!(stop(gw), 0);
 }
 
 #[test]
 fn listen_override_keeps_applying_to_the_first_vhost() {
     let cfg = ConfigPath::new("listen", &vhost("a", "127.0.0.9:9", ""));
-    let (gw, addrs) = Gateway::start(&["--config", cfg.as_str(), "--listen", "127.0.0.1:0"], 1);
+    let (gw, addrs) =
+        Gateway::start_listening(&["--config", cfg.as_str(), "--listen", "127.0.0.1:0"], 1);
     let a = addrs[0];
     let mut ws = support::run(async move {
         let mut ws = support::connect(a, "/echo").await;
@@ -380,25 +299,25 @@ fn listen_override_keeps_applying_to_the_first_vhost() {
     });
     // Only the file's address changed, and --listen replaces it anyway.
     cfg.write(&vhost("a", "127.0.0.8:8", ""));
-    assert_eq!(gw.reload().as_deref(), Ok("no changes"));
+    assert_eq!(reload(&gw).as_deref(), Ok("no changes"));
     // A real change: replaced, still on the --listen address (and port).
     cfg.write(&vhost(
         "a",
         "127.0.0.8:8",
         "[vhost.limits]\nidle_timeout = \"5m\"\n",
     ));
-    assert_eq!(gw.reload(), Ok(format!("~vhost a on {a}")));
+    assert_eq!(reload(&gw), Ok(format!("~vhost a on {a}")));
     support::run(async move {
         support::read_to_end(&mut ws).await.assert_closed_with(1001);
         let mut ws = support::connect(a, "/echo").await;
         echoes(&mut ws, "a again").await;
     });
-    assert_eq!(gw.stop(), 0);
+    assert_eq!(stop(gw), 0);
 }
 
 #[test]
 fn sighup_without_a_config_file_changes_nothing() {
-    let (gw, addrs) = Gateway::start(&["--listen", "127.0.0.1:0"], 1);
+    let (gw, addrs) = Gateway::start_listening(&["--listen", "127.0.0.1:0"], 1);
     let addr = addrs[0];
     let mut ws = support::run(async move {
         let mut ws = support::connect(addr, "/echo").await;
@@ -407,7 +326,7 @@ fn sighup_without_a_config_file_changes_nothing() {
     });
     // SIGHUP no longer terminates the process: it reloads, and the built-in
     // configuration cannot have changed.
-    assert_eq!(gw.reload().as_deref(), Ok("no changes"));
+    assert_eq!(reload(&gw).as_deref(), Ok("no changes"));
     support::run(async move { echoes(&mut ws, "after").await });
-    assert_eq!(gw.stop(), 0);
+    assert_eq!(stop(gw), 0);
 }

@@ -74,12 +74,6 @@ pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin {
     }
 }
 
-impl Transport for crate::listener::Tcp {
-    fn poll_readable(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        self.0.poll_readable(cx)
-    }
-}
-
 #[cfg(any(fuzzing, test))]
 impl Transport for super::MemStream {}
 
@@ -289,19 +283,11 @@ impl<S: Transport> Driver<S> {
                             match self.decoder.decode(&mut self.rbuf) {
                                 Ok(Some(event)) => {
                                     batch += event.len();
-                                    if let Event::Close(_) = event {
-                                        // Answers to the messages before the
-                                        // Close go out before ours.
-                                        self.gather();
-                                    }
                                     self.on_event(event, callbacks);
                                     budget -= 1;
                                 }
                                 Ok(None) => break,
                                 Err(fail) => {
-                                    // Likewise before failing: the messages
-                                    // that were valid are answered first.
-                                    self.gather();
                                     self.fail(fail);
                                     break;
                                 }
@@ -579,6 +565,9 @@ impl<S: Transport> Driver<S> {
             }
             Event::Pong(_) => {}
             Event::Close(frame) => {
+                // The answers to the messages handled before the Close (a
+                // batch read together) go out before any Close of ours.
+                self.gather();
                 if self.we_closed.is_some() {
                     self.acked = true;
                 } else {
@@ -595,6 +584,8 @@ impl<S: Transport> Driver<S> {
     }
 
     fn fail(&mut self, fail: Fail) {
+        // Likewise: the messages that were valid are answered first.
+        self.gather();
         self.failing = true;
         self.handle.shared.mark_closed();
         if self.we_closed.is_none() {

@@ -5,19 +5,25 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A running `wsgate`; killed on drop if still running.
 pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
-    /// The stdout lines after the first (`wsgate listening on ADDR`).
+    /// The stdout lines after the listening ones.
     pub lines: mpsc::Receiver<String>,
 }
 
 impl Gateway {
     /// Starts the binary with `args` and waits for its address.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_listening(args, 1).0
+    }
+
+    /// Starts the binary with `args` and returns it with the addresses of its
+    /// first `listeners` `wsgate listening on ADDR` lines.
+    pub fn start_listening(args: &[&str], listeners: usize) -> (Self, Vec<SocketAddr>) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
             .args(args)
             .env("RUST_LOG", "warn")
@@ -34,15 +40,41 @@ impl Gateway {
                 }
             }
         });
-        let first = lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("no listening line");
-        let addr = first
-            .strip_prefix("wsgate listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .parse()
-            .unwrap();
-        Self { child, addr, lines }
+        let mut gw = Self {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            lines,
+        };
+        let addrs: Vec<SocketAddr> = (0..listeners.max(1))
+            .map(|_| {
+                gw.line("wsgate listening on ")
+                    .parse()
+                    .expect("listening address")
+            })
+            .collect();
+        gw.addr = addrs[0];
+        (gw, addrs)
+    }
+
+    /// The server's process id (for /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The rest of the next stdout line that starts with `prefix`, skipping
+    /// others; panics after 20 s.
+    pub fn line(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no line starting with {prefix:?}"));
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.to_owned();
+            }
+        }
     }
 
     /// Sends `sig` (`-INT`, `-TERM`, `-HUP`) with kill(1).
