@@ -172,6 +172,10 @@ async fn upgrade<S>(
             let refusal = Refusal::new(429, "too many sessions from this address");
             return refuse(&mut stream, &ctx, &refusal, &limits).await;
         }
+        Err(SlotRefused::Retired) => {
+            let refusal = Refusal::new(503, "shutting down");
+            return refuse(&mut stream, &ctx, &refusal, &limits).await;
+        }
     };
     let (name, echo) = negotiate(&up.offered, protocols);
     let Some(protocol) = vhost.protocol(name) else {
@@ -195,6 +199,10 @@ async fn upgrade<S>(
     let callbacks = match protocol.open(&req, &handle) {
         Ok(cb) => cb,
         Err(reject) => {
+            // The handle `open` saw must not outlive the refusal as a live
+            // session: closed, out of every topic, its tasks cancelled now
+            // (the slot is given back when this function returns).
+            ctx.discard(&handle);
             let mut r = Response::text(reject.status(), format!("{}\n", reject.reason()));
             for (n, v) in reject.headers() {
                 r = r.header(n.clone(), v.clone());

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use async_executor::Executor;
+use async_executor::{Executor, LocalExecutor};
 use event_listener::Event;
 
 use crate::config::{Config, VhostConfig};
@@ -19,7 +19,7 @@ use crate::metrics::{Metrics, Stats};
 use crate::protocol::{CloseReason, Wake};
 use crate::pubsub::{Presence, Published, Topics};
 use crate::session::SessionHandle;
-use crate::tasks::{Host, Live, Spawner, TaskSet, force_all};
+use crate::tasks::{HostExecutor, Live, Spawner, TaskSet, force_all};
 use crate::teardown::Drain;
 use crate::vhost::{Vhost, lock};
 use crate::{CloseCode, Message};
@@ -41,7 +41,7 @@ use crate::{CloseCode, Message};
 ///
 /// ```no_run
 /// use std::time::{Duration, Instant};
-/// use async_executor::Executor;
+/// use async_executor::{Executor, LocalExecutor};
 /// use wsgate::{Config, Context, Mount, VhostConfig, protocols::Echo};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -61,9 +61,9 @@ use crate::{CloseCode, Message};
 /// # }
 /// ```
 #[must_use = "dropping a Context forces every session closed; call destroy() and drain()"]
-pub struct Context<'ex> {
+pub struct Context<'ex, K: LoopKind = SharedLoop> {
     /// The host's executors, one per worker, in `attach_set`'s order.
-    hosts: Vec<&'ex dyn Host>,
+    hosts: Vec<K::Host<'ex>>,
     shared: Arc<ContextShared>,
     /// One task set per worker; empty once handed to the `Drain` or forced.
     tasks: Vec<TaskSet>,
@@ -75,6 +75,58 @@ pub struct Context<'ex> {
 #[derive(Clone)]
 pub struct ContextHandle {
     shared: Arc<ContextShared>,
+}
+
+/// What kind of loop a context is attached to, which decides whether the
+/// [`Context`] (and its [`Drain`]) may move between threads: [`SharedLoop`] (the
+/// default) for `async_executor::Executor`s, [`LocalLoop`] for a
+/// `LocalExecutor`. Sealed: implemented for these two only.
+///
+/// Either way the sessions run in wsgate's own task set, so [`Protocol`]s
+/// and their states are `Send` and the handles work from any thread; only
+/// the context itself stays on the thread of a `LocalExecutor`.
+///
+/// [`Protocol`]: crate::Protocol
+pub trait LoopKind: kind::Sealed {}
+
+/// A context attached to one or more `async_executor::Executor`s (which are
+/// `Send + Sync`): the context is `Send + Sync` too. The default [`LoopKind`].
+#[derive(Debug)]
+pub enum SharedLoop {}
+
+/// A context attached to an `async_executor::LocalExecutor` with
+/// [`Context::attach_local`]: the context and its [`Drain`] stay on that
+/// executor's thread (they are neither `Send` nor `Sync`).
+#[derive(Debug)]
+pub enum LocalLoop {}
+
+impl LoopKind for SharedLoop {}
+impl LoopKind for LocalLoop {}
+
+pub(crate) mod kind {
+    use crate::tasks::HostExecutor;
+
+    /// How a context of this kind holds its executors.
+    pub trait Sealed {
+        /// A reference to one of the host's executors.
+        type Host<'ex>: Copy;
+        /// The reference as wsgate uses it.
+        fn host<'a>(host: &Self::Host<'a>) -> &'a dyn HostExecutor;
+    }
+
+    impl Sealed for super::SharedLoop {
+        type Host<'ex> = &'ex (dyn HostExecutor + Send + Sync);
+        fn host<'a>(host: &Self::Host<'a>) -> &'a dyn HostExecutor {
+            *host
+        }
+    }
+
+    impl Sealed for super::LocalLoop {
+        type Host<'ex> = &'ex dyn HostExecutor;
+        fn host<'a>(host: &Self::Host<'a>) -> &'a dyn HostExecutor {
+            *host
+        }
+    }
 }
 
 /// A snapshot of a context's counters.
@@ -158,7 +210,7 @@ impl<'ex> Context<'ex> {
     ///
     /// ```no_run
     /// use std::time::{Duration, Instant};
-    /// use async_executor::Executor;
+    /// use async_executor::{Executor, LocalExecutor};
     /// use wsgate::{Config, Context, Mount, VhostConfig, protocols::Echo};
     ///
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -190,7 +242,64 @@ impl<'ex> Context<'ex> {
     /// address cannot be bound. Either way nothing is left running and every
     /// socket bound so far is closed.
     pub fn attach_set(executors: &'ex [Executor<'_>], config: Config) -> Result<Self, Error> {
-        if executors.is_empty() {
+        let hosts = executors
+            .iter()
+            .map(|ex| ex as &(dyn HostExecutor + Send + Sync))
+            .collect();
+        Self::attach_hosts(hosts, config)
+    }
+}
+
+impl<'ex> Context<'ex, LocalLoop> {
+    /// Binds every listener of `config`, then spawns wsgate's tasks on a
+    /// `LocalExecutor`: for single-threaded hosts (a GUI or game loop) whose
+    /// loop is a `LocalExecutor`.
+    ///
+    /// Everything else is as with [`attach`](Context::attach): the host runs
+    /// `ex` (`run`, `tick`, `try_tick`), then calls `destroy` and
+    /// `drain(&ex, deadline)`. The context and its [`Drain`] stay on `ex`'s
+    /// thread. Protocols are still `Send + Sync` and their states `Send`:
+    /// the sessions run in wsgate's own task set, which the host's loop
+    /// drives. To reach `!Send` state of the host (a GUI's widgets), a
+    /// protocol sends through a channel that a local task of the host
+    /// drains (see docs/ARCHITECTURE.md, "Local executors").
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::{Duration, Instant};
+    /// use async_executor::LocalExecutor;
+    /// use wsgate::{Config, Context, Mount, VhostConfig, protocols::Echo};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ex = LocalExecutor::new();
+    /// let vhost = VhostConfig::builder("default")
+    ///     .listen("127.0.0.1:7681".parse()?)
+    ///     .protocol(Echo)
+    ///     .mount(Mount::websocket("/echo", ["echo"]))
+    ///     .build()?;
+    /// let ctx = Context::attach_local(&ex, Config::builder().vhost(vhost).build()?)?;
+    /// let handle = ctx.handle();
+    /// async_io::block_on(ex.run(handle.shutdown_requested()));
+    /// let report = ctx.destroy().drain(&ex, Instant::now() + Duration::from_secs(5));
+    /// println!("{report}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Bind`] if an address cannot be bound; nothing is left running
+    /// and every socket bound so far is closed.
+    pub fn attach_local(ex: &'ex LocalExecutor<'_>, config: Config) -> Result<Self, Error> {
+        Self::attach_hosts(vec![ex as &dyn HostExecutor], config)
+    }
+}
+
+impl<'ex, K: LoopKind> Context<'ex, K> {
+    /// Binds every listener, then creates one worker per host executor.
+    fn attach_hosts(hosts: Vec<K::Host<'ex>>, config: Config) -> Result<Self, Error> {
+        if hosts.is_empty() {
             return Err(Error::NoExecutors);
         }
         let Config {
@@ -203,12 +312,11 @@ impl<'ex> Context<'ex> {
             .flat_map(|v| v.listen().iter().copied())
             .collect();
         let mut bound = bind_all(&addrs, &[])?;
-        let hosts: Vec<&'ex dyn Host> = executors.iter().map(|ex| ex as &dyn Host).collect();
         let live = Live::new();
         let (tasks, workers): (Vec<TaskSet>, Vec<Worker>) = hosts
             .iter()
             .map(|host| {
-                let (tasks, spawner) = TaskSet::new(*host, pumps, &live);
+                let (tasks, spawner) = TaskSet::new(K::host(host), pumps, &live);
                 let worker = Worker {
                     spawner,
                     load: AtomicUsize::new(0),
@@ -283,9 +391,11 @@ impl<'ex> Context<'ex> {
         Ok(vhost)
     }
 
-    /// Removes a vhost: stops the listeners no other vhost uses, sends Close
-    /// 1001 to its sessions and calls its protocols' destroy hooks. The vhost
-    /// (and its user data) lives on while handles to it remain.
+    /// Removes a vhost: stops the listeners no other vhost uses and sends
+    /// Close 1001 to its sessions. Its protocols' destroy hooks run on the
+    /// loop once the last of those sessions has ended (at once, on the loop,
+    /// if it has none), never on the calling thread. The vhost (and its user
+    /// data) lives on while handles to it remain.
     ///
     /// # Errors
     ///
@@ -307,21 +417,22 @@ impl<'ex> Context<'ex> {
         self.shared.local_addrs()
     }
 
-    /// Begins teardown: stops every listener, sends Close 1001 "going away" to
-    /// every session, and calls each protocol's destroy hook. Returns the
+    /// Begins teardown: stops every listener and sends Close 1001 "going
+    /// away" to every session. Each vhost's destroy hooks run on the loop (or
+    /// in [`Drain::drain`]) once its sessions have ended. Returns the
     /// [`Drain`] that finishes the job.
     ///
     /// May be called while the loop runs or after it stopped; if a
     /// [`ContextHandle::shutdown`] already began teardown, this only moves on
     /// to the drain.
-    pub fn destroy(mut self) -> Drain<'ex> {
+    pub fn destroy(mut self) -> Drain<'ex, K> {
         self.shared.begin_teardown("destroy");
         let tasks = std::mem::take(&mut self.tasks);
         Drain::new(self.hosts.clone(), self.shared.clone(), tasks)
     }
 }
 
-impl Drop for Context<'_> {
+impl<K: LoopKind> Drop for Context<'_, K> {
     fn drop(&mut self) {
         if !self.tasks.is_empty() {
             tracing::warn!(
@@ -335,7 +446,7 @@ impl Drop for Context<'_> {
     }
 }
 
-impl fmt::Debug for Context<'_> {
+impl<K: LoopKind> fmt::Debug for Context<'_, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Context")
             .field("shared", &self.shared)
@@ -449,6 +560,11 @@ impl ContextHandle {
     /// same first step as [`Context::destroy`]. The host notices through
     /// [`shutdown_requested`](Self::shutdown_requested), stops its loop, and
     /// calls `destroy` and `drain`.
+    ///
+    /// It only *requests*: it stops the listeners and queues Close 1001 for
+    /// every session, and returns. No protocol callback runs on the calling
+    /// thread; the closes, `close` callbacks and `destroy` hooks run on the
+    /// loop (or in the drain).
     ///
     /// # Errors
     ///
@@ -590,7 +706,7 @@ impl ContextShared {
                 .ok_or_else(|| Error::NoSuchVhost(name.to_owned()))?;
             vhosts.remove(pos)
         };
-        vhost.mark_removed();
+        vhost.retire();
         lock(&self.listeners).retain(|l| {
             let empty = l.remove_vhost(&vhost);
             if empty {
@@ -599,12 +715,13 @@ impl ContextShared {
             !empty
         });
         let closing = vhost.close_sessions(CloseCode::Away, "vhost removed");
-        vhost.destroy_protocols();
         tracing::info!(vhost = name, closing, "vhost removed");
         Ok(())
     }
 
-    /// The first step of teardown. Returns `false` if it had already begun.
+    /// The first step of teardown, from any thread: stop the listeners, ask
+    /// every session to close, retire every vhost. No protocol callback runs
+    /// here; the loop runs them. Returns `false` if it had already begun.
     pub(crate) fn begin_teardown(&self, why: &str) -> bool {
         if !self.running.swap(false, Ordering::AcqRel) {
             return false;
@@ -620,7 +737,7 @@ impl ContextShared {
             .count();
         self.teardown.notify(usize::MAX);
         for vhost in self.vhosts() {
-            vhost.destroy_protocols();
+            vhost.retire();
         }
         tracing::info!(why, closing, "teardown begun");
         true
@@ -667,11 +784,20 @@ impl ContextShared {
         }
     }
 
-    /// Unregisters a session; `outcome` is `None` when it was forced down.
+    /// Ends a session that never opened (its `open` refused or panicked):
+    /// its handle is closed, its tasks are cancelled, it leaves every topic.
+    pub(crate) fn discard(&self, session: &SessionHandle) {
+        session.shared.mark_closed();
+        session.shared.cancel_tasks();
+        self.topics.leave_all(session);
+    }
+
+    /// Unregisters a session after its `close` callback; `outcome` is `None`
+    /// when it was forced down.
     pub(crate) fn unregister(&self, session: &SessionHandle, outcome: Option<&CloseReason>) {
         lock(&self.sessions).remove(&session.id().get());
         session.vhost().unregister(session.id().get());
-        self.topics.leave_all(session);
+        self.discard(session);
         self.closed.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .closed(outcome.map_or(1006, |r| u16::from(r.code)));

@@ -8,8 +8,8 @@
 //! # What wsgate never does
 //!
 //! - Start a thread, a runtime or a global executor. Its tasks run only when
-//!   the host runs its loop, and only on the host's threads. (The reactor is
-//!   async-io's, shared with the host, as with any smol-stack library.)
+//!   the host runs its loop, and only on the host's threads (see
+//!   *Threads* below for the one thread async-io starts).
 //! - Install a signal handler, unless the host calls [`signals`] (feature
 //!   `signals`).
 //! - Keep state in statics: any number of contexts live side by side.
@@ -52,6 +52,28 @@
 //! set: `destroy`, the host joins its threads, then
 //! `drain(&executors, deadline)` drives every executor from the calling
 //! thread. The threads are the host's; wsgate still starts none.
+//!
+//! # Threads
+//!
+//! wsgate starts no thread. Its callbacks run on the threads that run the
+//! host's executors, or inside the host's own [`Drain::drain`]; calls that
+//! may come from any thread ([`ContextHandle::shutdown`], sends, publishes)
+//! only queue work for the loop. See [`Protocol`] for the full contract.
+//!
+//! The one other thread in a wsgate process is async-io's: the reactor that
+//! wsgate shares with every smol-stack library starts a thread named
+//! `async-io` the first time anything registers with it in the process (for
+//! wsgate, [`Context::attach`], which registers the listening sockets). It
+//! stays until the process exits, also after the drain, and drives the
+//! reactor while no thread is inside `async_io::block_on`; [`run`] keeps the
+//! reactor on the host's thread.
+//!
+//! Per-thread memory: each thread that reads for a session holds one 64 KiB
+//! read buffer (thread-local, allocated on its first read, freed when the
+//! thread exits); a session itself keeps no read buffer between messages.
+//!
+//! A single-threaded host whose loop is an `async_executor::LocalExecutor`
+//! attaches with [`Context::attach_local`].
 //!
 //! # Driving the loop
 //!
@@ -120,7 +142,7 @@ pub use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 pub use config::{
     Config, ConfigBuilder, Limits, Mount, MountTarget, OverflowPolicy, VhostBuilder, VhostConfig,
 };
-pub use context::{Context, ContextHandle, Counters};
+pub use context::{Context, ContextHandle, Counters, LocalLoop, LoopKind, SharedLoop};
 pub use error::{ConfigError, Error, SendError};
 pub use http::{HttpHandler, Request, Response};
 pub use protocol::{CloseReason, ClosedBy, Options, Protocol, Reject, Wake};

@@ -22,6 +22,54 @@ use crate::{CloseCode, Message};
 /// block. Long work belongs in a task that holds a clone of the
 /// [`SessionHandle`], which can send from anywhere.
 ///
+/// # Threads
+///
+/// Every callback runs on a thread that is running one of the executors the
+/// context is attached to (inside the host's `run`, `tick` or `try_tick`),
+/// or inside the host's own call to [`Drain::drain`](crate::Drain::drain),
+/// which runs them. Never anywhere else: [`ContextHandle::shutdown`],
+/// [`Context::destroy`], [`Context::remove_vhost`] and dropping a `Context`
+/// or `Drain` only *request* work, whatever thread calls them, and the loop
+/// does it. (After a forced teardown, the remaining `close` and `destroy`
+/// callbacks run where the host next runs, or drops, its executor.)
+///
+/// - `open`, `message` and `close` of one session run on the service thread
+///   serving it, one at a time, in that order.
+/// - `wake` runs on the context's first executor, once per vhost per
+///   [`ContextHandle::wake`].
+/// - `destroy` runs once per vhost, after the `close` of the vhost's last
+///   session (the vhost was removed or the context torn down), so it never
+///   overlaps a callback of that vhost's sessions.
+///
+/// With service threads ([`Context::attach_set`]) sessions on different
+/// threads run their callbacks in parallel; that is why a `Protocol` is
+/// `Sync`.
+///
+/// # Exactly once
+///
+/// [`close`](Self::close) runs exactly once for every session whose `open`
+/// returned `Ok`, however it ends: a clean close, a peer that vanished, a
+/// limit, a forced drain, or a panic in `message` (then the session is
+/// closed with 1011 and `close` still gets the state). A session whose `open`
+/// returned `Err` (or panicked) never gets `close`; its handle is closed at
+/// once: sends return [`SendError::Closed`](crate::SendError::Closed), it is
+/// in no topic, and the tasks it spawned are cancelled.
+///
+/// # Panics and blocking
+///
+/// A panic in any callback is caught and logged; it never unwinds into the
+/// host's loop. `open` answers 500, `message` closes its session with 1011,
+/// and a panic in `close`, `wake` or `destroy` only logs. No library can
+/// pre-empt a callback that blocks: it stalls every session on its thread,
+/// and a drain runs past its deadline for as long
+/// ([`DrainReport::overrun`](crate::DrainReport::overrun) says by how much).
+///
+/// [`ContextHandle::shutdown`]: crate::ContextHandle::shutdown
+/// [`ContextHandle::wake`]: crate::ContextHandle::wake
+/// [`Context::destroy`]: crate::Context::destroy
+/// [`Context::remove_vhost`]: crate::Context::remove_vhost
+/// [`Context::attach_set`]: crate::Context::attach_set
+///
 /// # Examples
 ///
 /// ```
@@ -66,7 +114,10 @@ pub trait Protocol: Send + Sync + 'static {
     fn message(&self, state: &mut Self::State, session: &SessionHandle, message: Message);
 
     /// The session ended; `reason` says how. Called exactly once per opened
-    /// session, also when the session is forced down by teardown.
+    /// session, also when the session is forced down by teardown or a
+    /// `message` callback panicked (see "Exactly once" above). The handle no
+    /// longer accepts messages; the session's tasks are cancelled and it
+    /// leaves its topics once this returns.
     fn close(&self, state: Self::State, session: &SessionHandle, reason: &CloseReason) {
         let _ = (state, session, reason);
     }
@@ -77,7 +128,8 @@ pub trait Protocol: Send + Sync + 'static {
         let _ = (vhost, payload);
     }
 
-    /// The vhost is going away (context teardown or vhost removal). Called once.
+    /// The vhost is going away (context teardown or vhost removal). Called
+    /// once, on the loop, after the last of the vhost's sessions has closed.
     fn destroy(&self, vhost: &Vhost) {
         let _ = vhost;
     }
@@ -226,8 +278,11 @@ pub(crate) struct Erased<P>(pub(crate) P);
 
 struct Bound<P: Protocol> {
     protocol: Arc<Erased<P>>,
-    /// `None` once a callback panicked with the state borrowed.
-    state: Option<P::State>,
+    /// The session's state, handed to `close` in the end whatever happened.
+    state: P::State,
+    /// A callback panicked with the state borrowed: the state may be half
+    /// updated, so `message` is not called again (but `close` still is).
+    poisoned: bool,
 }
 
 // A panic in an application callback must not unwind into the host's loop
@@ -249,7 +304,8 @@ impl<P: Protocol> ErasedProtocol for Erased<P> {
             .unwrap_or_else(|| Err(Reject::new(500, "internal error")))?;
         Ok(Box::new(Bound {
             protocol: self,
-            state: Some(state),
+            state,
+            poisoned: false,
         }))
     }
 
@@ -264,28 +320,30 @@ impl<P: Protocol> ErasedProtocol for Erased<P> {
 
 impl<P: Protocol> SessionCallbacks for Bound<P> {
     fn message(&mut self, session: &SessionHandle, message: Message) {
-        let Some(state) = self.state.as_mut() else {
+        if self.poisoned {
             return;
-        };
+        }
         let protocol = &self.protocol.0;
+        let state = &mut self.state;
         if isolate(protocol.name(), "message", || {
             protocol.message(state, session, message);
         })
         .is_none()
         {
-            // The state may be half-updated: stop feeding it.
-            self.state = None;
+            // The state may be half-updated: stop feeding it, and close the
+            // session with 1011; `close` still runs with it, exactly once.
+            self.poisoned = true;
             let _ = session.close(CloseCode::Error, "internal error");
         }
     }
 
     fn close(self: Box<Self>, session: &SessionHandle, reason: &CloseReason) {
-        let Self { protocol, state } = *self;
-        if let Some(state) = state {
-            isolate(protocol.0.name(), "close", || {
-                protocol.0.close(state, session, reason)
-            });
-        }
+        let Self {
+            protocol, state, ..
+        } = *self;
+        isolate(protocol.0.name(), "close", || {
+            protocol.0.close(state, session, reason);
+        });
     }
 }
 

@@ -51,6 +51,12 @@ impl Topics {
     pub(crate) fn subscribe(&self, topic: &str, session: &SessionHandle) -> Result<bool, Error> {
         let max = session.vhost().limits().max_subscriptions;
         let mut mine = lock(&session.shared.topics);
+        // Checked under the session's topic lock: a session that ends marks
+        // itself closed before it leaves its topics under the same lock, so
+        // either this sees it closed or `leave_all` sees this subscription.
+        if !session.is_open() {
+            return Err(Error::SessionClosed);
+        }
         if mine.iter().any(|t| &**t == topic) {
             return Ok(false);
         }

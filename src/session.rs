@@ -26,6 +26,7 @@ use std::task::Waker;
 #[cfg(any(fuzzing, test))]
 use std::task::{Context as TaskContext, Poll};
 
+use async_executor::Task;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
 use event_listener::Event;
 #[cfg(any(fuzzing, test))]
@@ -85,6 +86,9 @@ pub(crate) struct SessionShared {
     /// The task set of the worker serving the session, where
     /// [`SessionHandle::spawn`] puts its tasks (`None`: the context's first).
     spawner: Option<Spawner>,
+    /// The tasks [`SessionHandle::spawn`] started, cancelled when the session
+    /// ends (`None` from then on: no more can be spawned).
+    tasks: Mutex<Option<Vec<Task<()>>>>,
     outbox: Mutex<Outbox>,
     /// Notified when room frees up or the session closes.
     room: Event,
@@ -153,6 +157,7 @@ impl SessionHandle {
                 dropped: AtomicU64::new(0),
                 topics: Mutex::new(Vec::new()),
                 spawner,
+                tasks: Mutex::new(Some(Vec::new())),
                 outbox: Mutex::new(Outbox {
                     queue: VecDeque::new(),
                     bytes: 0,
@@ -211,15 +216,13 @@ impl SessionHandle {
     ///
     /// # Errors
     ///
-    /// [`crate::Error::SessionClosed`] for a closed session,
+    /// [`crate::Error::SessionClosed`] for a session that is closing or
+    /// closed (or whose handshake was refused),
     /// [`crate::Error::TooManySubscriptions`] past the vhost's
     /// `max_subscriptions`, [`crate::Error::Closed`] during teardown.
     ///
     /// [`ContextHandle::publish`]: crate::ContextHandle::publish
     pub fn subscribe(&self, topic: &str) -> Result<bool, crate::Error> {
-        if !self.is_open() {
-            return Err(crate::Error::SessionClosed);
-        }
         let ctx = self.shared.vhost.context().ok_or(crate::Error::Closed)?;
         ctx.topics.subscribe(topic, self)
     }
@@ -240,25 +243,39 @@ impl SessionHandle {
             .collect()
     }
 
-    /// Runs `task` on the context's loop, alongside the session (a timer that
-    /// pushes to it, say): on the same service thread as the session. The task is wsgate's: a drain waits for it and a
-    /// forced teardown drops it, so it should end when the session does
-    /// (check [`is_open`](Self::is_open) or the result of a send).
+    /// Runs `task` on the context's loop, on the session's own service
+    /// thread, for as long as the session lives (a timer that pushes to it,
+    /// say). The task belongs to the session: it is cancelled (dropped at its
+    /// next await) when the session ends, after the protocol's
+    /// [`close`](crate::Protocol::close) callback, or at once if the
+    /// handshake is refused after `open` spawned it. Work that must outlive
+    /// the session belongs on the host's own executor, or in
+    /// [`ContextHandle::post`](crate::ContextHandle::post).
     ///
     /// # Errors
     ///
-    /// [`crate::Error::Closed`] during teardown.
+    /// [`crate::Error::SessionClosed`] once the session has ended (or its
+    /// handshake was refused); [`crate::Error::Closed`] during teardown.
     pub fn spawn(
         &self,
         task: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), crate::Error> {
         let ctx = self.shared.vhost.context().ok_or(crate::Error::Closed)?;
-        let spawner = self.shared.spawner.as_ref().unwrap_or(&ctx.spawner);
-        if ctx.is_running() && spawner.spawn(task) {
-            Ok(())
-        } else {
-            Err(crate::Error::Closed)
+        if !ctx.is_running() {
+            return Err(crate::Error::Closed);
         }
+        let spawner = self.shared.spawner.as_ref().unwrap_or(&ctx.spawner);
+        // Under the lock, so that a session ending at this moment either
+        // sees the task and cancels it, or refuses it.
+        let mut tasks = lock(&self.shared.tasks);
+        let Some(tasks) = tasks.as_mut() else {
+            return Err(crate::Error::SessionClosed);
+        };
+        let task = spawner.spawn_task(task).ok_or(crate::Error::Closed)?;
+        // Bounded by what is still running: finished tasks are let go here.
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+        Ok(())
     }
 
     /// Queues `message` without waiting.
@@ -455,6 +472,14 @@ impl SessionShared {
             retry: false,
             closing,
         }
+    }
+
+    /// Cancels the tasks the session spawned and refuses new ones: the
+    /// session has ended.
+    pub(crate) fn cancel_tasks(&self) {
+        let tasks = lock(&self.tasks).take();
+        // Dropped outside the lock: a task's drop may run arbitrary code.
+        drop(tasks);
     }
 
     /// No more sends: drop what is queued and release waiting senders.

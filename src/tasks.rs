@@ -19,23 +19,34 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
-use async_executor::{Executor, Task};
+use async_executor::{Executor, LocalExecutor, Task};
 use event_listener::Event;
 
 /// The host's executor, as wsgate uses it: spawn the pumps, and tick it while
-/// draining. Implemented for every `async_executor::Executor`.
-pub(crate) trait Host: Send + Sync {
+/// draining. Implemented for `async_executor::Executor` and `LocalExecutor`.
+///
+/// Not `Send` or `Sync` itself, so that a `LocalExecutor` qualifies: the
+/// context's [`LoopKind`](crate::context::LoopKind) decides whether a context may
+/// cross threads. `pub` only so that the sealed `LoopKind` can name it; it is not
+/// reachable from outside the crate.
+pub trait HostExecutor {
+    /// Spawns a pump task on the host's executor.
     fn spawn_pump(&self, pump: Pin<Box<dyn Future<Output = ()> + Send + 'static>>) -> Task<()>;
+    /// Runs one task, waiting for one to be ready.
     fn tick(&self) -> Pin<Box<dyn Future<Output = ()> + '_>>;
+    /// Runs one task if one is ready.
     fn try_tick(&self) -> bool;
+    /// The executor's identity (its address), to check that `drain` ticks
+    /// the executors the context was attached to.
     fn id(&self) -> usize;
 }
 
-impl Host for Executor<'_> {
+impl HostExecutor for Executor<'_> {
     fn spawn_pump(&self, pump: Pin<Box<dyn Future<Output = ()> + Send + 'static>>) -> Task<()> {
         self.spawn(pump)
     }
@@ -49,14 +60,26 @@ impl Host for Executor<'_> {
     }
 
     fn id(&self) -> usize {
-        executor_id(self)
+        std::ptr::from_ref(self) as usize
     }
 }
 
-/// An executor's identity (its address), to check that `drain` ticks the
-/// executor the context was attached to.
-pub(crate) fn executor_id(ex: &Executor<'_>) -> usize {
-    std::ptr::from_ref(ex) as usize
+impl HostExecutor for LocalExecutor<'_> {
+    fn spawn_pump(&self, pump: Pin<Box<dyn Future<Output = ()> + Send + 'static>>) -> Task<()> {
+        self.spawn(pump)
+    }
+
+    fn tick(&self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+        Box::pin(LocalExecutor::tick(self))
+    }
+
+    fn try_tick(&self) -> bool {
+        LocalExecutor::try_tick(self)
+    }
+
+    fn id(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
 }
 
 /// Tasks a pump runs before it hands the thread back to the host's loop.
@@ -91,7 +114,7 @@ pub(crate) struct TaskSet {
 impl TaskSet {
     /// A task set run by `pumps` pump tasks on `host`, counting its tasks in
     /// `live` (shared by every worker of a context).
-    pub(crate) fn new(host: &dyn Host, pumps: usize, live: &Arc<Live>) -> (Self, Spawner) {
+    pub(crate) fn new(host: &dyn HostExecutor, pumps: usize, live: &Arc<Live>) -> (Self, Spawner) {
         let exec = Arc::new(Executor::new());
         let pumps = (0..pumps)
             .map(|_| {
@@ -142,7 +165,11 @@ impl Drop for TaskSet {
 /// `max_ticks` ticks per host). Without hosts it only releases; the task sets
 /// then go when their executors next run or are dropped. Never blocks.
 /// Returns the number of ticks used.
-pub(crate) fn force_all(workers: Vec<TaskSet>, hosts: &[&dyn Host], max_ticks: usize) -> usize {
+pub(crate) fn force_all(
+    workers: Vec<TaskSet>,
+    hosts: &[&dyn HostExecutor],
+    max_ticks: usize,
+) -> usize {
     let released: Vec<Weak<Executor<'static>>> = workers
         .into_iter()
         .map(|mut tasks| tasks.release())
@@ -175,10 +202,17 @@ pub(crate) struct Spawner {
     live: Arc<Live>,
 }
 
-/// The live-task count of a context, shared by every worker's spawner.
+/// The live-task count of a context, shared by every worker's spawner, and
+/// the stall watch the drain turns on.
 pub(crate) struct Live {
     count: AtomicUsize,
     zero: Event,
+    /// Whether polls are timed (only while a drain runs: one relaxed load per
+    /// poll otherwise).
+    watching: AtomicBool,
+    /// The longest single poll of a wsgate task while watched, in
+    /// nanoseconds: a protocol callback that blocks shows up here.
+    longest_poll_ns: AtomicU64,
 }
 
 impl Live {
@@ -186,7 +220,25 @@ impl Live {
         Arc::new(Self {
             count: AtomicUsize::new(0),
             zero: Event::new(),
+            watching: AtomicBool::new(false),
+            longest_poll_ns: AtomicU64::new(0),
         })
+    }
+
+    /// Starts timing every poll of every wsgate task.
+    pub(crate) fn watch_stalls(&self) {
+        self.watching.store(true, Ordering::Relaxed);
+    }
+
+    /// Records that something wsgate ran (a poll, a forced drop) took `d`.
+    pub(crate) fn record_stall(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.longest_poll_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    /// The longest poll (or forced drop) recorded while watched.
+    pub(crate) fn longest_stall(&self) -> Duration {
+        Duration::from_nanos(self.longest_poll_ns.load(Ordering::Relaxed))
     }
 }
 
@@ -200,7 +252,7 @@ pin_project_lite::pin_project! {
     struct Guarded<F> {
         #[pin]
         fut: futures_lite::future::CatchUnwind<AssertUnwindSafe<F>>,
-        _guard: LiveGuard,
+        guard: LiveGuard,
     }
 }
 
@@ -208,9 +260,19 @@ impl<F: Future<Output = ()>> Future for Guarded<F> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let live = &this.guard.0;
         // Backstop: a panic in a task must not unwind through the pump into
         // the host's loop. Callbacks are isolated one by one already.
-        match self.project().fut.poll(cx) {
+        let poll = if live.watching.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            let poll = this.fut.poll(cx);
+            live.record_stall(started.elapsed());
+            poll
+        } else {
+            this.fut.poll(cx)
+        };
+        match poll {
             Poll::Ready(Ok(())) => Poll::Ready(()),
             Poll::Ready(Err(_)) => {
                 tracing::error!("a wsgate task panicked; it was stopped");
@@ -230,18 +292,29 @@ impl Drop for LiveGuard {
 }
 
 impl Spawner {
-    /// Spawns `fut`; returns `false` if the task set is gone.
+    /// Spawns `fut` to run until it ends; returns `false` if the task set
+    /// is gone.
     pub(crate) fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) -> bool {
-        let Some(exec) = self.exec.upgrade() else {
-            return false;
-        };
+        self.spawn_task(fut).map(Task::detach).is_some()
+    }
+
+    /// Spawns `fut` and returns its task, which cancels it when dropped;
+    /// `None` if the task set is gone.
+    pub(crate) fn spawn_task(
+        &self,
+        fut: impl Future<Output = ()> + Send + 'static,
+    ) -> Option<Task<()>> {
+        let exec = self.exec.upgrade()?;
         self.live.count.fetch_add(1, Ordering::AcqRel);
-        exec.spawn(Guarded {
+        Some(exec.spawn(Guarded {
             fut: futures_lite::FutureExt::catch_unwind(AssertUnwindSafe(fut)),
-            _guard: LiveGuard(self.live.clone()),
-        })
-        .detach();
-        true
+            guard: LiveGuard(self.live.clone()),
+        }))
+    }
+
+    /// The context's live count and stall watch.
+    pub(crate) fn live_state(&self) -> &Arc<Live> {
+        &self.live
     }
 
     /// Tasks spawned and not yet finished (or dropped), on every worker of

@@ -19,17 +19,19 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use async_executor::Executor;
+use async_executor::{Executor, LocalExecutor};
 use async_io::Timer;
 use futures_lite::future;
 
-use crate::context::ContextShared;
-use crate::tasks::{Host, TaskSet, force_all};
+use crate::context::{ContextShared, LoopKind, SharedLoop};
+use crate::metrics::Stats;
+use crate::tasks::{HostExecutor, TaskSet, force_all};
 
 /// The executors a context was attached to, as [`Drain::drain`] takes them:
-/// one [`Executor`] (after [`Context::attach`](crate::Context::attach)) or the
+/// one [`Executor`] (after [`Context::attach`](crate::Context::attach)), the
 /// whole set (after [`Context::attach_set`](crate::Context::attach_set)) as a
-/// slice, a `Vec` or an array.
+/// slice, a `Vec` or an array, or one [`LocalExecutor`] (after
+/// [`Context::attach_local`](crate::Context::attach_local)).
 ///
 /// This trait is sealed: it cannot be implemented outside wsgate.
 pub trait Executors: sealed::Sealed {}
@@ -38,13 +40,14 @@ impl Executors for Executor<'_> {}
 impl Executors for [Executor<'_>] {}
 impl Executors for Vec<Executor<'_>> {}
 impl<const N: usize> Executors for [Executor<'_>; N] {}
+impl Executors for LocalExecutor<'_> {}
 
 mod sealed {
-    use async_executor::Executor;
+    use async_executor::{Executor, LocalExecutor};
 
-    use crate::tasks::executor_id;
+    use crate::tasks::HostExecutor;
 
-    /// The identities of the executors (see `executor_id`), which `drain`
+    /// The identities of the executors (see `HostExecutor::id`), which `drain`
     /// compares with the attached ones. Not nameable outside the crate, so
     /// `Executors` cannot be implemented (or this called) elsewhere.
     pub trait Sealed {
@@ -53,13 +56,19 @@ mod sealed {
 
     impl Sealed for Executor<'_> {
         fn ids(&self) -> Vec<usize> {
-            vec![executor_id(self)]
+            vec![HostExecutor::id(self)]
+        }
+    }
+
+    impl Sealed for LocalExecutor<'_> {
+        fn ids(&self) -> Vec<usize> {
+            vec![HostExecutor::id(self)]
         }
     }
 
     impl Sealed for [Executor<'_>] {
         fn ids(&self) -> Vec<usize> {
-            self.iter().map(executor_id).collect()
+            self.iter().map(HostExecutor::id).collect()
         }
     }
 
@@ -76,6 +85,10 @@ mod sealed {
     }
 }
 
+/// How far past its deadline a drain may return before it warns: the
+/// deadline is checked between polls, so a little lateness is normal.
+const OVERRUN_WARNING: Duration = Duration::from_millis(50);
+
 /// A context that has begun teardown and waits for its close handshakes.
 ///
 /// Call [`drain`](Self::drain) after the host has stopped running its loop
@@ -85,17 +98,17 @@ mod sealed {
 ///
 /// [`attach_set`]: crate::Context::attach_set
 #[must_use = "call drain() to let the close handshakes finish; dropping a Drain forces them"]
-pub struct Drain<'ex> {
+pub struct Drain<'ex, K: LoopKind = SharedLoop> {
     /// Every executor the context was attached to, one per worker.
-    hosts: Vec<&'ex dyn Host>,
+    hosts: Vec<K::Host<'ex>>,
     shared: Arc<ContextShared>,
     /// One task set per worker; empty once forced.
     tasks: Vec<TaskSet>,
     started: Instant,
 }
 
-/// What a drain achieved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a drain achieved, and the context's final counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DrainReport {
     /// Sessions that completed the close handshake after teardown began.
@@ -106,7 +119,7 @@ pub struct DrainReport {
     /// Sessions still open at the deadline, closed at the TCP level.
     pub forced: usize,
     /// Other wsgate tasks cut off at the deadline: HTTP exchanges still in
-    /// progress, posted closures that had not finished.
+    /// progress, posted closures that had not finished, tasks of sessions.
     pub tasks_forced: usize,
     /// Host executor iterations (ticks) the drain ran, summed over every
     /// executor of the context.
@@ -114,6 +127,20 @@ pub struct DrainReport {
     /// Time from the start of teardown (`destroy`, or an earlier
     /// `ContextHandle::shutdown`) to the end of the drain.
     pub elapsed: Duration,
+    /// How long after the deadline the drain returned (zero when it was in
+    /// time). No library can pre-empt a callback: one that blocks (a `close`
+    /// that sleeps, a `message` doing blocking I/O) holds the drain past its
+    /// deadline, and this says by how much.
+    pub overrun: Duration,
+    /// The longest a single wsgate task ran without yielding during the
+    /// drain (one poll, or the forced drop of what was left): the time the
+    /// slowest callback blocked the thread. A few microseconds normally; a
+    /// large value names the cause of an `overrun`.
+    pub longest_stall: Duration,
+    /// The context's counters after the drain: the final numbers, once
+    /// [`ContextHandle::stats`](crate::ContextHandle::stats) answers
+    /// [`Error::Closed`](crate::Error::Closed).
+    pub stats: Stats,
 }
 
 impl DrainReport {
@@ -134,13 +161,22 @@ impl fmt::Display for DrainReport {
             self.tasks_forced,
             self.elapsed.as_secs_f64(),
             self.iterations
-        )
+        )?;
+        if !self.overrun.is_zero() {
+            write!(
+                f,
+                "; {:.3} s past the deadline (a callback blocked for {:.3} s)",
+                self.overrun.as_secs_f64(),
+                self.longest_stall.as_secs_f64()
+            )?;
+        }
+        Ok(())
     }
 }
 
-impl<'ex> Drain<'ex> {
+impl<'ex, K: LoopKind> Drain<'ex, K> {
     pub(crate) fn new(
-        hosts: Vec<&'ex dyn Host>,
+        hosts: Vec<K::Host<'ex>>,
         shared: Arc<ContextShared>,
         tasks: Vec<TaskSet>,
     ) -> Self {
@@ -177,7 +213,7 @@ impl<'ex> Drain<'ex> {
     /// [`attach_set`]: crate::Context::attach_set
     pub fn drain<E: Executors + ?Sized>(mut self, executors: &E, deadline: Instant) -> DrainReport {
         let mut given = sealed::Sealed::ids(executors);
-        let mut attached: Vec<usize> = self.hosts.iter().map(|h| h.id()).collect();
+        let mut attached: Vec<usize> = self.hosts.iter().map(|h| K::host(h).id()).collect();
         given.sort_unstable();
         attached.sort_unstable();
         if given != attached {
@@ -187,8 +223,10 @@ impl<'ex> Drain<'ex> {
                 "drain() was given other executors than attach(); draining the attached ones"
             );
         }
-        let hosts = self.hosts.clone();
+        let hosts: Vec<&dyn HostExecutor> = self.hosts.iter().map(K::host).collect();
         let spawner = self.shared.spawner.clone();
+        let live = spawner.live_state().clone();
+        live.watch_stalls();
         let mut iterations = 0u64;
         let going = || spawner.live() > 0 && Instant::now() < deadline;
         while going() {
@@ -238,7 +276,12 @@ impl<'ex> Drain<'ex> {
             );
         }
         let tasks = std::mem::take(&mut self.tasks);
+        let forcing = Instant::now();
         iterations += force_all(tasks, &hosts, 1024) as u64;
+        // Dropping what was left runs its `close` callbacks: time it too.
+        live.record_stall(forcing.elapsed());
+        let now = Instant::now();
+        let overrun = now.saturating_duration_since(deadline);
         let report = DrainReport {
             clean: self.shared.drain_clean.load(Ordering::Relaxed),
             aborted: self.shared.drain_aborted.load(Ordering::Relaxed),
@@ -250,13 +293,23 @@ impl<'ex> Drain<'ex> {
                 .teardown_started()
                 .unwrap_or(self.started)
                 .elapsed(),
+            overrun,
+            longest_stall: live.longest_stall(),
+            stats: Stats::collect(&self.shared),
         };
+        if overrun > OVERRUN_WARNING {
+            tracing::warn!(
+                overrun_ms = overrun.as_millis() as u64,
+                longest_stall_ms = report.longest_stall.as_millis() as u64,
+                "drain overran its deadline: a callback blocked the loop"
+            );
+        }
         tracing::info!(%report, executors = hosts.len(), "drained");
         report
     }
 }
 
-impl Drop for Drain<'_> {
+impl<K: LoopKind> Drop for Drain<'_, K> {
     fn drop(&mut self) {
         if !self.tasks.is_empty() {
             tracing::warn!(
@@ -269,7 +322,7 @@ impl Drop for Drain<'_> {
     }
 }
 
-impl fmt::Debug for Drain<'_> {
+impl<K: LoopKind> fmt::Debug for Drain<'_, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Drain")
             .field("executors", &self.hosts.len())
@@ -280,7 +333,7 @@ impl fmt::Debug for Drain<'_> {
 }
 
 /// Resolves once any of `hosts` has run one task.
-async fn any_tick(hosts: &[&dyn Host]) {
+async fn any_tick(hosts: &[&dyn HostExecutor]) {
     let mut ticks: Vec<Pin<Box<dyn Future<Output = ()> + '_>>> =
         hosts.iter().map(|h| h.tick()).collect();
     future::poll_fn(|cx| {

@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -32,12 +33,15 @@ pub(crate) struct VhostInner {
     user_data: Option<Box<dyn Any + Send + Sync>>,
     local_addrs: Mutex<Vec<SocketAddr>>,
     sessions: Mutex<HashMap<u64, SessionHandle>>,
-    /// Sessions from handshake to end, bounded by `limits.max_sessions`.
+    /// Sessions from handshake to end (bounded by `limits.max_sessions`),
+    /// and the [`RETIRED`] bit once the vhost is removed or its context
+    /// tears down. One word, so that "no session left" and "retired" are
+    /// seen together: whoever takes the count to zero after retirement (or
+    /// retires it at zero) runs the destroy hooks.
     reserved: AtomicUsize,
     /// The same per peer address, bounded by `limits.max_sessions_per_ip`.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     origins: Vec<String>,
-    removed: AtomicBool,
     destroyed: AtomicBool,
     ctx: Weak<ContextShared>,
 }
@@ -57,7 +61,6 @@ impl Vhost {
             reserved: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             origins: cfg.origins,
-            removed: AtomicBool::new(false),
             destroyed: AtomicBool::new(false),
             ctx,
         }))
@@ -115,7 +118,7 @@ impl Vhost {
     /// Whether the vhost still accepts connections (not removed, context not
     /// tearing down).
     pub fn is_serving(&self) -> bool {
-        !self.0.removed.load(Ordering::Acquire)
+        self.0.reserved.load(Ordering::Acquire) & RETIRED == 0
             && self.0.ctx.upgrade().is_some_and(|c| c.is_running())
     }
 
@@ -151,24 +154,40 @@ impl Vhost {
     }
 
     /// Takes one of `max_sessions` places and one of `max_sessions_per_ip`
-    /// places for `ip`, or says which limit is reached.
+    /// places for `ip`, or says which limit is reached (or that the vhost is
+    /// retired).
     pub(crate) fn reserve_session(&self, ip: IpAddr) -> Result<SessionSlot, SlotRefused> {
         let max = self.0.limits.max_sessions;
         self.0
             .reserved
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
+                (n & RETIRED == 0 && n < max).then_some(n + 1)
             })
-            .map_err(|_| SlotRefused::Vhost)?;
+            .map_err(|n| {
+                if n & RETIRED == 0 {
+                    SlotRefused::Vhost
+                } else {
+                    SlotRefused::Retired
+                }
+            })?;
         let mut per_ip = lock(&self.0.per_ip);
         let n = per_ip.entry(ip).or_insert(0);
         if *n >= self.0.limits.max_sessions_per_ip {
             drop(per_ip);
-            self.0.reserved.fetch_sub(1, Ordering::AcqRel);
+            self.release_session();
             return Err(SlotRefused::Address);
         }
         *n += 1;
         Ok(SessionSlot(self.clone(), ip))
+    }
+
+    /// Gives back a session place; the last one of a retired vhost runs its
+    /// destroy hooks, here: on the thread that ended the session, which runs
+    /// the host's loop (or the host's own `drain`).
+    fn release_session(&self) {
+        if self.0.reserved.fetch_sub(1, Ordering::AcqRel) == RETIRED | 1 {
+            self.destroy_protocols();
+        }
     }
 
     /// Whether a handshake with this `Origin` header (or none) may proceed.
@@ -196,12 +215,29 @@ impl Vhost {
         lock(&self.0.sessions).remove(&id);
     }
 
-    pub(crate) fn mark_removed(&self) {
-        self.0.removed.store(true, Ordering::Release);
+    /// Retires the vhost (removed, or its context tears down): no new
+    /// session is admitted, and once the last one has ended (after its
+    /// `close` callback) the protocols' destroy hooks run. With no session
+    /// left they run at once, as a task on the context's loop, never on the
+    /// calling thread (which may be any thread). Returns `false` if it was
+    /// already retired.
+    pub(crate) fn retire(&self) -> bool {
+        let before = self.0.reserved.fetch_or(RETIRED, Ordering::AcqRel);
+        if before & RETIRED != 0 {
+            return false;
+        }
+        if before == 0 {
+            let job = DestroyJob(Some(self.clone()));
+            let spawned = self.context().map(|ctx| ctx.spawner.spawn(job));
+            // Without a loop to run on (the context is gone), the job was
+            // dropped unrun, which runs the hooks in its `drop`.
+            let _ = spawned;
+        }
+        true
     }
 
     /// Calls every protocol's destroy hook, once per vhost.
-    pub(crate) fn destroy_protocols(&self) {
+    fn destroy_protocols(&self) {
         if !self.0.destroyed.swap(true, Ordering::AcqRel) {
             for p in self.protocols() {
                 p.destroy(self);
@@ -249,8 +285,12 @@ pub(crate) struct SessionSlot(Vhost, IpAddr);
 /// Which session limit refused a handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SlotRefused {
+    /// `max_sessions` of the vhost.
     Vhost,
+    /// `max_sessions_per_ip`.
     Address,
+    /// The vhost is removed or its context is tearing down.
+    Retired,
 }
 
 impl Drop for SessionSlot {
@@ -264,7 +304,38 @@ impl Drop for SessionSlot {
             }
         }
         drop(per_ip);
-        inner.reserved.fetch_sub(1, Ordering::AcqRel);
+        self.0.release_session();
+    }
+}
+
+/// The bit of `VhostInner::reserved` that marks a retired vhost.
+const RETIRED: usize = 1 << (usize::BITS - 1);
+
+/// The destroy hooks of a retired vhost with no session left, as a task on
+/// the context's loop. If the task is dropped unrun (a forced teardown drops
+/// the task set), the hooks run in its `drop`, which happens on the host's
+/// thread that drops or drains the executor.
+struct DestroyJob(Option<Vhost>);
+
+impl Future for DestroyJob {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if let Some(vhost) = self.0.take() {
+            vhost.destroy_protocols();
+        }
+        std::task::Poll::Ready(())
+    }
+}
+
+impl Drop for DestroyJob {
+    fn drop(&mut self) {
+        if let Some(vhost) = self.0.take() {
+            vhost.destroy_protocols();
+        }
     }
 }
 
