@@ -90,6 +90,16 @@ impl Example {
         }
     }
 
+    /// Sends SIGINT, as Ctrl-C in a terminal would: the example begins its
+    /// graceful teardown.
+    pub fn interrupt(&self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill -INT failed: {status}");
+    }
+
     /// Waits for the process to exit; panics (and kills it) after `limit`.
     pub fn wait(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
@@ -103,6 +113,12 @@ impl Example {
             );
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The stdout lines read so far: those up to `listening on ADDR` once
+    /// [`address`](Self::address) has returned.
+    pub fn stdout_so_far(&self) -> &[String] {
+        &self.seen
     }
 
     /// Every stdout line, once the process has exited.
