@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use crate::CloseCode;
 use crate::error::ConfigError;
-use crate::http::HttpHandler;
-use crate::protocol::{ErasedProtocol, Options, Protocol, erase};
+use crate::proto::extension::ExtensionNegotiator;
+use crate::proto::http::is_token_byte;
 
 #[cfg(feature = "toml-config")]
 mod file;
@@ -24,6 +24,8 @@ pub struct Config {
     pub(crate) vhosts: Vec<VhostConfig>,
     pub(crate) max_connections: usize,
     pub(crate) pumps: usize,
+    /// The topics' broker (see [`ConfigBuilder::broker`]); `None`: in-process.
+    pub(crate) broker: Option<Binding>,
 }
 
 impl Config {
@@ -33,6 +35,7 @@ impl Config {
             vhosts: Vec::new(),
             max_connections: 60_000,
             pumps: 1,
+            broker: None,
         }
     }
 
@@ -64,6 +67,7 @@ pub struct ConfigBuilder {
     vhosts: Vec<VhostConfig>,
     max_connections: usize,
     pumps: usize,
+    broker: Option<Binding>,
 }
 
 impl ConfigBuilder {
@@ -77,6 +81,13 @@ impl ConfigBuilder {
     /// connections are answered 503 and closed. Default: 60000.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
+        self
+    }
+
+    /// Sets the topics' broker, bound by the layer that defines brokers
+    /// ([`ConfigBuilder::broker`]).
+    pub(crate) fn broker_binding(mut self, broker: Binding) -> Self {
+        self.broker = Some(broker);
         self
     }
 
@@ -114,6 +125,7 @@ impl ConfigBuilder {
             vhosts: self.vhosts,
             max_connections: self.max_connections,
             pumps: self.pumps,
+            broker: self.broker,
         })
     }
 }
@@ -327,23 +339,61 @@ impl Limits {
     }
 }
 
-/// What a mount serves.
+/// Per-protocol options of one vhost: string keys and values, like
+/// libwebsockets' per-vhost options.
+pub type Options = std::collections::BTreeMap<String, String>;
+
+/// An application object a configuration carries for the layers above it (a
+/// protocol, an HTTP handler, a broker): config knows its name and kind only,
+/// and hands the object on untouched. The context, which defines the traits
+/// these objects implement, puts them in and takes them out.
 #[derive(Clone)]
+pub(crate) struct Binding {
+    /// What it is, for `Debug` and for comparing configurations: the
+    /// protocol's name, or the handler's type.
+    pub(crate) name: String,
+    pub(crate) object: Arc<dyn Any + Send + Sync>,
+}
+
+impl Binding {
+    pub(crate) fn new(name: impl Into<String>, object: impl Any + Send + Sync) -> Self {
+        Self {
+            name: name.into(),
+            object: Arc::new(object),
+        }
+    }
+
+    /// The object, if it is a `T`.
+    pub(crate) fn get<T: Any>(&self) -> Option<&T> {
+        self.object.downcast_ref::<T>()
+    }
+}
+
+impl fmt::Debug for Binding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// What a mount serves.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum MountTarget {
     /// A WebSocket endpoint speaking one of these protocols (the first is the
     /// default when the client offers none).
     WebSocket(Vec<String>),
-    /// An HTTP handler.
-    Http(Arc<dyn HttpHandler>),
+    /// An HTTP handler (see [`Mount::http`]).
+    Http(HttpTarget),
 }
 
-impl fmt::Debug for MountTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::WebSocket(p) => f.debug_tuple("WebSocket").field(p).finish(),
-            Self::Http(_) => f.write_str("Http(..)"),
-        }
+/// The HTTP handler of a mount, as a configuration holds it.
+#[derive(Debug, Clone)]
+pub struct HttpTarget(pub(crate) Binding);
+
+impl HttpTarget {
+    /// The handler's type name, for listings and logs.
+    pub fn handler_type(&self) -> &str {
+        &self.0.name
     }
 }
 
@@ -370,12 +420,13 @@ impl Mount {
         }
     }
 
-    /// An HTTP handler at `path`.
-    pub fn http(path: impl Into<String>, handler: impl HttpHandler) -> Self {
+    /// An HTTP mount at `path` for a handler bound by the layer that defines
+    /// handlers ([`Mount::http`]).
+    pub(crate) fn http_binding(path: impl Into<String>, handler: Binding) -> Self {
         Self {
             path: path.into(),
             prefix: false,
-            target: MountTarget::Http(Arc::new(handler)),
+            target: MountTarget::Http(HttpTarget(handler)),
         }
     }
 
@@ -408,8 +459,11 @@ impl Mount {
     }
 }
 
+/// A protocol registered on a vhost: its object (named by the protocol's
+/// `name()`) and its options.
+#[derive(Clone)]
 pub(crate) struct ProtocolEntry {
-    pub(crate) protocol: Arc<dyn ErasedProtocol>,
+    pub(crate) protocol: Binding,
     pub(crate) options: Options,
 }
 
@@ -420,6 +474,7 @@ pub struct VhostConfig {
     pub(crate) hosts: Vec<String>,
     pub(crate) mounts: Vec<Mount>,
     pub(crate) protocols: Vec<ProtocolEntry>,
+    pub(crate) extensions: Vec<Arc<dyn ExtensionNegotiator>>,
     pub(crate) limits: Limits,
     pub(crate) origins: Vec<String>,
     pub(crate) user_data: Option<Box<dyn Any + Send + Sync>>,
@@ -435,6 +490,7 @@ impl VhostConfig {
                 hosts: Vec::new(),
                 mounts: Vec::new(),
                 protocols: Vec::new(),
+                extensions: Vec::new(),
                 limits: Limits::default(),
                 origins: Vec::new(),
                 user_data: None,
@@ -475,9 +531,10 @@ impl fmt::Debug for VhostConfig {
                 &self
                     .protocols
                     .iter()
-                    .map(|p| p.protocol.name())
+                    .map(|p| p.protocol.name.as_str())
                     .collect::<Vec<_>>(),
             )
+            .field("extensions", &self.extensions)
             .field("limits", &self.limits)
             .field("origins", &self.origins)
             .field("user_data", &self.user_data.is_some())
@@ -509,31 +566,19 @@ impl VhostBuilder {
         self
     }
 
-    /// Registers a protocol with no options. Default: none.
-    pub fn protocol<P: Protocol>(self, protocol: P) -> Self {
-        self.protocol_with_options(protocol, Options::new())
-    }
-
-    /// Registers a protocol with its per-vhost options, which the protocol can
-    /// read back with [`Vhost::options`](crate::Vhost::options).
-    pub fn protocol_with_options<P: Protocol>(mut self, protocol: P, options: Options) -> Self {
-        self.cfg.protocols.push(ProtocolEntry {
-            protocol: erase(protocol),
-            options,
-        });
+    /// Registers a protocol object bound by the layer that defines protocols
+    /// ([`VhostBuilder::protocol`]).
+    pub(crate) fn protocol_binding(mut self, protocol: Binding, options: Options) -> Self {
+        self.cfg.protocols.push(ProtocolEntry { protocol, options });
         self
     }
 
-    #[cfg_attr(
-        not(feature = "toml-config"),
-        allow(dead_code, reason = "used by the TOML loader")
-    )]
-    pub(crate) fn erased_protocol(
-        mut self,
-        protocol: Arc<dyn ErasedProtocol>,
-        options: Options,
-    ) -> Self {
-        self.cfg.protocols.push(ProtocolEntry { protocol, options });
+    /// Offers a per-message extension (such as permessage-deflate) to the
+    /// vhost's clients: at most one extension is negotiated per session, the
+    /// first of the vhost's negotiators, in the order added, that accepts one
+    /// of the client's offers. Default: none.
+    pub fn extension(mut self, negotiator: impl ExtensionNegotiator) -> Self {
+        self.cfg.extensions.push(Arc::new(negotiator));
         self
     }
 
@@ -589,14 +634,14 @@ impl VhostBuilder {
             ));
         }
         for (i, p) in cfg.protocols.iter().enumerate() {
-            let name = p.protocol.name();
+            let name = p.protocol.name.as_str();
             if name.is_empty() || !name.bytes().all(is_token_byte) {
                 return Err(ConfigError::new(
                     format!("{prefix}.protocol"),
                     format!("{name:?} is not a valid subprotocol token"),
                 ));
             }
-            if cfg.protocols[..i].iter().any(|q| q.protocol.name() == name) {
+            if cfg.protocols[..i].iter().any(|q| q.protocol.name == name) {
                 return Err(ConfigError::new(
                     format!("{prefix}.protocol.{name}"),
                     "registered twice",
@@ -616,7 +661,7 @@ impl VhostBuilder {
                     return Err(ConfigError::new(key, "names no protocol"));
                 }
                 for name in protocols {
-                    if !cfg.protocols.iter().any(|p| p.protocol.name() == name) {
+                    if !cfg.protocols.iter().any(|p| p.protocol.name == *name) {
                         return Err(ConfigError::new(
                             key,
                             format!("protocol {name:?} is not registered on this vhost"),
@@ -628,11 +673,6 @@ impl VhostBuilder {
         cfg.limits.validate(&format!("{prefix}.limits"))?;
         Ok(cfg)
     }
-}
-
-/// RFC 7230 `tchar`: what a subprotocol name may contain.
-pub(crate) fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]

@@ -12,17 +12,30 @@ use std::sync::{Arc, Mutex};
 use async_executor::{Executor, LocalExecutor};
 use event_listener::Event;
 
+use crate::common::lock;
 use crate::config::{Config, VhostConfig};
 use crate::error::Error;
-use crate::listener::{Listener, bind_all};
-use crate::metrics::{Metrics, Stats};
-use crate::protocol::{CloseReason, Wake};
-use crate::pubsub::{Presence, Published, Topics};
-use crate::session::SessionHandle;
-use crate::tasks::{HostExecutor, Live, Spawner, TaskSet, force_all};
-use crate::teardown::Drain;
-use crate::vhost::{Vhost, lock};
+use crate::proto::close::CloseReason;
+use crate::runtime::listener::{Listener, bind_all};
+use crate::runtime::tasks::{HostExecutor, Live, Spawner, TaskSet, force_all};
+use crate::runtime::workers::Workers;
 use crate::{CloseCode, Message};
+
+pub(crate) mod broker;
+pub(crate) mod lifecycle;
+pub(crate) mod metrics;
+pub(crate) mod protocol;
+pub(crate) mod service;
+pub(crate) mod session;
+pub(crate) mod vhost;
+
+use broker::{MemoryBroker, Presence, Published, Topics};
+use lifecycle::Drain;
+use metrics::{Metrics, Stats};
+use protocol::Wake;
+use service::ListenerService;
+use session::SessionHandle;
+use vhost::Vhost;
 
 /// One gateway instance, attached to an executor that the host owns and runs
 /// ([`attach`](Self::attach)), or to several executors that the host runs on
@@ -104,7 +117,7 @@ impl LoopKind for SharedLoop {}
 impl LoopKind for LocalLoop {}
 
 pub(crate) mod kind {
-    use crate::tasks::HostExecutor;
+    use crate::runtime::tasks::HostExecutor;
 
     /// How a context of this kind holds its executors.
     pub trait Sealed {
@@ -153,17 +166,15 @@ pub struct Counters {
 
 pub(crate) struct ContextShared {
     running: AtomicBool,
-    /// Worker 0's spawner: accept loops, posted closures, wake-ups and tasks
-    /// spawned from sessions run there. Its live count is context-wide.
+    /// Worker 0's spawner: accept loops, posted closures and wake-ups run
+    /// there. Its live count is context-wide.
     pub(crate) spawner: Spawner,
     /// Every worker (one per host executor), for the hand-off of connections.
-    workers: Vec<Worker>,
+    workers: Arc<Workers>,
     vhosts: Mutex<Vec<Vhost>>,
-    pub(crate) listeners: Mutex<Vec<Arc<Listener>>>,
+    listeners: Mutex<Vec<ListenerEntry>>,
     sessions: Mutex<HashMap<u64, SessionHandle>>,
     next_id: AtomicU64,
-    pub(crate) max_connections: usize,
-    connections: AtomicUsize,
     accepted: AtomicU64,
     rejected: AtomicU64,
     closed: AtomicU64,
@@ -306,35 +317,28 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
             vhosts,
             max_connections,
             pumps,
+            broker,
         } = config;
+        let broker = broker.and_then(|b| broker::bound_broker(&b));
         let addrs: Vec<SocketAddr> = vhosts
             .iter()
             .flat_map(|v| v.listen().iter().copied())
             .collect();
         let mut bound = bind_all(&addrs, &[])?;
         let live = Live::new();
-        let (tasks, workers): (Vec<TaskSet>, Vec<Worker>) = hosts
+        let (tasks, spawners): (Vec<TaskSet>, Vec<Spawner>) = hosts
             .iter()
-            .map(|host| {
-                let (tasks, spawner) = TaskSet::new(K::host(host), pumps, &live);
-                let worker = Worker {
-                    spawner,
-                    load: AtomicUsize::new(0),
-                };
-                (tasks, worker)
-            })
+            .map(|host| TaskSet::new(K::host(host), pumps, &live))
             .unzip();
+        let workers = Workers::new(spawners, max_connections);
         let shared = Arc::new(ContextShared {
             running: AtomicBool::new(true),
-            // Not empty: checked above, one worker per executor.
-            spawner: workers[0].spawner.clone(),
+            spawner: workers.first().clone(),
             workers,
             vhosts: Mutex::new(Vec::new()),
             listeners: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            max_connections,
-            connections: AtomicUsize::new(0),
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             closed: AtomicU64::new(0),
@@ -342,7 +346,7 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
             drain_aborted: AtomicUsize::new(0),
             drain_forced: AtomicUsize::new(0),
             teardown: Event::new(),
-            topics: Topics::default(),
+            topics: Topics::new(broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()))),
             metrics: Metrics::default(),
             teardown_started: Mutex::new(None),
         });
@@ -383,7 +387,7 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
         }
         let existing: Vec<SocketAddr> = lock(&self.shared.listeners)
             .iter()
-            .map(|l| l.configured)
+            .map(|l| l.listener.configured)
             .collect();
         let mut bound = bind_all(config.listen(), &existing)?;
         let vhost = Vhost::new(config, Arc::downgrade(&self.shared));
@@ -522,7 +526,7 @@ impl ContextHandle {
             .metrics
             .published
             .fetch_add(1, Ordering::Relaxed);
-        Ok(self.shared.topics.publish(topic, &message))
+        Ok(self.shared.topics.broker().publish(topic, &message))
     }
 
     /// Who is subscribed to `topic`.
@@ -532,7 +536,7 @@ impl ContextHandle {
     /// [`Error::Closed`] after teardown began.
     pub fn presence(&self, topic: &str) -> Result<Presence, Error> {
         self.check()?;
-        Ok(self.shared.topics.presence(topic))
+        Ok(self.shared.topics.broker().presence(topic))
     }
 
     /// The topics that have subscribers, sorted.
@@ -542,7 +546,7 @@ impl ContextHandle {
     /// [`Error::Closed`] after teardown began.
     pub fn topics(&self) -> Result<Vec<String>, Error> {
         self.check()?;
-        Ok(self.shared.topics.names())
+        Ok(self.shared.topics.broker().topics())
     }
 
     /// Counters and gauges (also served as Prometheus text by the `metrics`
@@ -652,7 +656,10 @@ impl ContextShared {
     }
 
     fn local_addrs(&self) -> Vec<SocketAddr> {
-        lock(&self.listeners).iter().map(|l| l.local).collect()
+        lock(&self.listeners)
+            .iter()
+            .map(|l| l.listener.local)
+            .collect()
     }
 
     pub(crate) fn counters(&self) -> Counters {
@@ -661,12 +668,8 @@ impl ContextShared {
             accepted: self.accepted.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
             closed: self.closed.load(Ordering::Relaxed),
-            connections: self.connections.load(Ordering::Relaxed),
-            connections_per_thread: self
-                .workers
-                .iter()
-                .map(|w| w.load.load(Ordering::Relaxed))
-                .collect(),
+            connections: self.workers.connections(),
+            connections_per_thread: self.workers.loads(),
         }
     }
 
@@ -679,18 +682,24 @@ impl ContextShared {
         let mut locals = Vec::new();
         let mut listeners = lock(&self.listeners);
         for addr in vhost.listen() {
-            let listener = if let Some(l) = listeners.iter().find(|l| l.configured == *addr) {
-                l.clone()
-            } else if let Some(pos) = bound.iter().position(|(a, _)| a == addr) {
-                let (_, socket) = bound.swap_remove(pos);
-                let l = Listener::start(*addr, socket, self);
-                listeners.push(l.clone());
-                l
-            } else {
+            let pos = listeners
+                .iter()
+                .position(|l| l.listener.configured == *addr)
+                .or_else(|| {
+                    let pos = bound.iter().position(|(a, _)| a == addr)?;
+                    let (_, socket) = bound.swap_remove(pos);
+                    let service = ListenerService::new(Arc::downgrade(self));
+                    let listener =
+                        Listener::start(*addr, socket, &self.workers, service.clone(), None);
+                    listeners.push(ListenerEntry { listener, service });
+                    Some(listeners.len() - 1)
+                });
+            let Some(pos) = pos else {
                 continue;
             };
-            locals.push(listener.local);
-            listener.add_vhost(vhost.clone());
+            let entry = &listeners[pos];
+            locals.push(entry.listener.local);
+            entry.service.add_vhost(vhost.clone());
         }
         drop(listeners);
         vhost.set_local_addrs(locals);
@@ -708,9 +717,9 @@ impl ContextShared {
         };
         vhost.retire();
         lock(&self.listeners).retain(|l| {
-            let empty = l.remove_vhost(&vhost);
+            let empty = l.service.remove_vhost(&vhost);
             if empty {
-                l.stop();
+                l.listener.stop();
             }
             !empty
         });
@@ -728,12 +737,12 @@ impl ContextShared {
         }
         *lock(&self.teardown_started) = Some(std::time::Instant::now());
         for l in lock(&self.listeners).drain(..) {
-            l.stop();
+            l.listener.stop();
         }
         let sessions: Vec<SessionHandle> = lock(&self.sessions).values().cloned().collect();
         let closing = sessions
             .iter()
-            .filter(|s| s.shared.request_close(CloseCode::Away, "going away"))
+            .filter(|s| s.shared.outbox.request_close(CloseCode::Away, "going away"))
             .count();
         self.teardown.notify(usize::MAX);
         for vhost in self.vhosts() {
@@ -762,16 +771,6 @@ impl ContextShared {
         self.metrics.rejected(status);
     }
 
-    /// Reserves a connection slot; `None` when at the limit.
-    pub(crate) fn try_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
-        let n = self.connections.fetch_add(1, Ordering::AcqRel);
-        let slot = ConnectionSlot {
-            ctx: self.clone(),
-            worker: None,
-        };
-        (n < self.max_connections).then_some(slot)
-    }
-
     /// Registers an accepted session. If teardown raced with the handshake, the
     /// session is asked to close at once.
     pub(crate) fn register(&self, session: &SessionHandle) {
@@ -780,14 +779,17 @@ impl ContextShared {
         lock(&self.sessions).insert(session.id().get(), session.clone());
         session.vhost().register(session);
         if !self.is_running() || !session.vhost().is_serving() {
-            session.shared.request_close(CloseCode::Away, "going away");
+            session
+                .shared
+                .outbox
+                .request_close(CloseCode::Away, "going away");
         }
     }
 
     /// Ends a session that never opened (its `open` refused or panicked):
     /// its handle is closed, its tasks are cancelled, it leaves every topic.
     pub(crate) fn discard(&self, session: &SessionHandle) {
-        session.shared.mark_closed();
+        session.shared.outbox.mark_closed();
         session.shared.cancel_tasks();
         self.topics.leave_all(session);
     }
@@ -812,69 +814,10 @@ impl ContextShared {
     }
 }
 
-/// One service thread's share of a context: the spawner of its task set and
-/// the number of connections it serves.
-struct Worker {
-    spawner: Spawner,
-    /// Connections handed to this worker and not yet ended.
-    load: AtomicUsize,
-}
-
-/// An open TCP connection's place under `max_connections`, and once handed
-/// off, its place in its worker's load: both are given back when the
-/// connection's task ends (or is dropped by a forced teardown).
-pub(crate) struct ConnectionSlot {
-    ctx: Arc<ContextShared>,
-    worker: Option<usize>,
-}
-
-impl ConnectionSlot {
-    pub(crate) fn ctx(&self) -> &Arc<ContextShared> {
-        &self.ctx
-    }
-
-    /// The spawner of the worker serving this connection.
-    pub(crate) fn spawner(&self) -> Spawner {
-        self.worker.map_or_else(
-            || self.ctx.spawner.clone(),
-            |i| self.ctx.workers[i].spawner.clone(),
-        )
-    }
-
-    /// Hands the connection to the worker serving the fewest connections (the
-    /// lowest index on a tie), counts it there, and returns that worker's
-    /// spawner, on which the connection's task must be spawned.
-    ///
-    /// The look and the increment are not one atomic step, so two listeners
-    /// accepting at the same instant may both pick the same worker; the
-    /// imbalance is one connection and corrects itself on the next hand-off.
-    pub(crate) fn hand_off(&mut self) -> Spawner {
-        let workers = &self.ctx.workers;
-        let index = least_loaded(workers.iter().map(|w| w.load.load(Ordering::Acquire)));
-        if let Some(previous) = self.worker.replace(index) {
-            workers[previous].load.fetch_sub(1, Ordering::AcqRel);
-        }
-        let worker = &workers[index];
-        worker.load.fetch_add(1, Ordering::AcqRel);
-        worker.spawner.clone()
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.ctx.connections.fetch_sub(1, Ordering::AcqRel);
-        if let Some(index) = self.worker {
-            self.ctx.workers[index].load.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-/// The index of the smallest load, the lowest index among equals (0 for none).
-fn least_loaded(loads: impl Iterator<Item = usize>) -> usize {
-    loads
-        .enumerate()
-        .min_by_key(|&(i, load)| (load, i))
-        .map_or(0, |(i, _)| i)
+/// A listener and the service its connections are answered with.
+struct ListenerEntry {
+    listener: Arc<Listener>,
+    service: Arc<ListenerService>,
 }
 
 const _: () = {
@@ -885,17 +828,3 @@ const _: () = {
     send_sync::<Context<'static>>();
     send_sync::<Drain<'static>>();
 };
-
-#[cfg(test)]
-mod tests {
-    use super::least_loaded;
-
-    #[test]
-    fn the_least_loaded_worker_wins_and_ties_go_to_the_lowest_index() {
-        assert_eq!(least_loaded([0, 0, 0].into_iter()), 0);
-        assert_eq!(least_loaded([1, 0, 0].into_iter()), 1);
-        assert_eq!(least_loaded([3, 2, 1, 1].into_iter()), 2);
-        assert_eq!(least_loaded([5].into_iter()), 0);
-        assert_eq!(least_loaded(std::iter::empty()), 0);
-    }
-}

@@ -12,10 +12,12 @@ use std::net::SocketAddr;
 use std::sync::Weak;
 
 use crate::config::{Mount, MountTarget, VhostConfig};
-use crate::http::{Head, Refusal, Request, check_upgrade, negotiate, parse_head};
+use crate::context::vhost::route;
+use crate::proto::http::{
+    Head, Refused, Request, check_upgrade, is_token_byte, negotiate, parse_head,
+};
 use crate::protocols::Echo;
-use crate::vhost::{Vhost, route};
-use crate::{Message, Protocol, Reject, SessionHandle};
+use crate::{Message, Protocol, Reject, SessionHandle, Vhost};
 
 /// The default `max_head_bytes`.
 const MAX_HEAD_BYTES: usize = 8192;
@@ -144,11 +146,11 @@ pub fn request_head(data: &[u8]) {
     let key = req.header("sec-websocket-key").map(str::trim).unwrap_or("");
     assert_eq!(
         up.accept,
-        async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes())
+        tungstenite::handshake::derive_accept_key(key.as_bytes())
     );
     assert_eq!(up.accept.len(), 28, "a base64 SHA-1 is 28 characters");
     for p in &up.offered {
-        assert!(!p.is_empty() && p.bytes().all(crate::config::is_token_byte));
+        assert!(!p.is_empty() && p.bytes().all(is_token_byte));
     }
     // The origin check: deterministic, and a listed origin (after the
     // normalisation browsers' serialisations need) is the only way in once
@@ -167,7 +169,7 @@ pub fn request_head(data: &[u8]) {
     }
     // The bearer check an `open` hook makes: 401 or 403, and a pass only
     // for the exact token, wherever it was presented.
-    match crate::http::check_bearer(&req, FIXTURE_TOKEN) {
+    match crate::proto::http::check_bearer(&req, FIXTURE_TOKEN) {
         Ok(()) => assert!(presents_token(&req), "a wrong token passed"),
         Err(reject) => assert!(matches!(reject.status(), 401 | 403)),
     }
@@ -192,7 +194,7 @@ pub fn request_head(data: &[u8]) {
 /// wrote is a sequence of well-formed unmasked server frames (see
 /// [`check_server_frames`]) echoing no more payload than came in.
 pub fn session_bytes(data: &[u8]) {
-    let out = crate::session::run_in_memory(data, &crate::Limits::default());
+    let out = run_in_memory(data, &crate::Limits::default());
     assert!(out.len() <= MAX_SESSION_OUTPUT, "wrote {} bytes", out.len());
     let data_bytes = check_server_frames(&out);
     assert!(
@@ -200,6 +202,108 @@ pub fn session_bytes(data: &[u8]) {
         "echoed {data_bytes} payload bytes from {} input bytes",
         data.len()
     );
+}
+
+/// Runs one echo session over an in-memory stream fed with `input` (read in
+/// chunks of 1 to 13 bytes, then EOF) and returns what the server wrote
+/// (capped at 1 MiB): the runtime's driver over the sans-IO session, as a
+/// real connection runs them, with an application that echoes every
+/// message. Deterministic.
+pub(crate) fn run_in_memory(input: &[u8], limits: &crate::Limits) -> Vec<u8> {
+    use crate::context::service::{driver_config, session_config};
+    use crate::runtime::driver::Driver;
+
+    let stream = MemStream {
+        input: input.to_vec(),
+        pos: 0,
+        output: Vec::new(),
+    };
+    let mut hooks = EchoHooks(crate::runtime::outbox::Outbox::new(
+        limits.max_queue_bytes,
+        limits.max_queue_messages,
+        limits.overflow,
+    ));
+    let mut driver = Driver::new(
+        stream,
+        &[],
+        session_config(limits),
+        None,
+        driver_config(limits),
+    );
+    let _reason = async_io::block_on(driver.run(&mut hooks));
+    driver.into_io().output
+}
+
+/// An application that echoes every message through the session's queue.
+struct EchoHooks(crate::runtime::outbox::Outbox);
+
+impl crate::runtime::driver::SessionHooks for EchoHooks {
+    fn outbox(&self) -> &crate::runtime::outbox::Outbox {
+        &self.0
+    }
+
+    fn message(&mut self, message: Message) {
+        let _ = self.0.push(message, true);
+    }
+
+    fn traffic(&mut self, _tally: crate::proto::session::Tally) {}
+
+    fn finish(self: Box<Self>, _reason: crate::CloseReason) {}
+}
+
+/// An in-memory byte stream: reads come from `input` in small chunks, writes
+/// go to `output` (refused past 1 MiB so that memory stays bounded).
+struct MemStream {
+    input: Vec<u8>,
+    pos: usize,
+    output: Vec<u8>,
+}
+
+impl crate::transport::Transport for MemStream {}
+
+impl futures_lite::AsyncRead for MemStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        // Chunk sizes vary with the position so that frames are split at
+        // every kind of boundary, deterministically.
+        let chunk = 1 + self.pos % 13;
+        let n = chunk.min(buf.len()).min(self.input.len() - self.pos);
+        let pos = self.pos;
+        buf[..n].copy_from_slice(&self.input[pos..pos + n]);
+        self.pos += n;
+        std::task::Poll::Ready(Ok(n))
+    }
+}
+
+impl futures_lite::AsyncWrite for MemStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.output.len() + buf.len() > MAX_SESSION_OUTPUT {
+            return std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        self.output.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// `config`: TOML text to a [`Config`](crate::Config) or a clear error.
@@ -254,7 +358,7 @@ pub fn config(data: &[u8]) {
 pub fn close_frame(data: &[u8]) {
     use bytes::BytesMut;
 
-    use crate::frame::{close_payload, encode};
+    use crate::proto::frame::{close_payload, encode};
 
     let frame = match close_payload(data) {
         Ok(None) => {
@@ -441,14 +545,14 @@ fn is_sendable_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
-fn assert_refusal(refusal: &Refusal, statuses: &[u16]) {
+fn assert_refusal(refusal: &Refused, statuses: &[u16]) {
     assert!(
-        statuses.contains(&refusal.status),
+        statuses.contains(&refusal.status()),
         "status {} ({}) not among {statuses:?}",
-        refusal.status,
-        refusal.reason
+        refusal.status(),
+        refusal.reason()
     );
-    assert!(!refusal.reason.is_empty(), "a refusal without a reason");
+    assert!(!refusal.reason().is_empty(), "a refusal without a reason");
 }
 
 /// The token of the fixture's bearer check.
@@ -646,7 +750,7 @@ mod tests {
         input.extend_from_slice(&[0x88, 0x82]);
         input.extend_from_slice(&mask);
         input.extend([0x03 ^ mask[0], 0xe8 ^ mask[1]]);
-        let out = crate::session::run_in_memory(&input, &crate::Limits::default());
+        let out = run_in_memory(&input, &crate::Limits::default());
         assert_eq!(check_server_frames(&out), 5);
     }
 }

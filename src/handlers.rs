@@ -10,12 +10,7 @@
 
 #[cfg(feature = "toml-config")]
 use crate::config::ProtocolRegistry;
-#[cfg(feature = "toml-config")]
-use crate::http::{Health, Index};
-use crate::http::{HttpHandler, Request, Response};
-#[cfg(feature = "toml-config")]
-use crate::metrics::MetricsHandler;
-use crate::vhost::Vhost;
+use crate::{HttpHandler, MountTarget, Request, Response, Vhost};
 
 /// The demo page: one self-contained HTML file (inline CSS and JavaScript,
 /// nothing fetched from elsewhere) with a panel per built-in protocol.
@@ -64,6 +59,65 @@ impl HttpHandler for Demo {
             .header("Content-Type", "text/html; charset=utf-8")
             .header("Cache-Control", "no-cache")
             .body(Self::HTML)
+    }
+}
+
+/// `/healthz`: 200 `ok` while serving, 503 once teardown has begun.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Health;
+
+impl HttpHandler for Health {
+    fn handle(&self, _request: &Request, vhost: &Vhost) -> Response {
+        health(vhost)
+    }
+}
+
+/// The `/healthz` answer for `vhost` (also where no mount claims the path).
+pub(crate) fn health(vhost: &Vhost) -> Response {
+    if vhost.is_serving() {
+        Response::text(200, "ok\n")
+    } else {
+        Response::text(503, "shutting down\n")
+    }
+}
+
+/// A short text page listing the vhost's endpoints.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Index;
+
+impl HttpHandler for Index {
+    fn handle(&self, _request: &Request, vhost: &Vhost) -> Response {
+        let mut body = format!(
+            "wsgate {}: vhost {}\n\nendpoints:\n",
+            env!("CARGO_PKG_VERSION"),
+            vhost.name()
+        );
+        for m in vhost.mounts() {
+            let what = match m.target() {
+                MountTarget::WebSocket(p) => format!("WebSocket ({})", p.join(", ")),
+                MountTarget::Http(_) => "HTTP".to_owned(),
+            };
+            body.push_str(&format!("  {:<12} {what}\n", m.path()));
+        }
+        if !vhost.mounts().iter().any(|m| m.path() == "/healthz") {
+            body.push_str("  /healthz     HTTP (health check)\n");
+        }
+        Response::text(200, body)
+    }
+}
+
+/// `/metrics`: the context's [`Stats`] as Prometheus text.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MetricsHandler;
+
+impl HttpHandler for MetricsHandler {
+    fn handle(&self, _request: &Request, vhost: &Vhost) -> Response {
+        match vhost.context_handle().map(|h| h.stats()) {
+            Some(Ok(stats)) => Response::new(200)
+                .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                .body(stats.prometheus()),
+            _ => Response::text(503, "shutting down\n"),
+        }
     }
 }
 

@@ -114,39 +114,96 @@
 //!   through signal-hook's self-pipe, on the host's request only.
 //! - `cli` (default): the `wsgate` binary (enables both of the above).
 
+mod common;
 pub mod config;
-mod connection;
 mod context;
 mod error;
-mod frame;
 #[cfg(any(fuzzing, test))]
 #[doc(hidden)]
 pub mod fuzz;
 pub mod handlers;
-pub mod http;
-mod listener;
-pub mod metrics;
-mod protocol;
+mod proto;
 pub mod protocols;
-pub mod pubsub;
-mod run;
-mod session;
+mod runtime;
 #[cfg(feature = "signals")]
 pub mod signals;
-mod tasks;
-mod teardown;
-mod vhost;
 
-pub use async_tungstenite::tungstenite::Message;
-pub use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+/// Request heads, responses and HTTP handlers (HTTP beside WebSocket on the
+/// same ports).
+pub mod http {
+    pub use crate::context::protocol::HttpHandler;
+    pub use crate::handlers::{Health, Index};
+    pub use crate::proto::http::{Request, Response, check_bearer};
+}
+
+/// Counters and gauges: [`Stats`], as a snapshot and as Prometheus text.
+pub mod metrics {
+    pub use crate::context::metrics::Stats;
+    pub use crate::handlers::MetricsHandler;
+}
+
+/// Topics: publish from any thread, fan out to every subscriber's queue,
+/// through a [`Broker`].
+pub mod pubsub {
+    pub use crate::context::broker::{Broker, MemoryBroker, Presence, Published};
+}
+
+/// The per-message extension point (permessage-deflate and its kin): what a
+/// vhost offers with [`VhostBuilder::extension`](crate::VhostBuilder::extension).
+pub mod extension {
+    pub use crate::proto::extension::{
+        Extension, ExtensionError, ExtensionNegotiator, ExtensionOffer,
+    };
+}
+
+/// Streams a connection can run on, and what turns an accepted TCP stream
+/// into one.
+pub mod transport {
+    pub use crate::runtime::transport::{Accepting, Acceptor, Transport};
+}
+
 pub use config::{
-    Config, ConfigBuilder, Limits, Mount, MountTarget, OverflowPolicy, VhostBuilder, VhostConfig,
+    Config, ConfigBuilder, HttpTarget, Limits, Mount, MountTarget, Options, OverflowPolicy,
+    VhostBuilder, VhostConfig,
 };
+pub use context::lifecycle::{Drain, DrainReport, Executors};
+pub use context::protocol::{HttpHandler, Protocol, Wake};
+pub use context::session::{SessionHandle, SessionId};
+pub use context::vhost::Vhost;
 pub use context::{Context, ContextHandle, Counters, LocalLoop, LoopKind, SharedLoop};
 pub use error::{ConfigError, Error, SendError};
-pub use http::{HttpHandler, Request, Response};
-pub use protocol::{CloseReason, ClosedBy, Options, Protocol, Reject, Wake};
-pub use run::run;
-pub use session::{SessionHandle, SessionId};
-pub use teardown::{Drain, DrainReport, Executors};
-pub use vhost::Vhost;
+pub use proto::close::{CloseReason, ClosedBy};
+pub use proto::http::{Reject, Request, Response};
+pub use runtime::run::run;
+pub use tungstenite::Message;
+pub use tungstenite::protocol::frame::coding::CloseCode;
+
+/// Test support that reads the real clock once, so that the sans-IO core's
+/// tests (which may not) run on a virtual clock.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::time::{Duration, Instant};
+
+    /// A virtual clock: one real instant as the origin, then only arithmetic.
+    pub(crate) struct Clock {
+        now: Instant,
+    }
+
+    impl Clock {
+        pub(crate) fn start() -> Self {
+            Self {
+                now: Instant::now(),
+            }
+        }
+
+        pub(crate) fn now(&self) -> Instant {
+            self.now
+        }
+
+        /// Moves the clock `by` forward and returns the new time.
+        pub(crate) fn advance(&mut self, by: Duration) -> Instant {
+            self.now += by;
+            self.now
+        }
+    }
+}

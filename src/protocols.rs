@@ -26,7 +26,7 @@ pub use echo::Echo;
 pub use increment::{Increment, IncrementState};
 pub use pubsub::Pubsub;
 
-use crate::protocol::Options;
+use crate::Options;
 
 /// Registers the built-in protocols under their names.
 #[cfg(feature = "toml-config")]

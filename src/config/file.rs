@@ -52,9 +52,12 @@ use toml::Spanned;
 
 use super::{Config, Limits, Mount, OverflowPolicy, VhostConfig};
 use crate::CloseCode;
+use crate::HttpHandler;
+use crate::Options;
+use crate::context::protocol::{
+    ErasedProtocol, Protocol, TokenGuard, bind_handler_arc, bind_protocol, erase,
+};
 use crate::error::ConfigError;
-use crate::http::HttpHandler;
-use crate::protocol::{ErasedProtocol, Options, Protocol, TokenGuard, erase};
 
 /// The binary's built-in configuration (`src/config/default.toml`).
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -349,11 +352,7 @@ impl ConfigFile {
                         &h.span(),
                     )
                 })?;
-                Mount {
-                    path: path.clone(),
-                    prefix: false,
-                    target: super::MountTarget::Http(handler.clone()),
-                }
+                Mount::http_binding(path.clone(), bind_handler_arc(h.get_ref(), handler.clone()))
             } else {
                 let (list, span) = match (&m.protocol, &m.protocols) {
                     (Some(p), _) => (vec![p.get_ref().clone()], p.span()),
@@ -428,7 +427,7 @@ impl ConfigFile {
                     token: token.clone(),
                 });
             }
-            b = b.erased_protocol(protocol, options);
+            b = b.protocol_binding(bind_protocol(protocol), options);
         }
         b.build().map_err(|e| {
             // Point at the line of the offending key inside this vhost when

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use crate::protocol::Options;
-use crate::vhost::lock;
+use crate::Options;
+use crate::common::lock;
 use crate::{CloseReason, Message, Protocol, Reject, Request, SessionHandle};
 
 /// Sends every text or binary message to every other session connected to

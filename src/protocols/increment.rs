@@ -9,7 +9,7 @@ use async_io::Timer;
 use event_listener::Event;
 use futures_lite::{StreamExt, future};
 
-use crate::protocol::Options;
+use crate::Options;
 use crate::{CloseReason, Message, Protocol, Reject, Request, SessionHandle};
 
 /// Pushes a counter to each session as text (`"0"`, `"1"`, …): the first

@@ -2,12 +2,11 @@
 //! [`Pubsub`]'s documentation).
 
 use std::fmt;
-use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::protocol::Options;
+use crate::Options;
 use crate::{Message, Protocol, Reject, Request, SessionHandle};
 
 /// Topics for browsers and other clients, through JSON control messages:
@@ -252,7 +251,7 @@ impl Pubsub {
                 }
             }
             Command::Publish(topic, data) => {
-                let Some(ctx) = session.vhost().context().filter(|c| c.is_running()) else {
+                let Some(ctx) = session.vhost().context_handle() else {
                     return error(session, "shutting down");
                 };
                 let Some(text) = to_json(&Reply::Message {
@@ -261,16 +260,18 @@ impl Pubsub {
                 }) else {
                     return;
                 };
-                // What `ContextHandle::publish` does: counted, serialized
-                // once above, and shared by every subscriber's queue.
-                ctx.metrics.published.fetch_add(1, Ordering::Relaxed);
-                ctx.topics.publish(&topic, &Message::text(text));
+                // Serialized once above, and shared by every subscriber's
+                // queue.
+                if ctx.publish(&topic, Message::text(text)).is_err() {
+                    error(session, "shutting down");
+                }
             }
             Command::Presence(topic) => {
-                let Some(ctx) = session.vhost().context().filter(|c| c.is_running()) else {
+                let Some(Ok(presence)) =
+                    session.vhost().context_handle().map(|c| c.presence(&topic))
+                else {
                     return error(session, "shutting down");
                 };
-                let presence = ctx.topics.presence(&topic);
                 reply(
                     session,
                     &Reply::Presence {

@@ -1,17 +1,16 @@
-//! HTTP/1.1 beside WebSocket: request heads (parsed with httparse), responses,
-//! the upgrade check, and the built-in HTTP handlers.
+//! HTTP/1.1 as the gateway speaks it, sans-IO: request heads (parsed with
+//! httparse, within their limits), responses, the WebSocket upgrade check
+//! (RFC 6455 §4.2.1), subprotocol negotiation, the bearer-token check, and
+//! every reason a request can be refused, mapped to its status in one place.
 //!
-//! The decisions here are pure (bytes in, verdict out) so that they can be
-//! unit-tested and fuzzed without sockets.
+//! Bytes in, verdicts out: nothing here touches a socket, so all of it is
+//! unit-tested and fuzzed directly.
 
 use std::fmt;
 use std::net::SocketAddr;
 
 use base64::Engine as _;
 use bytes::Bytes;
-
-use crate::config::is_token_byte;
-use crate::vhost::Vhost;
 
 /// A parsed HTTP request head, as seen by [`Protocol::open`](crate::Protocol::open)
 /// and HTTP handlers.
@@ -257,18 +256,64 @@ impl fmt::Debug for Response {
     }
 }
 
-/// An HTTP endpoint mounted on a vhost. Runs on the loop; must not block.
-pub trait HttpHandler: Send + Sync + 'static {
-    /// Answers one GET or HEAD request.
-    fn handle(&self, request: &Request, vhost: &Vhost) -> Response;
+/// A refusal of a WebSocket handshake by the application: the HTTP status
+/// and a short reason that becomes the response body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    status: u16,
+    reason: String,
+    headers: Vec<(String, String)>,
 }
 
-impl<F> HttpHandler for F
-where
-    F: Fn(&Request, &Vhost) -> Response + Send + Sync + 'static,
-{
-    fn handle(&self, request: &Request, vhost: &Vhost) -> Response {
-        self(request, vhost)
+impl Reject {
+    /// Refuse with `status` (a 4xx or 5xx code; anything else becomes 500).
+    pub fn new(status: u16, reason: impl Into<String>) -> Self {
+        let status = if (400..=599).contains(&status) {
+            status
+        } else {
+            500
+        };
+        Self {
+            status,
+            reason: reason.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// 401 Unauthorized.
+    pub fn unauthorized(reason: impl Into<String>) -> Self {
+        Self::new(401, reason)
+    }
+
+    /// 403 Forbidden.
+    pub fn forbidden(reason: impl Into<String>) -> Self {
+        Self::new(403, reason)
+    }
+
+    /// Adds a response header (for example `WWW-Authenticate`).
+    #[must_use = "the header is added to the returned value"]
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The reason (the response body).
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The whole answer.
+    pub(crate) fn response(&self) -> Response {
+        let mut r = Response::text(self.status, format!("{}\n", self.reason));
+        for (n, v) in &self.headers {
+            r = r.header(n.clone(), v.clone());
+        }
+        r
     }
 }
 
@@ -293,7 +338,7 @@ where
 /// let none = Request::synthetic("GET", "/ws", &[], peer);
 /// assert_eq!(check_bearer(&none, "s3cret").unwrap_err().status(), 401);
 /// ```
-pub fn check_bearer(request: &Request, token: &str) -> Result<(), crate::Reject> {
+pub fn check_bearer(request: &Request, token: &str) -> Result<(), Reject> {
     let presented = request
         .header("authorization")
         .and_then(|v| {
@@ -303,11 +348,9 @@ pub fn check_bearer(request: &Request, token: &str) -> Result<(), crate::Reject>
         .or_else(|| request.query_param("token"))
         .or_else(|| request.cookie("token"));
     match presented {
-        None => {
-            Err(crate::Reject::unauthorized("token required").header("WWW-Authenticate", "Bearer"))
-        }
+        None => Err(Reject::unauthorized("token required").header("WWW-Authenticate", "Bearer")),
         Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(crate::Reject::forbidden("invalid token")),
+        Some(_) => Err(Reject::forbidden("invalid token")),
     }
 }
 
@@ -315,65 +358,143 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `/healthz`: 200 `ok` while serving, 503 once teardown has begun.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Health;
-
-impl HttpHandler for Health {
-    fn handle(&self, _request: &Request, vhost: &Vhost) -> Response {
-        if vhost.is_serving() {
-            Response::text(200, "ok\n")
-        } else {
-            Response::text(503, "shutting down\n")
-        }
-    }
+/// Why a request was refused before it reached an application: each reason
+/// maps to exactly one HTTP answer (status, short body, sometimes a header),
+/// in [`Refused::status`] and [`Refused::reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The head passed `max_head_bytes`.
+    HeadTooLarge,
+    /// More headers than `max_headers`.
+    TooManyHeaders,
+    /// httparse could not make sense of the head.
+    MalformedHead,
+    /// The request target is not an absolute path.
+    TargetNotAbsolute,
+    /// Not HTTP/1.0 or 1.1.
+    VersionNotSupported,
+    /// The head did not arrive within `handshake_timeout`.
+    HeadTimeout,
+    /// No mount serves the path.
+    NotFound,
+    /// An HTTP mount got something other than GET or HEAD.
+    MethodNotAllowed,
+    /// A WebSocket mount got a request that is not a GET.
+    UpgradeNotGet,
+    /// A WebSocket handshake over HTTP/1.0.
+    UpgradeNeedsHttp11,
+    /// No `Host` header.
+    MissingHost,
+    /// A WebSocket mount got a plain HTTP request.
+    NotAnUpgrade,
+    /// `Connection` lacks `Upgrade`.
+    ConnectionNotUpgrade,
+    /// `Sec-WebSocket-Version` is not 13.
+    UnsupportedVersion,
+    /// No `Sec-WebSocket-Key`.
+    MissingKey,
+    /// `Sec-WebSocket-Key` is not base64.
+    KeyNotBase64,
+    /// `Sec-WebSocket-Key` does not decode to 16 bytes.
+    KeyLength,
+    /// `Sec-WebSocket-Protocol` is not a list of tokens.
+    MalformedSubprotocol,
+    /// The `Origin` is not among the vhost's allowed origins.
+    OriginNotAllowed,
+    /// The mount's protocol wants a bearer token and none came.
+    TokenRequired,
+    /// The bearer token presented is wrong.
+    TokenInvalid,
+    /// The vhost is at `max_sessions`.
+    TooManySessions,
+    /// The peer's address is at `max_sessions_per_ip`.
+    TooManyFromAddress,
+    /// The context is tearing down or the vhost was removed.
+    ShuttingDown,
+    /// No vhost serves the listener (all were removed).
+    NoVhost,
+    /// The context is at `max_connections`.
+    ServerBusy,
+    /// A handler or protocol panicked, or the configuration is inconsistent.
+    Internal,
 }
 
-/// A short text page listing the vhost's endpoints.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Index;
-
-impl HttpHandler for Index {
-    fn handle(&self, _request: &Request, vhost: &Vhost) -> Response {
-        let mut body = format!(
-            "wsgate {}: vhost {}\n\nendpoints:\n",
-            env!("CARGO_PKG_VERSION"),
-            vhost.name()
-        );
-        for m in vhost.mounts() {
-            let what = match m.target() {
-                crate::MountTarget::WebSocket(p) => format!("WebSocket ({})", p.join(", ")),
-                crate::MountTarget::Http(_) => "HTTP".to_owned(),
-            };
-            body.push_str(&format!("  {:<12} {what}\n", m.path()));
-        }
-        if !vhost.mounts().iter().any(|m| m.path() == "/healthz") {
-            body.push_str("  /healthz     HTTP (health check)\n");
-        }
-        Response::text(200, body)
-    }
-}
-
-/// Why a request head was refused; maps to exactly one HTTP answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Refusal {
-    pub(crate) status: u16,
-    pub(crate) reason: &'static str,
-    pub(crate) extra: Option<(&'static str, &'static str)>,
-}
-
-impl Refusal {
-    pub(crate) const fn new(status: u16, reason: &'static str) -> Self {
-        Self {
-            status,
-            reason,
-            extra: None,
+impl Refused {
+    /// The HTTP status: the one place where refusals become status codes.
+    pub(crate) const fn status(self) -> u16 {
+        match self {
+            Self::MalformedHead
+            | Self::TargetNotAbsolute
+            | Self::UpgradeNeedsHttp11
+            | Self::MissingHost
+            | Self::ConnectionNotUpgrade
+            | Self::MissingKey
+            | Self::KeyNotBase64
+            | Self::KeyLength
+            | Self::MalformedSubprotocol => 400,
+            Self::TokenRequired => 401,
+            Self::OriginNotAllowed | Self::TokenInvalid => 403,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed | Self::UpgradeNotGet => 405,
+            Self::HeadTimeout => 408,
+            Self::NotAnUpgrade | Self::UnsupportedVersion => 426,
+            Self::TooManyFromAddress => 429,
+            Self::HeadTooLarge | Self::TooManyHeaders => 431,
+            Self::Internal => 500,
+            Self::TooManySessions | Self::ShuttingDown | Self::NoVhost | Self::ServerBusy => 503,
+            Self::VersionNotSupported => 505,
         }
     }
 
-    pub(crate) fn response(&self) -> Response {
-        let mut r = Response::text(self.status, format!("{}\n", self.reason));
-        if let Some((n, v)) = self.extra {
+    /// The short reason that becomes the response body.
+    pub(crate) const fn reason(self) -> &'static str {
+        match self {
+            Self::HeadTooLarge => "request head too large",
+            Self::TooManyHeaders => "too many request headers",
+            Self::MalformedHead => "malformed request head",
+            Self::TargetNotAbsolute => "request target must be an absolute path",
+            Self::VersionNotSupported => "HTTP version not supported",
+            Self::HeadTimeout => "request head timed out",
+            Self::NotFound => "not found",
+            Self::MethodNotAllowed => "method not allowed",
+            Self::UpgradeNotGet => "a WebSocket handshake must use GET",
+            Self::UpgradeNeedsHttp11 => "a WebSocket handshake needs HTTP/1.1",
+            Self::MissingHost => "missing Host header",
+            Self::NotAnUpgrade => "this endpoint speaks WebSocket",
+            Self::ConnectionNotUpgrade => "Connection header must contain Upgrade",
+            Self::UnsupportedVersion => "unsupported WebSocket version",
+            Self::MissingKey => "missing Sec-WebSocket-Key",
+            Self::KeyNotBase64 => "Sec-WebSocket-Key is not base64",
+            Self::KeyLength => "Sec-WebSocket-Key must encode 16 bytes",
+            Self::MalformedSubprotocol => "malformed Sec-WebSocket-Protocol",
+            Self::OriginNotAllowed => "origin not allowed",
+            Self::TokenRequired => "token required",
+            Self::TokenInvalid => "invalid token",
+            Self::TooManySessions => "too many sessions",
+            Self::TooManyFromAddress => "too many sessions from this address",
+            Self::ShuttingDown => "shutting down",
+            Self::NoVhost => "no vhost serves this address",
+            Self::ServerBusy => "server busy",
+            Self::Internal => "internal error",
+        }
+    }
+
+    /// A header the answer carries, if any.
+    const fn header(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Self::MethodNotAllowed => Some(("Allow", "GET, HEAD")),
+            Self::UpgradeNotGet => Some(("Allow", "GET")),
+            Self::NotAnUpgrade => Some(("Upgrade", "websocket")),
+            Self::UnsupportedVersion => Some(("Sec-WebSocket-Version", "13")),
+            Self::TokenRequired => Some(("WWW-Authenticate", "Bearer")),
+            _ => None,
+        }
+    }
+
+    /// The whole answer.
+    pub(crate) fn response(self) -> Response {
+        let mut r = Response::text(self.status(), format!("{}\n", self.reason()));
+        if let Some((n, v)) = self.header() {
             r = r.header(n, v);
         }
         r
@@ -389,24 +510,30 @@ pub(crate) enum Head {
     Complete(Request, usize),
 }
 
+/// RFC 7230 `tchar`: what a token (a subprotocol name, an extension name)
+/// may contain.
+pub(crate) fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// Parses a request head from `buf` (pure; bounded by `max_headers`).
 pub(crate) fn parse_head(
     buf: &[u8],
     max_head_bytes: usize,
     max_headers: usize,
     peer: SocketAddr,
-) -> Result<Head, Refusal> {
+) -> Result<Head, Refused> {
     // Only call httparse once the blank line has arrived: a peer that trickles
     // bytes must not make us re-parse the head for every byte.
     let Some(end) = find_head_end(buf) else {
         return if buf.len() >= max_head_bytes {
-            Err(Refusal::new(431, "request head too large"))
+            Err(Refused::HeadTooLarge)
         } else {
             Ok(Head::Partial)
         };
     };
     if end > max_head_bytes {
-        return Err(Refusal::new(431, "request head too large"));
+        return Err(Refused::HeadTooLarge);
     }
     let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
     let mut req = httparse::Request::new(&mut headers);
@@ -415,7 +542,7 @@ pub(crate) fn parse_head(
             let method = req.method.unwrap_or_default().to_owned();
             let (path, query) = split_target(req.path.unwrap_or_default());
             if !path.starts_with('/') {
-                return Err(Refusal::new(400, "request target must be an absolute path"));
+                return Err(Refused::TargetNotAbsolute);
             }
             let headers = req
                 .headers
@@ -434,10 +561,10 @@ pub(crate) fn parse_head(
                 n,
             ))
         }
-        Ok(httparse::Status::Partial) => Err(Refusal::new(400, "malformed request head")),
-        Err(httparse::Error::TooManyHeaders) => Err(Refusal::new(431, "too many request headers")),
-        Err(httparse::Error::Version) => Err(Refusal::new(505, "HTTP version not supported")),
-        Err(_) => Err(Refusal::new(400, "malformed request head")),
+        Ok(httparse::Status::Partial) => Err(Refused::MalformedHead),
+        Err(httparse::Error::TooManyHeaders) => Err(Refused::TooManyHeaders),
+        Err(httparse::Error::Version) => Err(Refused::VersionNotSupported),
+        Err(_) => Err(Refused::MalformedHead),
     }
 }
 
@@ -459,59 +586,49 @@ pub(crate) fn wants_upgrade(req: &Request) -> bool {
 }
 
 /// Validates a WebSocket upgrade request (RFC 6455 section 4.2.1).
-pub(crate) fn check_upgrade(req: &Request) -> Result<Upgrade, Refusal> {
+pub(crate) fn check_upgrade(req: &Request) -> Result<Upgrade, Refused> {
     if req.method() != "GET" {
-        return Err(Refusal {
-            extra: Some(("Allow", "GET")),
-            ..Refusal::new(405, "a WebSocket handshake must use GET")
-        });
+        return Err(Refused::UpgradeNotGet);
     }
     if !req.is_http11() {
-        return Err(Refusal::new(400, "a WebSocket handshake needs HTTP/1.1"));
+        return Err(Refused::UpgradeNeedsHttp11);
     }
     if req.header("host").is_none() {
-        return Err(Refusal::new(400, "missing Host header"));
+        return Err(Refused::MissingHost);
     }
     if !wants_upgrade(req) {
-        return Err(Refusal {
-            extra: Some(("Upgrade", "websocket")),
-            ..Refusal::new(426, "this endpoint speaks WebSocket")
-        });
+        return Err(Refused::NotAnUpgrade);
     }
     if !req.has_token("connection", "upgrade") {
-        return Err(Refusal::new(400, "Connection header must contain Upgrade"));
+        return Err(Refused::ConnectionNotUpgrade);
     }
     if req.header("sec-websocket-version").map(str::trim) != Some("13") {
-        return Err(Refusal {
-            extra: Some(("Sec-WebSocket-Version", "13")),
-            ..Refusal::new(426, "unsupported WebSocket version")
-        });
+        return Err(Refused::UnsupportedVersion);
     }
     let key = req
         .header("sec-websocket-key")
         .map(str::trim)
-        .ok_or(Refusal::new(400, "missing Sec-WebSocket-Key"))?;
+        .ok_or(Refused::MissingKey)?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(key)
-        .map_err(|_| Refusal::new(400, "Sec-WebSocket-Key is not base64"))?;
+        .map_err(|_| Refused::KeyNotBase64)?;
     if decoded.len() != 16 {
-        return Err(Refusal::new(400, "Sec-WebSocket-Key must encode 16 bytes"));
+        return Err(Refused::KeyLength);
     }
     let mut offered = Vec::new();
     for (n, v) in req.headers() {
         if n.eq_ignore_ascii_case("sec-websocket-protocol") {
-            let v = std::str::from_utf8(v)
-                .map_err(|_| Refusal::new(400, "malformed Sec-WebSocket-Protocol"))?;
+            let v = std::str::from_utf8(v).map_err(|_| Refused::MalformedSubprotocol)?;
             for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                 if !p.bytes().all(is_token_byte) {
-                    return Err(Refusal::new(400, "malformed Sec-WebSocket-Protocol"));
+                    return Err(Refused::MalformedSubprotocol);
                 }
                 offered.push(p.to_owned());
             }
         }
     }
     Ok(Upgrade {
-        accept: async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        accept: tungstenite::handshake::derive_accept_key(key.as_bytes()),
         offered,
     })
 }
@@ -529,13 +646,21 @@ pub(crate) fn negotiate<'a>(offered: &[String], speaks: &'a [String]) -> (&'a st
     (speaks[0].as_str(), false)
 }
 
-/// The `101 Switching Protocols` answer.
-pub(crate) fn switching_protocols(accept: &str, protocol: Option<&str>) -> Vec<u8> {
+/// The `101 Switching Protocols` answer, with the chosen subprotocol and the
+/// negotiated extension's response parameters, if any.
+pub(crate) fn switching_protocols(
+    accept: &str,
+    protocol: Option<&str>,
+    extension: Option<&str>,
+) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
     );
     if let Some(p) = protocol {
         out.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
+    }
+    if let Some(e) = extension {
+        out.push_str(&format!("Sec-WebSocket-Extensions: {e}\r\n"));
     }
     out.push_str("\r\n");
     out.into_bytes()
@@ -574,7 +699,7 @@ mod tests {
         "127.0.0.1:1".parse().unwrap()
     }
 
-    fn parse(s: &str) -> Result<Head, Refusal> {
+    fn parse(s: &str) -> Result<Head, Refused> {
         parse_head(s.as_bytes(), 8192, 64, peer())
     }
 
@@ -599,7 +724,7 @@ mod tests {
     #[test]
     fn oversized_head_is_431() {
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
-        assert_eq!(parse(&big).unwrap_err().status, 431);
+        assert_eq!(parse(&big).unwrap_err().status(), 431);
     }
 
     #[test]
@@ -609,12 +734,15 @@ mod tests {
             s.push_str(&format!("X{i}: y\r\n"));
         }
         s.push_str("\r\n");
-        assert_eq!(parse(&s).unwrap_err().status, 431);
+        assert_eq!(parse(&s).unwrap_err().status(), 431);
     }
 
     #[test]
     fn garbage_is_400() {
-        assert_eq!(parse("\x01\x02 nonsense\r\n\r\n").unwrap_err().status, 400);
+        assert_eq!(
+            parse("\x01\x02 nonsense\r\n\r\n").unwrap_err().status(),
+            400
+        );
     }
 
     #[test]
@@ -639,8 +767,8 @@ mod tests {
             panic!()
         };
         let refusal = check_upgrade(&r).unwrap_err();
-        assert_eq!(refusal.status, 426);
-        assert_eq!(refusal.extra, Some(("Sec-WebSocket-Version", "13")));
+        assert_eq!(refusal.status(), 426);
+        assert_eq!(refusal.header(), Some(("Sec-WebSocket-Version", "13")));
     }
 
     #[test]
@@ -649,7 +777,7 @@ mod tests {
         let Head::Complete(r, _) = parse(text).unwrap() else {
             panic!()
         };
-        assert_eq!(check_upgrade(&r).unwrap_err().status, 400);
+        assert_eq!(check_upgrade(&r).unwrap_err().status(), 400);
     }
 
     #[test]

@@ -9,11 +9,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::config::{Limits, Mount, ProtocolEntry, VhostConfig};
-use crate::context::ContextShared;
-use crate::http::Request;
-use crate::protocol::{ErasedProtocol, Options};
-use crate::session::{SessionHandle, SessionShared};
+use super::ContextShared;
+use super::protocol::{ErasedProtocol, HttpHandler, bound_handler, bound_protocol};
+use super::session::{SessionHandle, SessionShared};
+use crate::common::lock;
+use crate::config::{Limits, Mount, MountTarget, Options, VhostConfig};
+use crate::proto::extension::ExtensionNegotiator;
+use crate::proto::http::Request;
 
 /// A reference-counted handle to a virtual host.
 ///
@@ -28,7 +30,11 @@ pub(crate) struct VhostInner {
     hosts: Vec<String>,
     listen: Vec<SocketAddr>,
     mounts: Vec<Mount>,
-    protocols: Vec<ProtocolEntry>,
+    /// The handler of each HTTP mount, by the mount's index.
+    handlers: Vec<Option<Arc<dyn HttpHandler>>>,
+    /// The protocols and their options, resolved from the configuration.
+    protocols: Vec<(Arc<dyn ErasedProtocol>, Options)>,
+    extensions: Vec<Arc<dyn ExtensionNegotiator>>,
     limits: Limits,
     user_data: Option<Box<dyn Any + Send + Sync>>,
     local_addrs: Mutex<Vec<SocketAddr>>,
@@ -48,12 +54,28 @@ pub(crate) struct VhostInner {
 
 impl Vhost {
     pub(crate) fn new(cfg: VhostConfig, ctx: Weak<ContextShared>) -> Self {
+        let handlers = cfg
+            .mounts
+            .iter()
+            .map(|m| match m.target() {
+                MountTarget::Http(target) => bound_handler(&target.0),
+                MountTarget::WebSocket(_) => None,
+            })
+            .collect();
+        // Every entry was bound by `VhostBuilder::protocol` or the loader.
+        let protocols = cfg
+            .protocols
+            .into_iter()
+            .filter_map(|p| Some((bound_protocol(&p.protocol)?, p.options)))
+            .collect();
         Self(Arc::new(VhostInner {
             name: cfg.name,
             hosts: cfg.hosts,
             listen: cfg.listen,
             mounts: cfg.mounts,
-            protocols: cfg.protocols,
+            handlers,
+            protocols,
+            extensions: cfg.extensions,
             limits: cfg.limits,
             user_data: cfg.user_data,
             local_addrs: Mutex::new(Vec::new()),
@@ -81,8 +103,8 @@ impl Vhost {
         self.0
             .protocols
             .iter()
-            .find(|p| p.protocol.name() == protocol)
-            .map(|p| &p.options)
+            .find(|(p, _)| p.name() == protocol)
+            .map(|(_, options)| options)
     }
 
     /// The mounts, in configuration order.
@@ -145,12 +167,22 @@ impl Vhost {
         self.0
             .protocols
             .iter()
-            .find(|p| p.protocol.name() == name)
-            .map(|p| p.protocol.clone())
+            .find(|(p, _)| p.name() == name)
+            .map(|(p, _)| p.clone())
     }
 
     pub(crate) fn protocols(&self) -> impl Iterator<Item = &Arc<dyn ErasedProtocol>> {
-        self.0.protocols.iter().map(|p| &p.protocol)
+        self.0.protocols.iter().map(|(p, _)| p)
+    }
+
+    /// The extensions this vhost offers, in order.
+    pub(crate) fn extensions(&self) -> &[Arc<dyn ExtensionNegotiator>] {
+        &self.0.extensions
+    }
+
+    /// Whether `other` is a handle to the same vhost.
+    pub(crate) fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// Takes one of `max_sessions` places and one of `max_sessions_per_ip`
@@ -253,17 +285,30 @@ impl Vhost {
             .collect();
         sessions
             .iter()
-            .filter(|s| s.request_close(code, reason))
+            .filter(|s| s.outbox.request_close(code, reason))
             .count()
     }
 
     /// The mount serving `path`: an exact match, else the longest prefix mount.
+    #[cfg(any(fuzzing, test))]
     pub(crate) fn find_mount(&self, path: &str) -> Option<&Mount> {
+        self.find_mount_index(path).map(|i| &self.0.mounts[i])
+    }
+
+    /// The index of the mount serving `path` (see [`find_mount`](Self::find_mount)).
+    pub(crate) fn find_mount_index(&self, path: &str) -> Option<usize> {
         self.0
             .mounts
             .iter()
-            .filter(|m| m.matches(path))
-            .max_by_key(|m| (m.path == path, m.path.len()))
+            .enumerate()
+            .filter(|(_, m)| m.matches(path))
+            .max_by_key(|(_, m)| (m.path == path, m.path.len()))
+            .map(|(i, _)| i)
+    }
+
+    /// The handler of the HTTP mount at `index`.
+    pub(crate) fn handler(&self, index: usize) -> Option<&Arc<dyn HttpHandler>> {
+        self.0.handlers.get(index)?.as_ref()
     }
 }
 
@@ -351,12 +396,6 @@ pub(crate) fn route<'a>(vhosts: &'a [Vhost], req: &Request) -> Option<&'a Vhost>
         .iter()
         .find(|v| v.hosts().is_empty())
         .or_else(|| vhosts.first())
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section in wsgate leaves its data consistent, so a panic
-    // elsewhere while a lock was held does not make the data unusable.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -23,9 +23,9 @@ use async_executor::{Executor, LocalExecutor};
 use async_io::Timer;
 use futures_lite::future;
 
+use crate::context::metrics::Stats;
 use crate::context::{ContextShared, LoopKind, SharedLoop};
-use crate::metrics::Stats;
-use crate::tasks::{HostExecutor, TaskSet, force_all};
+use crate::runtime::tasks::{HostExecutor, TaskSet, force_all};
 
 /// The executors a context was attached to, as [`Drain::drain`] takes them:
 /// one [`Executor`] (after [`Context::attach`](crate::Context::attach)), the
@@ -45,7 +45,7 @@ impl Executors for LocalExecutor<'_> {}
 mod sealed {
     use async_executor::{Executor, LocalExecutor};
 
-    use crate::tasks::HostExecutor;
+    use crate::runtime::tasks::HostExecutor;
 
     /// The identities of the executors (see `HostExecutor::id`), which `drain`
     /// compares with the attached ones. Not nameable outside the crate, so

@@ -1,7 +1,7 @@
 //! The encoder: unmasked server frames, appended to an output buffer.
 
-use async_tungstenite::tungstenite::Message;
 use bytes::BytesMut;
+use tungstenite::Message;
 
 use super::{MAX_CONTROL_PAYLOAD, opcode};
 

@@ -1,14 +1,16 @@
-//! The `Protocol` trait that applications implement, and the type-erased form a
-//! vhost stores.
+//! The traits applications implement, [`Protocol`] (a WebSocket endpoint)
+//! and [`HttpHandler`] (an HTTP endpoint), the type-erased forms a vhost
+//! stores, and the isolation of every callback.
 
 use std::any::Any;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::http::Request;
-use crate::session::SessionHandle;
-use crate::vhost::Vhost;
+use super::session::SessionHandle;
+use super::vhost::Vhost;
+use crate::config::{Binding, Mount, Options, VhostBuilder};
+use crate::proto::close::CloseReason;
+use crate::proto::http::{Reject, Request, Response};
 use crate::{CloseCode, Message};
 
 /// An application protocol: the callbacks of one WebSocket endpoint.
@@ -135,101 +137,6 @@ pub trait Protocol: Send + Sync + 'static {
     }
 }
 
-/// A refusal of a WebSocket handshake: the HTTP status and a short reason that
-/// becomes the response body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reject {
-    status: u16,
-    reason: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Reject {
-    /// Refuse with `status` (a 4xx or 5xx code; anything else becomes 500).
-    pub fn new(status: u16, reason: impl Into<String>) -> Self {
-        let status = if (400..=599).contains(&status) {
-            status
-        } else {
-            500
-        };
-        Self {
-            status,
-            reason: reason.into(),
-            headers: Vec::new(),
-        }
-    }
-
-    /// 401 Unauthorized.
-    pub fn unauthorized(reason: impl Into<String>) -> Self {
-        Self::new(401, reason)
-    }
-
-    /// 403 Forbidden.
-    pub fn forbidden(reason: impl Into<String>) -> Self {
-        Self::new(403, reason)
-    }
-
-    /// Adds a response header (for example `WWW-Authenticate`).
-    #[must_use = "the header is added to the returned value"]
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
-        self
-    }
-
-    /// The HTTP status.
-    pub fn status(&self) -> u16 {
-        self.status
-    }
-
-    /// The reason (the response body).
-    pub fn reason(&self) -> &str {
-        &self.reason
-    }
-
-    pub(crate) fn headers(&self) -> &[(String, String)] {
-        &self.headers
-    }
-}
-
-/// Which side started the close, or that nobody did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ClosedBy {
-    /// The server (the application, a limit, or teardown) sent Close first.
-    Server,
-    /// The client sent Close first.
-    Client,
-    /// The connection ended without a close handshake (reset, EOF, forced).
-    Transport,
-}
-
-/// How a session ended. A normal close is an outcome, never an error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CloseReason {
-    /// The close code that went (or would have gone) on the wire; 1006 when
-    /// the connection ended without a close handshake, 1005 when the peer's
-    /// Close carried no code.
-    pub code: CloseCode,
-    /// The reason text from the Close frame.
-    pub reason: String,
-    /// Who started the close.
-    pub closed_by: ClosedBy,
-    /// Whether the RFC 6455 close handshake completed in both directions.
-    pub clean: bool,
-}
-
-impl CloseReason {
-    pub(crate) fn abnormal(reason: &str) -> Self {
-        Self {
-            code: CloseCode::Abnormal,
-            reason: reason.to_owned(),
-            closed_by: ClosedBy::Transport,
-            clean: false,
-        }
-    }
-}
-
 /// A payload delivered by [`ContextHandle::wake`](crate::ContextHandle::wake)
 /// to every protocol's [`wake`](Protocol::wake) callback.
 #[derive(Clone)]
@@ -251,10 +158,6 @@ impl fmt::Debug for Wake {
         f.debug_struct("Wake").finish_non_exhaustive()
     }
 }
-
-/// Per-protocol options of one vhost: string keys and values, like
-/// libwebsockets' per-vhost options.
-pub type Options = BTreeMap<String, String>;
 
 /// The object-safe form of [`Protocol`] that a vhost stores.
 pub(crate) trait ErasedProtocol: Send + Sync {
@@ -379,7 +282,7 @@ impl ErasedProtocol for TokenGuard {
         request: &Request,
         session: &SessionHandle,
     ) -> Result<Box<dyn SessionCallbacks>, Reject> {
-        crate::http::check_bearer(request, &self.token)?;
+        crate::proto::http::check_bearer(request, &self.token)?;
         self.inner.clone().open(request, session)
     }
 
@@ -394,4 +297,72 @@ impl ErasedProtocol for TokenGuard {
 
 pub(crate) fn erase<P: Protocol>(protocol: P) -> Arc<dyn ErasedProtocol> {
     Arc::new(Erased(protocol))
+}
+
+/// A protocol as a configuration carries it (see [`Binding`]).
+pub(crate) struct ProtocolObject(pub(crate) Arc<dyn ErasedProtocol>);
+
+/// An HTTP handler as a configuration carries it.
+pub(crate) struct HandlerObject(pub(crate) Arc<dyn HttpHandler>);
+
+/// The protocol a configuration entry carries (every entry is made by
+/// [`VhostBuilder::protocol`] or the TOML loader, both of which bind a
+/// [`ProtocolObject`]).
+pub(crate) fn bound_protocol(binding: &Binding) -> Option<Arc<dyn ErasedProtocol>> {
+    binding.get::<ProtocolObject>().map(|p| p.0.clone())
+}
+
+/// The handler an HTTP mount carries.
+pub(crate) fn bound_handler(binding: &Binding) -> Option<Arc<dyn HttpHandler>> {
+    binding.get::<HandlerObject>().map(|h| h.0.clone())
+}
+
+/// Binds an erased protocol for a configuration.
+pub(crate) fn bind_protocol(protocol: Arc<dyn ErasedProtocol>) -> Binding {
+    Binding::new(protocol.name().to_owned(), ProtocolObject(protocol))
+}
+
+/// Binds a handler for a configuration.
+pub(crate) fn bind_handler<H: HttpHandler>(handler: H) -> Binding {
+    bind_handler_arc(std::any::type_name::<H>(), Arc::new(handler))
+}
+
+pub(crate) fn bind_handler_arc(type_name: &str, handler: Arc<dyn HttpHandler>) -> Binding {
+    let short = type_name.rsplit("::").next().unwrap_or(type_name);
+    Binding::new(short.to_owned(), HandlerObject(handler))
+}
+
+impl VhostBuilder {
+    /// Registers a protocol with no options. Default: none.
+    pub fn protocol<P: Protocol>(self, protocol: P) -> Self {
+        self.protocol_with_options(protocol, Options::new())
+    }
+
+    /// Registers a protocol with its per-vhost options, which the protocol can
+    /// read back with [`Vhost::options`](crate::Vhost::options).
+    pub fn protocol_with_options<P: Protocol>(self, protocol: P, options: Options) -> Self {
+        self.protocol_binding(bind_protocol(erase(protocol)), options)
+    }
+}
+
+impl Mount {
+    /// An HTTP handler at `path`.
+    pub fn http(path: impl Into<String>, handler: impl HttpHandler) -> Self {
+        Self::http_binding(path, bind_handler(handler))
+    }
+}
+
+/// An HTTP endpoint mounted on a vhost. Runs on the loop; must not block.
+pub trait HttpHandler: Send + Sync + 'static {
+    /// Answers one GET or HEAD request.
+    fn handle(&self, request: &Request, vhost: &Vhost) -> Response;
+}
+
+impl<F> HttpHandler for F
+where
+    F: Fn(&Request, &Vhost) -> Response + Send + Sync + 'static,
+{
+    fn handle(&self, request: &Request, vhost: &Vhost) -> Response {
+        self(request, vhost)
+    }
 }

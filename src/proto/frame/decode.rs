@@ -3,9 +3,9 @@
 use std::fmt;
 use std::str;
 
-use async_tungstenite::tungstenite::protocol::CloseFrame;
-use async_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
 use bytes::{Buf, Bytes, BytesMut};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::Utf8Bytes;
 
 use super::{CloseCode, DecodeLimits, Event, Fail, INVALID_UTF8, MAX_CONTROL_PAYLOAD, opcode};
 
@@ -23,19 +23,35 @@ pub(crate) struct Decoder {
     kind: Option<DataKind>,
     /// How many leading bytes of a text `message` are known valid UTF-8.
     validated: usize,
+    /// The reserved bits a negotiated extension may set on the first frame
+    /// of a data message (`0x40` for RSV1); 0 without an extension.
+    rsv_allowed: u8,
+    /// The reserved bits of the data message in progress: its payload is the
+    /// extension's to transform, and is checked (UTF-8) only after that.
+    rsv: u8,
     /// The payload of the control frame being read.
     control: [u8; MAX_CONTROL_PAYLOAD],
 }
 
 impl Decoder {
     /// A decoder at the start of a connection's frame stream.
+    #[cfg(test)]
     pub(crate) fn new(limits: DecodeLimits) -> Self {
+        Self::with_extension_bits(limits, 0)
+    }
+
+    /// A decoder for a connection whose negotiated extension owns the
+    /// reserved bits `rsv_allowed` (a subset of `0x70`) on the first frame of
+    /// each data message.
+    pub(crate) fn with_extension_bits(limits: DecodeLimits, rsv_allowed: u8) -> Self {
         Self {
             limits,
             state: State::Header,
             message: BytesMut::new(),
             kind: None,
             validated: 0,
+            rsv_allowed: rsv_allowed & 0x70,
+            rsv: 0,
             control: [0; MAX_CONTROL_PAYLOAD],
         }
     }
@@ -59,6 +75,7 @@ impl Decoder {
             self.state = State::Done;
             self.kind = None;
             self.validated = 0;
+            self.rsv = 0;
             self.message = BytesMut::new();
         }
         result
@@ -125,13 +142,19 @@ impl Decoder {
         let &[b0, b1, ..] = &input[..] else {
             return Ok(None);
         };
-        // §5.2: no extension is negotiated, so every reserved bit must be 0.
-        if b0 & 0x70 != 0 {
+        // §5.2: a reserved bit is set only with an extension that defines
+        // it; an extension's bits only on the first frame of a data message
+        // (RFC 7692 §6: never on continuation or control frames).
+        let rsv = b0 & 0x70;
+        let opcode = b0 & 0x0F;
+        if rsv != 0
+            && (rsv & !self.rsv_allowed != 0 || !matches!(opcode, opcode::TEXT | opcode::BINARY))
+        {
             return Err(Fail::protocol("reserved bits set"));
         }
         let fin = b0 & 0x80 != 0;
         let len7 = b1 & 0x7F;
-        let kind = match b0 & 0x0F {
+        let kind = match opcode {
             opcode::CONTINUATION => match self.kind {
                 Some(kind) => FrameKind::Data {
                     kind,
@@ -208,6 +231,7 @@ impl Decoder {
         input.advance(mask_at + 4);
         if let FrameKind::Data { kind, starts: true } = kind {
             self.kind = Some(kind);
+            self.rsv = rsv;
         }
         Ok(Some(Frame {
             kind,
@@ -267,7 +291,8 @@ impl Decoder {
             };
             unmask(&mut payload, frame.mask, 0);
             self.kind = None;
-            return message_event(kind, payload.freeze()).map(|e| Progress::Complete(Some(e)));
+            let rsv = std::mem::take(&mut self.rsv);
+            return message_event(kind, rsv, payload.freeze()).map(|e| Progress::Complete(Some(e)));
         }
         // Reserve only for bytes that have arrived, never the announced length.
         let take = frame.remaining().min(input.len());
@@ -277,7 +302,8 @@ impl Decoder {
         self.message.extend_from_slice(chunk);
         input.advance(take);
         frame.read += take;
-        if kind == DataKind::Text {
+        // An extension's payload is checked once it has been transformed.
+        if kind == DataKind::Text && self.rsv == 0 {
             self.check_utf8()?;
         }
         if frame.read < frame.len {
@@ -287,15 +313,16 @@ impl Decoder {
             return Ok(Progress::Complete(None));
         }
         // §8.1: a code point cut off by the end of the message is invalid.
-        if kind == DataKind::Text && self.validated != self.message.len() {
+        if kind == DataKind::Text && self.rsv == 0 && self.validated != self.message.len() {
             return Err(INVALID_UTF8);
         }
         self.kind = None;
         self.validated = 0;
+        let rsv = std::mem::take(&mut self.rsv);
         // `split` hands the bytes out and leaves only spare capacity behind,
         // which `shrink` releases.
         let payload = self.message.split().freeze();
-        message_event(kind, payload).map(|e| Progress::Complete(Some(e)))
+        message_event(kind, rsv, payload).map(|e| Progress::Complete(Some(e)))
     }
 
     /// Validates the text message's bytes not yet known valid, failing at the
@@ -414,9 +441,15 @@ enum Progress {
     Complete(Option<Event>),
 }
 
-/// The event for a complete data message.
-fn message_event(kind: DataKind, payload: Bytes) -> Result<Event, Fail> {
+/// The event for a complete data message; one whose first frame carried an
+/// extension's reserved bits goes to the extension untouched.
+fn message_event(kind: DataKind, rsv: u8, payload: Bytes) -> Result<Event, Fail> {
     match kind {
+        _ if rsv != 0 => Ok(Event::Extended {
+            text: kind == DataKind::Text,
+            rsv,
+            payload,
+        }),
         DataKind::Binary => Ok(Event::Binary(payload)),
         DataKind::Text => Utf8Bytes::try_from(payload)
             .map(Event::Text)

@@ -56,12 +56,11 @@
 use std::fmt;
 use std::str;
 
-use async_tungstenite::tungstenite::Message;
-use async_tungstenite::tungstenite::protocol::CloseFrame;
-use async_tungstenite::tungstenite::protocol::frame::Utf8Bytes;
 use bytes::Bytes;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::Utf8Bytes;
 
-use crate::CloseCode;
+use tungstenite::protocol::frame::coding::CloseCode;
 
 /// Frame opcodes (RFC 6455 §5.2), for [`header`].
 pub(crate) mod opcode {
@@ -101,35 +100,23 @@ pub(crate) enum Event {
     Text(Utf8Bytes),
     /// A complete binary message.
     Binary(Bytes),
+    /// A complete data message whose first frame carried the reserved bits
+    /// `rsv` of a negotiated extension: its payload (not yet UTF-8 checked,
+    /// for text) is for the extension to transform.
+    Extended {
+        /// Whether it is a text message.
+        text: bool,
+        /// The reserved bits of its first frame (`0x40` is RSV1).
+        rsv: u8,
+        /// The payload as received, fragments joined.
+        payload: Bytes,
+    },
     /// A Ping and its payload (at most 125 bytes), to be answered by a Pong.
     Ping(Bytes),
     /// A Pong and its payload (at most 125 bytes).
     Pong(Bytes),
     /// A Close frame with its parsed payload; the decoder is done after it.
     Close(Option<CloseFrame>),
-}
-
-impl Event {
-    /// The payload's length in bytes.
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Self::Text(t) => t.len(),
-            Self::Binary(b) | Self::Ping(b) | Self::Pong(b) => b.len(),
-            Self::Close(_) => 0,
-        }
-    }
-}
-
-impl From<Event> for Message {
-    fn from(event: Event) -> Self {
-        match event {
-            Event::Text(text) => Self::Text(text),
-            Event::Binary(data) => Self::Binary(data),
-            Event::Ping(data) => Self::Ping(data),
-            Event::Pong(data) => Self::Pong(data),
-            Event::Close(close) => Self::Close(close),
-        }
-    }
 }
 
 /// Why the peer's bytes were refused: the code and reason to send in the
@@ -144,7 +131,7 @@ pub(crate) struct Fail {
 
 impl Fail {
     /// A protocol error (1002).
-    const fn protocol(reason: &'static str) -> Self {
+    pub(crate) const fn protocol(reason: &'static str) -> Self {
         Self {
             code: CloseCode::Protocol,
             reason,
@@ -152,9 +139,18 @@ impl Fail {
     }
 
     /// A frame or message over its limit (1009).
-    const fn size(reason: &'static str) -> Self {
+    pub(crate) const fn size(reason: &'static str) -> Self {
         Self {
             code: CloseCode::Size,
+            reason,
+        }
+    }
+
+    /// A payload that is not what its type promises (1007): invalid UTF-8,
+    /// or data an extension cannot decode.
+    pub(crate) const fn invalid(reason: &'static str) -> Self {
+        Self {
+            code: CloseCode::Invalid,
             reason,
         }
     }
@@ -175,10 +171,7 @@ impl fmt::Display for Fail {
 }
 
 /// Invalid UTF-8 in a text message or a close reason (1007, RFC 6455 §8.1).
-const INVALID_UTF8: Fail = Fail {
-    code: CloseCode::Invalid,
-    reason: "invalid utf-8",
-};
+const INVALID_UTF8: Fail = Fail::invalid("invalid utf-8");
 
 mod decode;
 mod encode;

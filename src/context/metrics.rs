@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::http::{HttpHandler, Request, Response};
-use crate::vhost::{Vhost, lock};
+use crate::common::lock;
+use crate::proto::session::Tally;
 
 /// The live counters; updated with relaxed atomics on the hot path.
 #[derive(Default)]
@@ -36,6 +36,19 @@ impl Metrics {
         if n > 0 {
             counter.fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    /// A session's traffic since its last report.
+    pub(crate) fn add_traffic(&self, t: Tally) {
+        Self::add(&self.messages_in, t.messages_in);
+        Self::add(&self.bytes_in, t.bytes_in);
+        Self::add(&self.messages_out, t.messages_out);
+        Self::add(&self.bytes_out, t.bytes_out);
+    }
+
+    /// Messages an overflow policy dropped.
+    pub(crate) fn count_drops(&self, n: u64) {
+        Self::add(&self.dropped, n);
     }
 }
 
@@ -97,7 +110,7 @@ impl Stats {
             bytes_out: load(&m.bytes_out),
             dropped: load(&m.dropped),
             published: load(&m.published),
-            topics: ctx.topics.names().len() as u64,
+            topics: ctx.topics.broker().topics().len() as u64,
             close_codes: lock(&m.close_codes).clone(),
             drain_clean: ctx.drain_clean.load(Ordering::Relaxed) as u64,
             drain_aborted: ctx.drain_aborted.load(Ordering::Relaxed) as u64,
@@ -222,20 +235,5 @@ impl Stats {
             &drain,
         );
         out
-    }
-}
-
-/// `/metrics`: the context's [`Stats`] as Prometheus text.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MetricsHandler;
-
-impl HttpHandler for MetricsHandler {
-    fn handle(&self, _request: &Request, vhost: &Vhost) -> Response {
-        match vhost.context() {
-            Some(ctx) => Response::new(200)
-                .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                .body(Stats::collect(&ctx).prometheus()),
-            None => Response::text(503, "shutting down\n"),
-        }
     }
 }

@@ -1,0 +1,328 @@
+//! What the context answers a connection with: the runtime's
+//! [`Service`], one per listener (and one for host-provided streams).
+//!
+//! For each request head it routes (vhost by `Host`, mount by path), answers
+//! HTTP through the vhost's handler, or admits a WebSocket handshake: the
+//! upgrade check, the origin and token checks, a session place under the
+//! vhost's limits, the subprotocol and extension, then the protocol's
+//! `open`, which accepts with a state or refuses with a status. An accepted
+//! session is registered and handed back to the runtime with its hooks
+//! ([`OpenSession`]), which run the protocol's callbacks and, when the
+//! session ends (or is forced down), its `close` exactly once.
+
+use std::sync::{Arc, Mutex, Weak};
+
+use event_listener::EventListener;
+
+use super::ContextShared;
+use super::protocol::SessionCallbacks;
+use super::session::{SessionHandle, SessionId};
+use super::vhost::{SessionSlot, SlotRefused, Vhost, route};
+use crate::common::lock;
+use crate::config::MountTarget;
+use crate::proto::close::CloseReason;
+use crate::proto::extension;
+use crate::proto::http::{Refused, Request, check_upgrade, negotiate, switching_protocols};
+use crate::proto::session::{SessionConfig, Tally};
+use crate::runtime::connection::{Answer, HeadLimits, Service, Upgraded};
+use crate::runtime::driver::{DriverConfig, SessionHooks};
+use crate::runtime::outbox::Outbox;
+use crate::runtime::tasks::Spawner;
+use crate::{Limits, Message};
+
+/// The service of one listener: the vhosts that share it, in configuration
+/// order (the first without `Host` names is the default).
+pub(crate) struct ListenerService {
+    ctx: Weak<ContextShared>,
+    vhosts: Mutex<Vec<Vhost>>,
+}
+
+impl ListenerService {
+    pub(crate) fn new(ctx: Weak<ContextShared>) -> Arc<Self> {
+        Arc::new(Self {
+            ctx,
+            vhosts: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub(crate) fn add_vhost(&self, vhost: Vhost) {
+        lock(&self.vhosts).push(vhost);
+    }
+
+    /// Removes `vhost`; returns `true` if no vhost is left.
+    pub(crate) fn remove_vhost(&self, vhost: &Vhost) -> bool {
+        let mut v = lock(&self.vhosts);
+        v.retain(|w| !w.same(vhost));
+        v.is_empty()
+    }
+
+    /// Replaces the whole vhost list at once (a reconfiguration).
+    pub(crate) fn set_vhosts(&self, vhosts: Vec<Vhost>) {
+        *lock(&self.vhosts) = vhosts;
+    }
+
+    pub(crate) fn vhosts(&self) -> Vec<Vhost> {
+        lock(&self.vhosts).clone()
+    }
+}
+
+impl Service for ListenerService {
+    fn head_limits(&self) -> HeadLimits {
+        // The head is read before the vhost is known, so the listener's
+        // default vhost's limits apply to it.
+        let v = lock(&self.vhosts);
+        head_limits(v.first().map_or(&Limits::default(), |v| v.limits()))
+    }
+
+    fn is_running(&self) -> bool {
+        self.ctx.upgrade().is_some_and(|c| c.is_running())
+    }
+
+    fn teardown(&self) -> EventListener {
+        match self.ctx.upgrade() {
+            Some(ctx) => ctx.teardown_listener(),
+            // Gone: a listener on an event nobody notifies, next to a
+            // `is_running` that says false.
+            None => event_listener::Event::new().listen(),
+        }
+    }
+
+    fn refused(&self, status: u16) {
+        if let Some(ctx) = self.ctx.upgrade() {
+            ctx.rejected(status);
+        }
+    }
+
+    fn answer(&self, request: Request, worker: &Spawner) -> Answer {
+        let Some(ctx) = self.ctx.upgrade() else {
+            return Answer::Refuse(Refused::ShuttingDown);
+        };
+        let vhost = {
+            let vhosts = lock(&self.vhosts);
+            match route(&vhosts, &request) {
+                Some(v) => v.clone(),
+                None => return Answer::Refuse(Refused::NoVhost),
+            }
+        };
+        answer(&ctx, &vhost, request, worker)
+    }
+}
+
+/// The bounds on reading a head, from a vhost's limits.
+pub(crate) fn head_limits(limits: &Limits) -> HeadLimits {
+    HeadLimits {
+        max_head_bytes: limits.max_head_bytes,
+        max_headers: limits.max_headers,
+        handshake_timeout: limits.handshake_timeout,
+    }
+}
+
+/// Answers `request` on `vhost`.
+fn answer(ctx: &Arc<ContextShared>, vhost: &Vhost, request: Request, worker: &Spawner) -> Answer {
+    let Some(index) = vhost.find_mount_index(request.path()) else {
+        return if request.path() == "/healthz" {
+            http(&request, vhost, |_, v| crate::handlers::health(v))
+        } else {
+            Answer::Refuse(Refused::NotFound)
+        };
+    };
+    match vhost.mounts()[index].target() {
+        MountTarget::WebSocket(protocols) => {
+            match upgrade(ctx, vhost, request, protocols, worker) {
+                Ok(up) => up,
+                Err(refused) => Answer::Refuse(refused),
+            }
+        }
+        MountTarget::Http(_) => match vhost.handler(index) {
+            Some(handler) => http(&request, vhost, |r, v| handler.handle(r, v)),
+            None => Answer::Refuse(Refused::Internal),
+        },
+    }
+}
+
+fn http(
+    request: &Request,
+    vhost: &Vhost,
+    handle: impl FnOnce(&Request, &Vhost) -> crate::Response,
+) -> Answer {
+    if request.method() != "GET" && request.method() != "HEAD" {
+        return Answer::Refuse(Refused::MethodNotAllowed);
+    }
+    match super::protocol::isolate(request.path(), "http", || handle(request, vhost)) {
+        Some(response) => Answer::Http(response),
+        None => Answer::Refuse(Refused::Internal),
+    }
+}
+
+/// Admits a WebSocket handshake and opens its session.
+fn upgrade(
+    ctx: &Arc<ContextShared>,
+    vhost: &Vhost,
+    request: Request,
+    protocols: &[String],
+    worker: &Spawner,
+) -> Result<Answer, Refused> {
+    let up = check_upgrade(&request)?;
+    if !ctx.is_running() || !vhost.is_serving() {
+        return Err(Refused::ShuttingDown);
+    }
+    if !vhost.allows_origin(request.origin()) {
+        return Err(Refused::OriginNotAllowed);
+    }
+    // Reserved before `open` and held until the session ends, so that
+    // concurrent handshakes on several threads cannot overshoot the limits.
+    let slot = vhost
+        .reserve_session(request.peer().ip())
+        .map_err(|refused| match refused {
+            SlotRefused::Vhost => Refused::TooManySessions,
+            SlotRefused::Address => Refused::TooManyFromAddress,
+            SlotRefused::Retired => Refused::ShuttingDown,
+        })?;
+    let (name, echo) = negotiate(&up.offered, protocols);
+    // Configuration validation makes a missing protocol impossible; answer
+    // sanely anyway.
+    let protocol = vhost.protocol(name).ok_or(Refused::Internal)?;
+    let (extension, extension_header) = negotiate_extension(vhost, &request);
+    let handle = SessionHandle::new(
+        SessionId(ctx.next_id()),
+        request.peer(),
+        vhost.clone(),
+        request.path().to_owned(),
+        name.to_owned(),
+        worker.clone(),
+    );
+    let callbacks = match protocol.open(&request, &handle) {
+        Ok(cb) => cb,
+        Err(reject) => {
+            // The handle `open` saw must not outlive the refusal as a live
+            // session: closed, out of every topic, its tasks cancelled now
+            // (the slot is given back when this function returns).
+            ctx.discard(&handle);
+            return Ok(Answer::Reject(reject.response()));
+        }
+    };
+    let span = tracing::debug_span!("session", id = %handle.id(), peer = %request.peer());
+    ctx.register(&handle);
+    let limits = vhost.limits();
+    let response = switching_protocols(
+        &up.accept,
+        echo.then_some(name),
+        extension_header.as_deref(),
+    );
+    Ok(Answer::Upgrade(Box::new(Upgraded {
+        response,
+        session: session_config(limits),
+        driver: driver_config(limits),
+        extension,
+        hooks: Box::new(OpenSession {
+            _slot: slot,
+            ctx: ctx.clone(),
+            handle,
+            callbacks: Some(callbacks),
+            outcome: None,
+        }),
+        span,
+    })))
+}
+
+/// The first of the vhost's extensions that accepts one of the client's
+/// offers, and its response header.
+fn negotiate_extension(
+    vhost: &Vhost,
+    request: &Request,
+) -> (Option<Box<dyn extension::Extension>>, Option<String>) {
+    let negotiators = vhost.extensions();
+    if negotiators.is_empty() {
+        return (None, None);
+    }
+    let offers = extension::offers(request);
+    for n in negotiators {
+        let mine: Vec<_> = offers
+            .iter()
+            .filter(|o| o.name().eq_ignore_ascii_case(n.name()))
+            .cloned()
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let accepted = super::protocol::isolate(n.name(), "extension", || n.accept(&mine));
+        if let Some(Some((ext, header))) = accepted {
+            return (Some(ext), Some(header));
+        }
+    }
+    (None, None)
+}
+
+/// A session's timing and size limits, from its vhost's.
+pub(crate) fn session_config(limits: &Limits) -> SessionConfig {
+    SessionConfig {
+        ping_interval: limits.ping_interval,
+        idle_timeout: limits.idle_timeout,
+        close_timeout: limits.close_timeout,
+        limits: crate::proto::frame::DecodeLimits {
+            max_frame_size: limits.max_frame_size,
+            max_message_size: limits.max_message_size,
+        },
+    }
+}
+
+/// How the driver schedules a session's I/O, from its vhost's limits.
+pub(crate) fn driver_config(limits: &Limits) -> DriverConfig {
+    // Below this a batch would be a frame or two.
+    const MIN_BATCH: usize = 1024;
+    let write_batch = limits.write_buffer_size.max(MIN_BATCH);
+    DriverConfig {
+        read_size: limits.read_buffer_size,
+        write_batch,
+        max_out: limits.max_queue_bytes.max(write_batch),
+    }
+}
+
+/// A session between registration and its end: its callbacks, and the
+/// bookkeeping that must be undone however it ends. Unregisters it when
+/// dropped, also when its task is dropped by a forced teardown (then
+/// running `close` first).
+pub(crate) struct OpenSession {
+    _slot: SessionSlot,
+    ctx: Arc<ContextShared>,
+    handle: SessionHandle,
+    callbacks: Option<Box<dyn SessionCallbacks>>,
+    outcome: Option<CloseReason>,
+}
+
+impl SessionHooks for OpenSession {
+    fn outbox(&self) -> &Outbox {
+        &self.handle.shared.outbox
+    }
+
+    fn message(&mut self, message: Message) {
+        if let Some(cb) = self.callbacks.as_mut() {
+            cb.message(&self.handle, message);
+        }
+    }
+
+    fn traffic(&mut self, tally: Tally) {
+        self.ctx.metrics.add_traffic(tally);
+    }
+
+    fn finish(mut self: Box<Self>, reason: CloseReason) {
+        self.handle.shared.outbox.mark_closed();
+        if let Some(cb) = self.callbacks.take() {
+            cb.close(&self.handle, &reason);
+        }
+        self.outcome = Some(reason);
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.handle.shared.outbox.mark_closed();
+        if let Some(cb) = self.callbacks.take() {
+            cb.close(
+                &self.handle,
+                &CloseReason::abnormal("forced closed by teardown"),
+            );
+        }
+        self.ctx.unregister(&self.handle, self.outcome.as_ref());
+    }
+}

@@ -1,0 +1,656 @@
+//! The session state machine: one WebSocket connection after the
+//! handshake, sans-IO (the quinn-proto shape, STYLE rule 6).
+//!
+//! Inputs say what happened and when: [`Session::receive`] (bytes from the
+//! peer, with `now`), [`Session::send`] and [`Session::close`] (the
+//! application), [`Session::handle_timeout`] (the timer fired),
+//! [`Session::on_eof`] and [`Session::on_transport_error`].
+//! Outputs are polled until they say nothing: [`Session::poll_message`] (the
+//! next message for the application), [`Session::transmit`] (the bytes to
+//! write, with [`Session::advance`] for what was written),
+//! [`Session::poll_timeout`] (the one instant at which `handle_timeout`
+//! must run) and [`Session::poll_end`] (how it ended).
+//!
+//! The driver (`runtime::driver`) moves bytes between these methods and a
+//! socket, arms one timer from `poll_timeout`, and decides nothing.
+//!
+//! # States
+//!
+//! ```text
+//!                 ┌──────────── peer's Close ─────────────┐
+//!  Open ──────────┤                                       ▼
+//!   │  our Close  └── protocol error ──► Ending (our last Close due, then out)
+//!   ▼                                        │ bytes out (or deadline)
+//!  Closing ── peer's Close ──► Done ◄────────┘
+//!      └──── protocol error ──► Ending
+//! ```
+//!
+//! - **Open**: messages flow; a silent peer is pinged after `ping_interval`
+//!   and reported idle after `idle_timeout` (the driver then asks the
+//!   application side to close, so that queued messages go first). A close
+//!   the application asked for but that waits behind unsent messages
+//!   carries its deadline here (`close_by`).
+//! - **Closing**: we sent Close first; reading goes on until the peer's
+//!   Close (clean) or the close deadline (not clean).
+//! - **Ending**: the peer closed first, or broke the protocol; our last Close
+//!   (the answer, or the failure's code) is *due*: the application's answers
+//!   to the messages read before it still go first (they were queued by the
+//!   callbacks that ran on those messages), then the Close, then nothing.
+//!   Over once the bytes are out, or at the deadline.
+//! - **Done**: how it ended.
+//!
+//! # Invariants
+//!
+//! - After our Close is encoded nothing else is; after the peer's Close we
+//!   send only our answer (RFC 6455 §5.5.1).
+//! - Every ping is answered with its own pong, in order (§5.5.2), while open.
+//! - Every wait is bounded: the idle timeout covers silent peers, the close
+//!   deadline peers that never answer our Close or never read it.
+//! - The read buffer holds at most an incomplete frame (plus what one read
+//!   added); between messages it is empty and, once idle, unallocated.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::Utf8Bytes;
+
+use super::close::{CloseReason, close_frame};
+use super::extension::{Extension, ExtensionError};
+use super::frame::{self, DecodeLimits, Decoder, Event, Fail, opcode};
+
+#[cfg(test)]
+mod tests;
+
+/// Payloads up to this size are copied next to their header; larger ones are
+/// written from the shared `Bytes` they arrived in.
+const COPY_MAX: usize = 1024;
+
+/// Beyond this many chunks the output list's memory is handed back once it
+/// has been written.
+const MAX_CHUNKS_KEPT: usize = 32;
+
+/// The timing and size limits one session enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionConfig {
+    /// Silence after which the peer is pinged.
+    pub(crate) ping_interval: Duration,
+    /// Silence after which the session is reported idle.
+    pub(crate) idle_timeout: Duration,
+    /// How long the peer has to answer our Close (or read our last bytes).
+    pub(crate) close_timeout: Duration,
+    /// Frame and message sizes.
+    pub(crate) limits: DecodeLimits,
+}
+
+/// What [`Session::handle_timeout`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expired {
+    /// Nothing was due (the timer fired early, or the session is over).
+    Nothing,
+    /// The peer was silent for `ping_interval`: a ping is queued.
+    Pinged,
+    /// The peer was silent for `idle_timeout`: the application side should
+    /// close the session (1001), behind what is already queued for it.
+    Idle,
+    /// A close deadline passed: the session is over ([`Session::poll_end`]).
+    Ended,
+}
+
+/// Data messages and payload bytes in and out since the last
+/// [`Session::take_tally`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tally {
+    pub(crate) messages_in: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) messages_out: u64,
+    pub(crate) bytes_out: u64,
+}
+
+/// One WebSocket session, sans-IO.
+pub(crate) struct Session {
+    state: State,
+    config: SessionConfig,
+    decoder: Decoder,
+    /// Bytes received and not yet decoded.
+    rbuf: BytesMut,
+    out: Output,
+    /// When the peer last sent anything.
+    last_rx: Instant,
+    extension: Option<Box<dyn Extension>>,
+    tally: Tally,
+}
+
+/// Where the session is. Each state carries what it needs, so that an
+/// impossible combination (a deadline without a close, a Close sent twice)
+/// cannot be written down.
+enum State {
+    Open {
+        /// A ping went out after a silent interval; the idle timeout runs.
+        pinged: bool,
+        /// A close was requested and must be done by then.
+        close_by: Option<Instant>,
+    },
+    /// We sent `sent` first and wait for the peer's Close until `deadline`.
+    Closing {
+        sent: CloseFrame,
+        deadline: Instant,
+    },
+    /// Our last Close is `due` (not yet encoded) or sent; over once the
+    /// bytes are out, or at `deadline`.
+    Ending {
+        why: Ending,
+        due: Option<Message>,
+        deadline: Instant,
+    },
+    Done(CloseReason),
+}
+
+/// Why a session is ending.
+enum Ending {
+    /// The peer closed first, with this frame (`None`: no code).
+    PeerClosed(Option<CloseFrame>),
+    /// The peer broke the protocol; `sent` is the Close we answer with (or
+    /// had already sent).
+    Failed { sent: CloseFrame },
+}
+
+impl Ending {
+    fn reason(&self, clean: bool) -> CloseReason {
+        match self {
+            Self::PeerClosed(frame) => CloseReason::by_peer(frame.as_ref(), clean),
+            Self::Failed { sent } => CloseReason::by_us(sent, false),
+        }
+    }
+}
+
+impl Session {
+    /// A session that starts now, with the bytes that arrived behind the
+    /// handshake (`leftover`) already in hand.
+    pub(crate) fn new(
+        config: SessionConfig,
+        extension: Option<Box<dyn Extension>>,
+        leftover: &[u8],
+        now: Instant,
+    ) -> Self {
+        let rsv = extension.as_ref().map_or(0, |e| e.rsv());
+        Self {
+            state: State::Open {
+                pinged: false,
+                close_by: None,
+            },
+            config,
+            decoder: Decoder::with_extension_bits(config.limits, rsv),
+            rbuf: BytesMut::from(leftover),
+            out: Output::default(),
+            last_rx: now,
+            extension,
+            tally: Tally::default(),
+        }
+    }
+
+    // Inbound.
+
+    /// Bytes from the peer arrived at `now`.
+    pub(crate) fn receive(&mut self, data: &[u8], now: Instant) {
+        self.rbuf.extend_from_slice(data);
+        self.last_rx = now;
+        if let State::Open { pinged, .. } = &mut self.state {
+            *pinged = false;
+        }
+    }
+
+    /// Whether the session still reads from the peer: while open, and after
+    /// our Close until the peer's answer.
+    pub(crate) fn is_reading(&self) -> bool {
+        matches!(self.state, State::Open { .. } | State::Closing { .. })
+    }
+
+    /// The next complete message for the application, decoded from what has
+    /// been received; `None` when more bytes are needed or reading is over.
+    /// Control frames are handled here: pings answered, the peer's Close
+    /// answered, protocol errors turned into our Close.
+    pub(crate) fn poll_message(&mut self, now: Instant) -> Option<Message> {
+        while self.is_reading() {
+            let event = match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(event)) => event,
+                Ok(None) => return None,
+                Err(fail) => {
+                    self.fail(fail, now);
+                    return None;
+                }
+            };
+            let open = matches!(self.state, State::Open { .. });
+            match event {
+                Event::Text(text) => {
+                    self.count_in(text.len());
+                    if open {
+                        return Some(Message::Text(text));
+                    }
+                }
+                Event::Binary(data) => {
+                    self.count_in(data.len());
+                    if open {
+                        return Some(Message::Binary(data));
+                    }
+                }
+                Event::Extended { text, rsv, payload } => {
+                    if !open {
+                        self.count_in(payload.len());
+                        continue;
+                    }
+                    match self.restore(text, rsv, payload) {
+                        Ok(message) => {
+                            self.count_in(message.len());
+                            return Some(message);
+                        }
+                        Err(fail) => {
+                            self.fail(fail, now);
+                            return None;
+                        }
+                    }
+                }
+                Event::Ping(payload) => {
+                    if open {
+                        self.out.push(&Message::Pong(payload));
+                    }
+                }
+                Event::Pong(_) => {}
+                Event::Close(frame) => self.on_peer_close(frame, now),
+            }
+        }
+        None
+    }
+
+    /// The peer sent EOF: the session is over.
+    pub(crate) fn on_eof(&mut self, flushed: bool) {
+        let reason = self.reason_now(flushed);
+        self.state = State::Done(reason);
+    }
+
+    /// The transport failed: the session is over, and not cleanly.
+    pub(crate) fn on_transport_error(&mut self) {
+        let mut reason = self.reason_now(false);
+        reason.clean = false;
+        self.state = State::Done(reason);
+    }
+
+    // Outbound.
+
+    /// Whether the application's messages are still taken: while open, and
+    /// in the last moment before our final Close is encoded (the answers to
+    /// what was read before the peer's Close or a protocol error).
+    pub(crate) fn takes_messages(&self) -> bool {
+        match &self.state {
+            State::Open { .. } => true,
+            State::Ending { due, .. } => due.is_some(),
+            State::Closing { .. } | State::Done(_) => false,
+        }
+    }
+
+    /// Whether the session is open (no Close decided on either side).
+    pub(crate) fn is_open(&self) -> bool {
+        matches!(self.state, State::Open { .. })
+    }
+
+    /// Encodes a text or binary message behind what is already waiting
+    /// (through the extension, if one was negotiated). Ignored once
+    /// [`takes_messages`](Self::takes_messages) is false, and for control
+    /// messages, which are the session's own business.
+    pub(crate) fn send(&mut self, message: &Message) {
+        if !self.takes_messages() {
+            return;
+        }
+        let payload: &[u8] = match message {
+            Message::Text(t) => t.as_bytes(),
+            Message::Binary(b) => b,
+            _ => return,
+        };
+        self.tally.messages_out += 1;
+        self.tally.bytes_out += payload.len() as u64;
+        let transformed = self.extension.as_mut().and_then(|e| {
+            let rsv = e.rsv();
+            e.encode(payload).map(|p| (rsv, p))
+        });
+        match transformed {
+            Some((rsv, p)) => {
+                let op = if matches!(message, Message::Text(_)) {
+                    opcode::TEXT
+                } else {
+                    opcode::BINARY
+                };
+                self.out.push_payload(op, rsv, p);
+            }
+            None => self.out.push(message),
+        }
+    }
+
+    /// Starts our close handshake with `frame`: encoded behind what is
+    /// waiting, then the peer has `close_timeout` (or what was left of a
+    /// requested close's deadline) to answer. Ignored unless open.
+    pub(crate) fn close(&mut self, frame: CloseFrame, now: Instant) {
+        let State::Open { close_by, .. } = self.state else {
+            return;
+        };
+        self.out.push(&Message::Close(Some(frame.clone())));
+        self.state = State::Closing {
+            sent: frame,
+            deadline: close_by.unwrap_or(now + self.config.close_timeout),
+        };
+    }
+
+    /// A close was requested that cannot be encoded yet (it waits behind
+    /// messages the peer is not reading): its deadline starts now.
+    pub(crate) fn close_requested(&mut self, now: Instant) {
+        if let State::Open { close_by, .. } = &mut self.state {
+            close_by.get_or_insert(now + self.config.close_timeout);
+        }
+    }
+
+    /// The bytes to write, in order, after encoding a due Close. Write what
+    /// the transport takes and report it with [`advance`](Self::advance).
+    pub(crate) fn transmit(&mut self) -> &VecDeque<Bytes> {
+        if let State::Ending { due, .. } = &mut self.state
+            && let Some(close) = due.take()
+        {
+            self.out.push(&close);
+        }
+        self.out.seal();
+        &self.out.chunks
+    }
+
+    /// `n` bytes of [`transmit`](Self::transmit)'s output were written.
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.out.advance(n);
+    }
+
+    /// Encoded bytes not yet written.
+    pub(crate) fn pending(&self) -> usize {
+        self.out.len + self.out.scratch.len()
+    }
+
+    /// Hands back the output list's memory after a large batch went out.
+    pub(crate) fn compact(&mut self) {
+        if self.out.len == 0 && self.out.chunks.capacity() > MAX_CHUNKS_KEPT {
+            self.out.chunks = VecDeque::new();
+        }
+    }
+
+    // Time.
+
+    /// The one instant at which [`handle_timeout`](Self::handle_timeout)
+    /// must run; `None` once the session is over.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            // A requested close's deadline supersedes the keepalive.
+            State::Open {
+                close_by: Some(by), ..
+            } => Some(*by),
+            State::Open { pinged, .. } => {
+                let silence = if *pinged {
+                    self.config.idle_timeout
+                } else {
+                    self.config.ping_interval
+                };
+                Some(self.last_rx + silence)
+            }
+            State::Closing { deadline, .. } | State::Ending { deadline, .. } => Some(*deadline),
+            State::Done(_) => None,
+        }
+    }
+
+    /// Time has come to `now`: ping a silent peer, report an idle one, or
+    /// give up on a close that took too long.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) -> Expired {
+        match self.poll_timeout() {
+            Some(at) if now >= at => {}
+            _ => return Expired::Nothing,
+        }
+        match &mut self.state {
+            State::Open {
+                close_by: Some(by), ..
+            } if now >= *by => {
+                // The requested Close never got out (the peer stopped
+                // reading): give up without a handshake.
+                self.state = State::Done(CloseReason::abnormal(
+                    "connection closed without a close handshake",
+                ));
+                Expired::Ended
+            }
+            State::Open { pinged, close_by } => {
+                if *pinged {
+                    close_by.get_or_insert(now + self.config.close_timeout);
+                    Expired::Idle
+                } else {
+                    *pinged = true;
+                    self.out.push(&Message::Ping(Bytes::new()));
+                    // Silent for a whole interval: hand back the buffers'
+                    // spare memory (the next read allocates what it needs).
+                    self.decoder.shrink();
+                    self.release_read_buffer();
+                    Expired::Pinged
+                }
+            }
+            State::Closing { sent, .. } => {
+                self.state = State::Done(CloseReason::by_us(sent, false));
+                Expired::Ended
+            }
+            State::Ending { why, .. } => {
+                self.state = State::Done(why.reason(false));
+                Expired::Ended
+            }
+            State::Done(_) => Expired::Nothing,
+        }
+    }
+
+    // The end.
+
+    /// How the session ended, once it has: `flushed` says whether every
+    /// byte written has also been flushed by the transport.
+    pub(crate) fn poll_end(&mut self, flushed: bool) -> Option<CloseReason> {
+        match &self.state {
+            State::Done(reason) => Some(reason.clone()),
+            State::Ending { why, due: None, .. } if flushed && self.pending() == 0 => {
+                let reason = why.reason(true);
+                self.state = State::Done(reason.clone());
+                Some(reason)
+            }
+            _ => None,
+        }
+    }
+
+    // Memory.
+
+    /// Frees the read buffer if it holds nothing (between messages), so
+    /// that an idle session keeps none.
+    pub(crate) fn release_read_buffer(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+        }
+    }
+
+    /// Bytes held for an incomplete message or frame from the peer.
+    #[allow(dead_code, reason = "the memory budget's counter")]
+    pub(crate) fn buffered_in(&self) -> usize {
+        self.decoder.buffered() + self.rbuf.len()
+    }
+
+    /// The traffic since the last call.
+    pub(crate) fn take_tally(&mut self) -> Tally {
+        std::mem::take(&mut self.tally)
+    }
+
+    // Helpers.
+
+    fn count_in(&mut self, len: usize) {
+        self.tally.messages_in += 1;
+        self.tally.bytes_in += len as u64;
+    }
+
+    /// Restores a message through the extension, then checks its text.
+    fn restore(&mut self, text: bool, rsv: u8, payload: Bytes) -> Result<Message, Fail> {
+        let Some(ext) = self.extension.as_mut() else {
+            return Err(Fail::protocol("reserved bits set"));
+        };
+        let data = ext
+            .decode(rsv, payload, self.config.limits.max_message_size)
+            .map_err(|e| match e {
+                ExtensionError::TooBig => Fail::size("message too big"),
+                ExtensionError::Invalid(reason) => Fail::invalid(reason),
+            })?;
+        if text {
+            Utf8Bytes::try_from(data)
+                .map(Message::Text)
+                .map_err(|_| Fail::invalid("invalid utf-8"))
+        } else {
+            Ok(Message::Binary(data))
+        }
+    }
+
+    fn on_peer_close(&mut self, frame: Option<CloseFrame>, now: Instant) {
+        match &self.state {
+            State::Open { close_by, .. } => {
+                // Answer with the peer's code, send nothing else, and close
+                // TCP once the answer is out (RFC 6455 §5.5.1, §7.1.1).
+                let answer = frame.as_ref().map(|f| close_frame(f.code, ""));
+                let deadline = close_by.unwrap_or(now + self.config.close_timeout);
+                self.state = State::Ending {
+                    why: Ending::PeerClosed(frame),
+                    due: Some(Message::Close(answer)),
+                    deadline,
+                };
+            }
+            State::Closing { sent, .. } => {
+                self.state = State::Done(CloseReason::by_us(sent, true));
+            }
+            State::Ending { .. } | State::Done(_) => {}
+        }
+    }
+
+    /// The peer broke the protocol: our Close with the failure's code (unless
+    /// ours is out already), then nothing.
+    fn fail(&mut self, fail: Fail, now: Instant) {
+        self.state = match std::mem::replace(&mut self.state, State::Done(placeholder())) {
+            State::Open { close_by, .. } => {
+                let frame = fail.to_close_frame();
+                State::Ending {
+                    why: Ending::Failed {
+                        sent: frame.clone(),
+                    },
+                    due: Some(Message::Close(Some(frame))),
+                    deadline: close_by.unwrap_or(now + self.config.close_timeout),
+                }
+            }
+            State::Closing { sent, deadline } => State::Ending {
+                why: Ending::Failed { sent },
+                due: None,
+                deadline,
+            },
+            other => other,
+        };
+    }
+
+    /// How the session would end if the transport ended now.
+    fn reason_now(&self, flushed: bool) -> CloseReason {
+        match &self.state {
+            State::Open { .. } => {
+                CloseReason::abnormal("connection closed without a close handshake")
+            }
+            State::Closing { sent, .. } => CloseReason::by_us(sent, false),
+            State::Ending { why, due, .. } => {
+                why.reason(flushed && due.is_none() && self.pending() == 0)
+            }
+            State::Done(reason) => reason.clone(),
+        }
+    }
+}
+
+/// A stand-in state for the instant of a `mem::replace`.
+fn placeholder() -> CloseReason {
+    CloseReason::abnormal("")
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Open { .. } => "open",
+            State::Closing { .. } => "closing",
+            State::Ending { .. } => "ending",
+            State::Done(_) => "done",
+        };
+        f.debug_struct("Session")
+            .field("state", &state)
+            .field("pending", &self.pending())
+            .field("buffered", &self.rbuf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Encoded bytes waiting for the transport, in order: headers and small
+/// payloads gathered in `scratch`, large payloads shared, never copied.
+#[derive(Default)]
+struct Output {
+    chunks: VecDeque<Bytes>,
+    /// Bytes in `chunks`.
+    len: usize,
+    scratch: BytesMut,
+}
+
+impl Output {
+    /// Encodes `message` (a large data payload is shared, not copied).
+    fn push(&mut self, message: &Message) {
+        let large = match message {
+            Message::Text(t) if t.len() > COPY_MAX => Some((opcode::TEXT, Bytes::from(t.clone()))),
+            Message::Binary(b) if b.len() > COPY_MAX => Some((opcode::BINARY, b.clone())),
+            _ => None,
+        };
+        match large {
+            Some((op, payload)) => self.push_payload(op, 0, payload),
+            None => {
+                frame::encode(&mut self.scratch, message);
+            }
+        }
+    }
+
+    /// Encodes a data frame with reserved bits `rsv` around `payload`.
+    fn push_payload(&mut self, op: u8, rsv: u8, payload: Bytes) {
+        let (mut head, n) = frame::header(op, true, payload.len());
+        head[0] |= rsv & 0x70;
+        self.scratch.extend_from_slice(&head[..n]);
+        if payload.len() <= COPY_MAX {
+            self.scratch.extend_from_slice(&payload);
+        } else {
+            self.seal();
+            self.len += payload.len();
+            self.chunks.push_back(payload);
+        }
+    }
+
+    /// Moves the gathered small bytes into the chunk list.
+    fn seal(&mut self) {
+        if !self.scratch.is_empty() {
+            let chunk = self.scratch.split().freeze();
+            self.len += chunk.len();
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n.min(self.len);
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                return;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                self.chunks.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+}

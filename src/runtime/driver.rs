@@ -1,0 +1,434 @@
+//! The session driver: thin plumbing between a [`Transport`], the sans-IO
+//! [`Session`](crate::proto::session::Session), the session's outbound
+//! queue and the application (through [`SessionHooks`]). It arms one timer
+//! from the session's `poll_timeout` and decides nothing about the protocol.
+//!
+//! What it does decide is I/O scheduling:
+//!
+//! - **Corking.** Every whole message already read is handed to the
+//!   application before anything is written, so the answers to one read
+//!   leave in one write (`send`, or `writev` for several chunks). Bounded by
+//!   a budget of frames per poll and a batch of payload bytes, after which
+//!   the queue's bound is looked at again.
+//! - **Back-pressure.** Reading stops while the queue is over its bound, or
+//!   while as many bytes of the session's own (pongs) wait for the socket,
+//!   so a peer that sends without reading is throttled by TCP, not buffered.
+//! - **Few system calls.** One read per message into a per-thread buffer;
+//!   after a short read, or one that would block, the driver waits for
+//!   readiness instead of reading again. The timer is re-armed lazily: traffic
+//!   only moves the deadline later, so reading a message never touches the
+//!   reactor's timers.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use async_io::Timer;
+use tungstenite::Message;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use super::outbox::{Outbox, Pop};
+use super::transport::Transport;
+use crate::proto::close::CloseReason;
+use crate::proto::extension::Extension;
+use crate::proto::session::{Expired, Session, SessionConfig, Tally};
+
+/// How many frames a session handles per poll before yielding, so that one
+/// busy connection cannot starve the others on the same loop.
+const BUDGET: usize = 64;
+
+/// Chunks handed to one vectored write.
+const MAX_IOV: usize = 32;
+
+/// The size of each thread's read buffer: the most one read call takes.
+pub(crate) const SCRATCH_SIZE: usize = 64 * 1024;
+
+/// Where an idle timer is parked until a new deadline is computed.
+const FAR: Duration = Duration::from_secs(86_400 * 365);
+
+thread_local! {
+    /// Every session on a thread reads into this one buffer, zeroed once, and
+    /// keeps only the bytes of an incomplete frame (or, for a whole frame,
+    /// exactly the bytes of that frame, which become the message's payload
+    /// without another copy). So a read costs no zero-fill and an idle
+    /// connection holds no read buffer at all.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
+}
+
+/// What a session's driver needs from the layer above: its queue and where
+/// its messages go.
+pub(crate) trait SessionHooks: Send {
+    /// The session's outbound queue.
+    fn outbox(&self) -> &Outbox;
+    /// A complete text or binary message for the application.
+    fn message(&mut self, message: Message);
+    /// Traffic since the last report (once per poll, only when there was
+    /// some).
+    fn traffic(&mut self, tally: Tally);
+    /// The session ended (called once). Dropping the hooks without this
+    /// call means the session was forced down.
+    fn finish(self: Box<Self>, reason: CloseReason);
+}
+
+/// How the driver schedules I/O for one session.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DriverConfig {
+    /// The most one read takes (at most [`SCRATCH_SIZE`]).
+    pub(crate) read_size: usize,
+    /// Stop taking messages from the queue above this many encoded bytes.
+    pub(crate) write_batch: usize,
+    /// Stop reading while this many bytes wait for the socket.
+    pub(crate) max_out: usize,
+}
+
+/// The session task's state.
+pub(crate) struct Driver<S> {
+    io: S,
+    session: Session,
+    config: DriverConfig,
+    /// The last read returned less than asked: the socket is drained, so
+    /// wait for readiness before the next read call.
+    read_dry: bool,
+    /// The outbound queue was over its bound when last looked at.
+    over_bound: bool,
+    flush_pending: bool,
+    /// The queue has been told the session is no longer open.
+    outbox_closed: bool,
+    /// The time of the last read (what `poll_message` measures from).
+    now: Instant,
+    timer: Timer,
+    timer_at: Instant,
+}
+
+impl<S: Transport> Driver<S> {
+    /// A driver for `io`, whose first bytes (`leftover`, read with the
+    /// request head) are already in hand.
+    pub(crate) fn new(
+        io: S,
+        leftover: &[u8],
+        session: SessionConfig,
+        extension: Option<Box<dyn Extension>>,
+        config: DriverConfig,
+    ) -> Self {
+        let now = Instant::now();
+        let session = Session::new(session, extension, leftover, now);
+        let timer_at = session.poll_timeout().unwrap_or(now + FAR);
+        Self {
+            io,
+            session,
+            config: DriverConfig {
+                read_size: config.read_size.clamp(1, SCRATCH_SIZE),
+                ..config
+            },
+            read_dry: false,
+            over_bound: false,
+            flush_pending: false,
+            outbox_closed: false,
+            now,
+            timer: Timer::at(timer_at),
+            timer_at,
+        }
+    }
+
+    /// Runs the session to its end, feeding messages to `hooks`, and reports
+    /// how it ended. The caller calls `hooks.finish`.
+    #[cfg(any(fuzzing, test))]
+    pub(crate) async fn run(&mut self, hooks: &mut dyn SessionHooks) -> CloseReason {
+        std::future::poll_fn(|cx| self.poll_run(cx, hooks)).await
+    }
+
+    /// Polls the session: `Ready` with how it ended.
+    pub(crate) fn poll_run(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        hooks: &mut dyn SessionHooks,
+    ) -> Poll<CloseReason> {
+        let poll = self.poll_session(cx, hooks);
+        let tally = self.session.take_tally();
+        if tally != Tally::default() {
+            hooks.traffic(tally);
+        }
+        if poll.is_ready() {
+            hooks.outbox().mark_closed();
+        }
+        poll
+    }
+
+    /// The stream, once the session is over.
+    #[cfg(any(fuzzing, test))]
+    pub(crate) fn into_io(self) -> S {
+        self.io
+    }
+
+    fn poll_session(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        hooks: &mut dyn SessionHooks,
+    ) -> Poll<CloseReason> {
+        let mut budget = BUDGET;
+        loop {
+            // Outbound: queued messages (or a requested Close) into the
+            // session, then as much of its output as the socket takes.
+            let mut progress = self.gather(hooks.outbox());
+            let before = self.session.pending();
+            if let Poll::Ready(Err(e)) = self.poll_write(cx) {
+                return Poll::Ready(self.transport_end(&e));
+            }
+            progress |= self.session.pending() < before;
+            let flushed = self.session.pending() == 0 && !self.flush_pending;
+            if let Some(reason) = self.session.poll_end(flushed) {
+                return Poll::Ready(reason);
+            }
+
+            // Inbound, unless the queue is over its bound (keep reading while
+            // closing, to see the peer's Close).
+            if self.session.is_reading()
+                && (!self.session.is_open() || !self.over_bound)
+                && self.session.pending() < self.config.max_out
+            {
+                if self.deliver(hooks, &mut budget) {
+                    progress = true;
+                } else {
+                    match self.poll_read(cx) {
+                        Poll::Ready(Ok(0)) => {
+                            self.session.on_eof(flushed);
+                            progress = true;
+                        }
+                        Poll::Ready(Ok(_)) => {
+                            self.deliver(hooks, &mut budget);
+                            progress = true;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(self.transport_end(&e)),
+                        Poll::Pending => {}
+                    }
+                }
+            }
+
+            if progress {
+                budget -= 1;
+                if budget == 0 {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                continue;
+            }
+
+            // Nothing moved. Leave our waker with the queue: pushes wake us
+            // only while we wait for messages; while a full batch waits for
+            // the socket, its writability wakes us instead, so a stalled
+            // subscriber costs a publisher no wake-up per message.
+            let wants_data =
+                self.session.is_open() && self.session.pending() < self.config.write_batch;
+            let park = hooks.outbox().park(cx.waker(), wants_data);
+            // A close requested while queued messages cannot leave (the peer
+            // stopped reading) must not wait for the idle timeout: its close
+            // deadline starts now.
+            if park.closing {
+                self.session.close_requested(Instant::now());
+            }
+            if park.retry {
+                continue;
+            }
+            if self.poll_timer(cx, hooks.outbox()) {
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+
+    /// Takes queued messages (then a requested Close) into the session until
+    /// a batch is gathered; returns whether it took any. Once the session is
+    /// no longer open, tells the queue (its handles then refuse sends).
+    fn gather(&mut self, outbox: &Outbox) -> bool {
+        let mut progress = false;
+        if self.session.takes_messages() {
+            // An empty queue is not over its bound; a full batch looks.
+            self.over_bound = false;
+            loop {
+                if self.session.pending() >= self.config.write_batch {
+                    self.over_bound = outbox.over_bound();
+                    break;
+                }
+                match outbox.pop() {
+                    Pop::Message(m) => self.session.send(&m),
+                    Pop::Close(frame) => {
+                        self.session.close(frame, Instant::now());
+                        progress = true;
+                        break;
+                    }
+                    Pop::Empty => break,
+                }
+                progress = true;
+            }
+        }
+        if !self.outbox_closed && !self.session.is_open() {
+            outbox.mark_closed();
+            self.outbox_closed = true;
+        }
+        progress
+    }
+
+    /// Hands every whole message already read to the application, within
+    /// the budget and a batch of payload; returns whether anything happened
+    /// (a message, a pong queued, a Close or a failure).
+    fn deliver(&mut self, hooks: &mut dyn SessionHooks, budget: &mut usize) -> bool {
+        let before = (self.session.is_reading(), self.session.pending());
+        let mut delivered = false;
+        let mut batch = 0;
+        while *budget > 1 && batch < self.config.write_batch {
+            let Some(message) = self.session.poll_message(self.now) else {
+                break;
+            };
+            batch += message.len();
+            hooks.message(message);
+            *budget -= 1;
+            delivered = true;
+        }
+        delivered || before != (self.session.is_reading(), self.session.pending())
+    }
+
+    /// Reads once into the thread's buffer and feeds the session; `Ok(0)` is
+    /// EOF.
+    fn poll_read(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<usize>> {
+        if self.read_dry {
+            match self.io.poll_readable(cx) {
+                Poll::Ready(Ok(())) => self.read_dry = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.session.release_read_buffer();
+                    return Poll::Pending;
+                }
+            }
+        }
+        let want = self.config.read_size;
+        let (io, session) = (&mut self.io, &mut self.session);
+        let read = SCRATCH.with(|scratch| {
+            // No callback runs while the buffer is borrowed, so no other
+            // session on this thread can want it at the same time.
+            let Ok(mut scratch) = scratch.try_borrow_mut() else {
+                return (Poll::Ready(Err(io::Error::other("read buffer busy"))), None);
+            };
+            let buf = &mut scratch[..want];
+            match Pin::new(io).poll_read(cx, buf) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    let now = Instant::now();
+                    // In bounds: `n <= buf.len()` by the `AsyncRead` contract.
+                    session.receive(&buf[..n], now);
+                    (Poll::Ready(Ok(n)), Some(now))
+                }
+                other => (other, None),
+            }
+        });
+        match read {
+            (Poll::Ready(Ok(n)), now) => {
+                if let Some(now) = now {
+                    self.now = now;
+                }
+                self.read_dry = n < want;
+                Poll::Ready(Ok(n))
+            }
+            (Poll::Ready(Err(e)), _) => Poll::Ready(Err(e)),
+            (Poll::Pending, _) => {
+                // The stream registered for readability: until it fires,
+                // another read call would only say "would block" again.
+                self.read_dry = true;
+                self.session.release_read_buffer();
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Writes as much of the session's output as the socket takes, then
+    /// flushes.
+    fn poll_write(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let chunks = self.session.transmit();
+            if chunks.is_empty() {
+                break;
+            }
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n_iov = 0;
+            for (slot, chunk) in iov.iter_mut().zip(chunks) {
+                *slot = IoSlice::new(chunk);
+                n_iov += 1;
+            }
+            // One chunk (the common case: small frames gathered together)
+            // goes out with a plain send, cheaper in the kernel than writev.
+            let written = if n_iov == 1 {
+                Pin::new(&mut self.io).poll_write(cx, &iov[0])
+            } else {
+                Pin::new(&mut self.io).poll_write_vectored(cx, &iov[..n_iov])
+            };
+            match written {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.session.advance(n);
+                    self.flush_pending = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.session.compact();
+        if self.flush_pending {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.flush_pending = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Polls the one timer; returns `true` if it fired and there may be new
+    /// work.
+    fn poll_timer(&mut self, cx: &mut TaskContext<'_>, outbox: &Outbox) -> bool {
+        let Some(target) = self.session.poll_timeout() else {
+            return false;
+        };
+        // Activity only moves the target later; the timer is re-armed lazily
+        // when it fires early, so reading a message never touches the reactor.
+        if target < self.timer_at {
+            self.timer.set_at(target);
+            self.timer_at = target;
+        }
+        if Pin::new(&mut self.timer).poll(cx).is_pending() {
+            return false;
+        }
+        let now = Instant::now();
+        if now < target {
+            self.timer.set_at(target);
+            self.timer_at = target;
+            return true;
+        }
+        // Park the timer far out until a new target is computed.
+        self.timer_at = now + FAR;
+        self.timer.set_at(self.timer_at);
+        if self.session.handle_timeout(now) == Expired::Idle {
+            tracing::debug!("idle timeout");
+            // Through the queue, behind what is already queued.
+            outbox.request_close(CloseCode::Away, "idle timeout");
+        }
+        true
+    }
+
+    fn transport_end(&mut self, e: &io::Error) -> CloseReason {
+        tracing::debug!(error = %e, "transport ended");
+        self.session.on_transport_error();
+        self.session
+            .poll_end(false)
+            .unwrap_or_else(|| CloseReason::abnormal("transport failed"))
+    }
+}
+
+impl<S> fmt::Debug for Driver<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}

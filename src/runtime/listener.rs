@@ -1,0 +1,226 @@
+//! Listening sockets: binding (all before anything starts), the accept loop,
+//! the acceptor, and the hand-off of each accepted connection to the least
+//! loaded worker. What a connection is then served with is the listener's
+//! [`Service`], which the layer above provides.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_io::{Async, Timer};
+use event_listener::Event;
+use futures_lite::future;
+
+use super::connection::{Service, refuse_busy, serve};
+use super::transport::{Acceptor, Tcp, Transport};
+use super::workers::Workers;
+use crate::common::lock;
+use crate::error::Error;
+
+/// The accept backlog: deep enough for connection storms (the same as tokio's).
+const BACKLOG: i32 = 1024;
+
+/// Connections refused with a polite 503 at once; above this they are reset.
+const MAX_REFUSING: usize = 64;
+
+/// How long the accept loop backs off after an accept error (out of
+/// descriptors, say) instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// At most one "accept failed" warning per this long; the others are counted
+/// and reported with the next one.
+const ACCEPT_WARNING_EVERY: Duration = Duration::from_secs(5);
+
+/// One listening socket and its accept loop.
+pub(crate) struct Listener {
+    /// The address as configured (port 0 stays 0).
+    pub(crate) configured: SocketAddr,
+    /// The address bound (port 0 resolved).
+    pub(crate) local: SocketAddr,
+    stopped: AtomicBool,
+    stop: Event,
+    refusing: Arc<AtomicUsize>,
+    /// Accept errors since the last warning.
+    accept_errors: AtomicU64,
+    last_warning: Mutex<Option<Instant>>,
+}
+
+/// Binds every address in `addrs` not in `skip` (duplicates once). On any
+/// failure the sockets bound so far are closed and the error returned.
+pub(crate) fn bind_all(
+    addrs: &[SocketAddr],
+    skip: &[SocketAddr],
+) -> Result<Vec<(SocketAddr, TcpListener)>, Error> {
+    let mut bound: Vec<(SocketAddr, TcpListener)> = Vec::new();
+    for addr in addrs {
+        if skip.contains(addr) || bound.iter().any(|(a, _)| a == addr) {
+            continue;
+        }
+        let socket = bind(*addr).map_err(|source| Error::Bind {
+            addr: *addr,
+            source,
+        })?;
+        bound.push((*addr, socket));
+    }
+    Ok(bound)
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+impl Listener {
+    /// Wraps a bound socket and spawns its accept loop on worker 0: each
+    /// connection goes through `acceptor` (plain TCP without one) and is
+    /// served with `service` on the least loaded worker.
+    pub(crate) fn start(
+        configured: SocketAddr,
+        socket: TcpListener,
+        workers: &Arc<Workers>,
+        service: Arc<dyn Service>,
+        acceptor: Option<Arc<dyn Acceptor>>,
+    ) -> Arc<Self> {
+        let local = socket.local_addr().unwrap_or(configured);
+        let listener = Arc::new(Self {
+            configured,
+            local,
+            stopped: AtomicBool::new(false),
+            stop: Event::new(),
+            refusing: Arc::new(AtomicUsize::new(0)),
+            accept_errors: AtomicU64::new(0),
+            last_warning: Mutex::new(None),
+        });
+        match Async::new(socket) {
+            Ok(socket) => {
+                let accept = AcceptLoop {
+                    listener: listener.clone(),
+                    workers: workers.clone(),
+                    service,
+                    acceptor,
+                };
+                workers.first().spawn(accept.run(socket));
+            }
+            Err(e) => tracing::error!(%local, error = %e, "cannot register listener"),
+        }
+        listener
+    }
+
+    /// Ends the accept loop at once; the socket closes with it.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.stop.notify(usize::MAX);
+    }
+
+    /// Logs an accept error, at most once per [`ACCEPT_WARNING_EVERY`]: at
+    /// the descriptor limit the loop fails every 50 ms.
+    fn accept_failed(&self, e: &io::Error) {
+        let errors = self.accept_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = Instant::now();
+        let mut last = lock(&self.last_warning);
+        if last.is_some_and(|t| now.duration_since(t) < ACCEPT_WARNING_EVERY) {
+            return;
+        }
+        *last = Some(now);
+        drop(last);
+        self.accept_errors.store(0, Ordering::Relaxed);
+        tracing::warn!(local = %self.local, error = %e, errors, "accept failed; backing off");
+    }
+}
+
+/// What an accept loop needs.
+struct AcceptLoop {
+    listener: Arc<Listener>,
+    workers: Arc<Workers>,
+    service: Arc<dyn Service>,
+    acceptor: Option<Arc<dyn Acceptor>>,
+}
+
+impl AcceptLoop {
+    async fn run(self, socket: Async<TcpListener>) {
+        let listener = &self.listener;
+        tracing::debug!(local = %listener.local, "accepting");
+        loop {
+            let stop = listener.stop.listen();
+            if listener.stopped.load(Ordering::Acquire) {
+                break;
+            }
+            let accepted = future::or(async { Some(socket.accept().await) }, async {
+                stop.await;
+                None
+            })
+            .await;
+            match accepted {
+                None => break,
+                Some(Ok((stream, peer))) => self.on_accept(stream, peer),
+                Some(Err(e)) => {
+                    // Out of descriptors or memory: back off instead of
+                    // spinning; the listener stays up and retries.
+                    listener.accept_failed(&e);
+                    Timer::after(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+        tracing::debug!(local = %listener.local, "listener stopped");
+    }
+
+    fn on_accept(&self, stream: Async<TcpStream>, peer: SocketAddr) {
+        let _ = stream.get_ref().set_nodelay(true);
+        let Some(mut slot) = self.workers.try_connection() else {
+            // Refusals are short and bounded (MAX_REFUSING); they stay on the
+            // accepting worker.
+            self.service.refused(503);
+            let refusing = &self.listener.refusing;
+            if refusing.fetch_add(1, Ordering::AcqRel) < MAX_REFUSING {
+                let refusing = refusing.clone();
+                self.workers.first().spawn(async move {
+                    refuse_busy(Tcp(stream)).await;
+                    refusing.fetch_sub(1, Ordering::AcqRel);
+                });
+            } else {
+                refusing.fetch_sub(1, Ordering::AcqRel);
+                tracing::debug!(%peer, "over the connection limit; reset");
+            }
+            return;
+        };
+        // The connection (and the session it may become) is served by the
+        // least loaded worker until it ends; its slot counts it there.
+        let worker = slot.hand_off();
+        let service = self.service.clone();
+        match &self.acceptor {
+            None => {
+                worker.spawn(serve(Tcp(stream), peer, service, slot));
+            }
+            Some(acceptor) => {
+                let accepting = acceptor.accept(stream, peer);
+                let limit = service.head_limits().handshake_timeout;
+                worker.spawn(async move {
+                    let accepted = future::or(accepting, async {
+                        Timer::after(limit).await;
+                        Err(io::ErrorKind::TimedOut.into())
+                    })
+                    .await;
+                    match accepted {
+                        Ok(stream) => {
+                            serve::<Box<dyn Transport>>(stream, peer, service, slot).await
+                        }
+                        Err(e) => tracing::debug!(%peer, error = %e, "acceptor refused"),
+                    }
+                });
+            }
+        }
+    }
+}
