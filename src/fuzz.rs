@@ -12,10 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Weak;
 
 use crate::config::{Mount, MountTarget, VhostConfig};
-use crate::context::vhost::route;
-use crate::proto::http::{
-    Head, Refused, Request, check_upgrade, is_token_byte, negotiate, parse_head,
-};
+use crate::proto::admission::{Admission, Table, admit, find_mount, path_matches, route};
+use crate::proto::http::{Head, Refused, Request, is_token_byte, parse_head};
 use crate::protocols::Echo;
 use crate::{Message, Protocol, Reject, SessionHandle, Vhost};
 
@@ -26,28 +24,29 @@ const MAX_HEADERS: usize = 64;
 /// The most the in-memory session may write (its stream refuses more).
 const MAX_SESSION_OUTPUT: usize = 1 << 20;
 
-/// `request_head`: raw bytes through the parse-and-route decision a
-/// connection makes before it upgrades.
+/// `request_head`: raw bytes through the two pure decisions a connection
+/// makes before it upgrades: [`parse_head`], then [`admit`] against the same
+/// kind of routing table a listener holds (built from two fixture vhosts).
 ///
 /// Properties:
-/// - parsing is deterministic (the same bytes give the same verdict twice);
-/// - a refusal is 400, 431 or 505 from the parser, 400, 405 or 426 from the
-///   upgrade check, always with a reason;
+/// - parsing and admission are deterministic (the same bytes give the same
+///   verdicts twice);
+/// - a parse refusal is 400, 431 or 505, always with a reason;
 /// - `Partial` only while no blank line has arrived and the head is under
 ///   its byte bound;
 /// - a complete head is at most the input and the bound long, ends with a
 ///   line break, has an absolute path without the query, and at most
 ///   `max_headers` headers;
-/// - routing always finds a vhost, the one named by `Host` if any names it,
-///   else the default one; the mount found for the path matches it, an
-///   exact mount wins, and no mount is found only when none matches;
-/// - an accepted upgrade is a GET over HTTP/1.1 with the accept key of RFC
-///   6455 section 4.2.2, offering only non-empty tokens;
-/// - once origins are listed, a handshake with an `Origin` passes only if
-///   it is one of them; the bearer check passes only for the exact token and
-///   otherwise answers 401 or 403;
-/// - negotiation picks a protocol the mount speaks and the vhost has,
-///   echoed only if the client offered it.
+/// - admission routes to the vhost named by `Host` if any names it, else the
+///   default one; the mount it picks matches the path (an exact mount wins),
+///   and "not found" only when no mount matches;
+/// - HTTP is answered only for GET and HEAD;
+/// - an upgrade is a GET over HTTP/1.1 with the accept key of RFC 6455
+///   §4.2.2, offering only non-empty tokens, from an allowed origin (once
+///   origins are listed), with a protocol the mount speaks and the vhost
+///   has, echoed only if offered, and, for the protocol with a token, only
+///   with the exact token;
+/// - every refusal maps to a 4xx or 5xx status with a reason.
 pub fn request_head(data: &[u8]) {
     let peer = fixed_peer();
     let first = parse_head(data, MAX_HEAD_BYTES, MAX_HEADERS, peer);
@@ -91,103 +90,108 @@ pub fn request_head(data: &[u8]) {
     }
 
     let vhosts = fixture_vhosts();
-    let Some(vhost) = route(&vhosts, &req) else {
-        panic!("routing among vhosts with a default found nothing");
+    let table = Table {
+        sites: vhosts.iter().map(|v| v.site().clone()).collect(),
     };
+    let verdict = admit(&req, &table);
+    assert_eq!(verdict, admit(&req, &table), "admit is not deterministic");
+
+    // Routing, checked against the table whatever the verdict.
+    let site = route(&table, &req).expect("a table with a default routes everything");
     match req.host() {
-        Some(h) if vhosts.iter().any(|v| v.hosts().contains(&h)) => {
+        Some(h) if table.sites.iter().any(|s| s.hosts.contains(&h)) => {
             assert!(
-                vhost.hosts().contains(&h),
-                "{h:?} routed to {}",
-                vhost.name()
+                table.sites[site].hosts.contains(&h),
+                "{h:?} routed elsewhere"
             );
         }
-        _ => assert!(vhost.hosts().is_empty(), "routed to a named vhost"),
+        _ => assert!(
+            table.sites[site].hosts.is_empty(),
+            "routed to a named vhost"
+        ),
     }
-    let mount = vhost.find_mount(req.path());
+    let mounts = &table.sites[site].mounts;
+    let mount = find_mount(mounts, req.path());
     match mount {
         Some(m) => {
-            let base = m.path().trim_end_matches('/');
-            assert!(
-                m.path() == req.path()
-                    || (m.prefix
-                        && req.path().starts_with(base)
-                        && req.path()[base.len()..].starts_with('/')),
-                "mount {:?} chosen for {:?}",
-                m.path(),
-                req.path()
-            );
-            if vhost.mounts().iter().any(|o| o.path() == req.path()) {
-                assert_eq!(m.path(), req.path(), "an exact mount wins");
+            let m = &mounts[m];
+            assert!(path_matches(&m.path, m.prefix, req.path()));
+            if mounts.iter().any(|o| o.path == req.path()) {
+                assert_eq!(m.path, req.path(), "an exact mount wins");
             }
         }
         None => assert!(
-            !vhost.mounts().iter().any(|m| m.matches(req.path())),
+            !mounts
+                .iter()
+                .any(|m| path_matches(&m.path, m.prefix, req.path())),
             "a matching mount was not found for {:?}",
             req.path()
         ),
     }
 
-    let verdict = check_upgrade(&req);
-    assert_eq!(
-        verdict,
-        check_upgrade(&req),
-        "check_upgrade is not deterministic"
-    );
-    let up = match verdict {
-        Ok(up) => up,
-        Err(refusal) => {
-            assert_refusal(&refusal, &[400, 405, 426]);
-            return;
+    match verdict {
+        Admission::Refuse(refused) => {
+            assert!((400..600).contains(&refused.status()));
+            assert!(!refused.reason().is_empty(), "a refusal without a reason");
+            if refused == Refused::NotFound {
+                assert!(mount.is_none() && req.path() != "/healthz");
+            }
         }
-    };
-    assert_eq!(req.method(), "GET");
-    assert!(req.is_http11());
-    let key = req.header("sec-websocket-key").map(str::trim).unwrap_or("");
-    assert_eq!(
-        up.accept,
-        tungstenite::handshake::derive_accept_key(key.as_bytes())
-    );
-    assert_eq!(up.accept.len(), 28, "a base64 SHA-1 is 28 characters");
-    for p in &up.offered {
-        assert!(!p.is_empty() && p.bytes().all(is_token_byte));
-    }
-    // The origin check: deterministic, and a listed origin (after the
-    // normalisation browsers' serialisations need) is the only way in once
-    // any is listed.
-    let origin = req.origin();
-    let allowed = vhost.allows_origin(origin);
-    assert_eq!(allowed, vhost.allows_origin(origin));
-    if let Some(o) = origin.filter(|_| !vhost.origins().is_empty()) {
-        let o = o.trim().trim_end_matches('/');
-        assert_eq!(
-            allowed,
-            vhost.origins().iter().any(|a| a.eq_ignore_ascii_case(o)),
-            "origin {o:?} against {:?}",
-            vhost.origins()
-        );
-    }
-    // The bearer check an `open` hook makes: 401 or 403, and a pass only
-    // for the exact token, wherever it was presented.
-    match crate::proto::http::check_bearer(&req, FIXTURE_TOKEN) {
-        Ok(()) => assert!(presents_token(&req), "a wrong token passed"),
-        Err(reject) => assert!(matches!(reject.status(), 401 | 403)),
-    }
-    if let Some(MountTarget::WebSocket(speaks)) = mount.map(Mount::target) {
-        let (name, echoed) = negotiate(&up.offered, speaks);
-        assert!(speaks.iter().any(|s| s == name), "{name:?} not spoken");
-        assert!(vhost.protocol(name).is_some(), "{name:?} not registered");
-        if echoed {
-            assert!(up.offered.iter().any(|o| o == name), "{name:?} not offered");
-        } else {
-            assert_eq!(name, speaks[0], "without a match the default is used");
-            assert!(!up.offered.iter().any(|o| speaks.contains(o)));
+        Admission::Health { site: s } | Admission::Http { site: s, .. } => {
+            assert_eq!(s, site);
+            assert!(matches!(req.method(), "GET" | "HEAD"));
+        }
+        Admission::Upgrade {
+            site: s,
+            mount: m,
+            protocol,
+            echo,
+            upgrade: up,
+        } => {
+            assert_eq!((s, Some(m)), (site, mount));
+            assert_eq!(req.method(), "GET");
+            assert!(req.is_http11());
+            let key = req.header("sec-websocket-key").map(str::trim).unwrap_or("");
+            assert_eq!(
+                up.accept,
+                tungstenite::handshake::derive_accept_key(key.as_bytes())
+            );
+            assert_eq!(up.accept.len(), 28, "a base64 SHA-1 is 28 characters");
+            for p in &up.offered {
+                assert!(!p.is_empty() && p.bytes().all(is_token_byte));
+            }
+            let site = &table.sites[s];
+            if let Some(o) = req.origin().filter(|_| !site.origins.is_empty()) {
+                let o = o.trim().trim_end_matches('/');
+                assert!(
+                    site.origins.iter().any(|a| a.eq_ignore_ascii_case(o)),
+                    "origin {o:?} let in"
+                );
+            }
+            let speaks = site.mounts[m]
+                .protocols
+                .as_ref()
+                .expect("a WebSocket mount");
+            assert!(speaks.contains(&protocol), "{protocol:?} not spoken");
+            assert!(
+                vhosts[s].protocol(&protocol).is_some(),
+                "{protocol:?} not registered"
+            );
+            if echo {
+                assert!(up.offered.contains(&protocol), "{protocol:?} not offered");
+            } else {
+                assert_eq!(protocol, speaks[0], "without a match the default is used");
+                assert!(!up.offered.iter().any(|o| speaks.contains(o)));
+            }
+            if site.tokens.iter().any(|(p, _)| *p == protocol) {
+                assert!(presents_token(&req), "a wrong token passed");
+            }
         }
     }
 }
 
 /// `session_bytes`: arbitrary client bytes through a real echo session over
-/// an in-memory stream (see `session::run_in_memory`).
+/// an in-memory stream (see [`run_in_memory`]).
 ///
 /// Properties: it returns (the input is finite and EOF ends the session; the
 /// fuzzer's `-timeout` catches a hang), writes at most 1 MiB, and what it
@@ -586,7 +590,10 @@ fn fixture_vhosts() -> [Vhost; 2] {
         .origin("https://app.example")
         .origin("http://localhost:8080/")
         .protocol(Echo)
-        .protocol(Chat)
+        .protocol_with_options(
+            Chat,
+            crate::Options::from([("token".to_owned(), FIXTURE_TOKEN.to_owned())]),
+        )
         .mount(Mount::websocket("/echo", ["echo"]))
         .mount(Mount::websocket("/api/", ["chat", "echo"]).prefix(true))
         .mount(Mount::http("/healthz", crate::http::Health));

@@ -8,6 +8,7 @@
 //! `Instant::now()` (see `tests/layers.rs`). The runtime layer
 //! ([`crate::runtime`]) drives it over real sockets and timers.
 
+pub(crate) mod admission;
 pub(crate) mod close;
 pub(crate) mod extension;
 pub(crate) mod frame;

@@ -54,9 +54,7 @@ use super::{Config, Limits, Mount, OverflowPolicy, VhostConfig};
 use crate::CloseCode;
 use crate::HttpHandler;
 use crate::Options;
-use crate::context::protocol::{
-    ErasedProtocol, Protocol, TokenGuard, bind_handler_arc, bind_protocol, erase,
-};
+use crate::context::protocol::{ErasedProtocol, Protocol, bind_handler_arc, bind_protocol, erase};
 use crate::error::ConfigError;
 
 /// The binary's built-in configuration (`src/config/default.toml`).
@@ -403,7 +401,7 @@ impl ConfigFile {
                 })
                 .unwrap_or_default();
             let factory = &registry.protocols[p];
-            let mut protocol = factory(&options)
+            let protocol = factory(&options)
                 .map_err(|reason| err(&format!("options.{p}"), reason, &v.name.span()))?;
             if protocol.name() != p {
                 return Err(err(
@@ -412,20 +410,15 @@ impl ConfigFile {
                     &v.name.span(),
                 ));
             }
-            // `token` is understood for every protocol: the handshake must
-            // present it (header, query or cookie), else 401/403.
-            if let Some(token) = options.get("token") {
-                if token.is_empty() {
-                    return Err(err(
-                        &format!("options.{p}.token"),
-                        "must not be empty".to_owned(),
-                        &v.name.span(),
-                    ));
-                }
-                protocol = Arc::new(TokenGuard {
-                    inner: protocol,
-                    token: token.clone(),
-                });
+            // `token` is understood for every protocol, and enforced by the
+            // library's admission however the protocol was configured; an
+            // empty one is refused here with its line.
+            if options.get("token").is_some_and(String::is_empty) {
+                return Err(err(
+                    &format!("options.{p}.token"),
+                    "must not be empty".to_owned(),
+                    &v.name.span(),
+                ));
             }
             b = b.protocol_binding(bind_protocol(protocol), options);
         }

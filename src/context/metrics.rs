@@ -40,10 +40,10 @@ impl Metrics {
 
     /// A session's traffic since its last report.
     pub(crate) fn add_traffic(&self, t: Tally) {
-        Self::add(&self.messages_in, t.messages_in);
-        Self::add(&self.bytes_in, t.bytes_in);
-        Self::add(&self.messages_out, t.messages_out);
-        Self::add(&self.bytes_out, t.bytes_out);
+        Self::add(&self.messages_in, t.messages_in.into());
+        Self::add(&self.bytes_in, t.bytes_in.into());
+        Self::add(&self.messages_out, t.messages_out.into());
+        Self::add(&self.bytes_out, t.bytes_out.into());
     }
 
     /// Messages an overflow policy dropped.

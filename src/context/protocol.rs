@@ -261,40 +261,6 @@ pub(crate) fn isolate<T>(protocol: &str, callback: &str, f: impl FnOnce() -> T) 
     }
 }
 
-/// Wraps a protocol so that `open` first requires a bearer token (the
-/// configuration file's `token` option).
-#[cfg_attr(
-    not(feature = "toml-config"),
-    allow(dead_code, reason = "built by the TOML loader")
-)]
-pub(crate) struct TokenGuard {
-    pub(crate) inner: Arc<dyn ErasedProtocol>,
-    pub(crate) token: String,
-}
-
-impl ErasedProtocol for TokenGuard {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn open(
-        self: Arc<Self>,
-        request: &Request,
-        session: &SessionHandle,
-    ) -> Result<Box<dyn SessionCallbacks>, Reject> {
-        crate::proto::http::check_bearer(request, &self.token)?;
-        self.inner.clone().open(request, session)
-    }
-
-    fn wake(&self, vhost: &Vhost, payload: &Wake) {
-        self.inner.wake(vhost, payload);
-    }
-
-    fn destroy(&self, vhost: &Vhost) {
-        self.inner.destroy(vhost);
-    }
-}
-
 pub(crate) fn erase<P: Protocol>(protocol: P) -> Arc<dyn ErasedProtocol> {
     Arc::new(Erased(protocol))
 }

@@ -17,12 +17,12 @@ use event_listener::EventListener;
 use super::ContextShared;
 use super::protocol::SessionCallbacks;
 use super::session::{SessionHandle, SessionId};
-use super::vhost::{SessionSlot, SlotRefused, Vhost, route};
+use super::vhost::{SessionSlot, SlotRefused, Vhost};
 use crate::common::lock;
-use crate::config::MountTarget;
+use crate::proto::admission::{Admission, Table, admit};
 use crate::proto::close::CloseReason;
 use crate::proto::extension;
-use crate::proto::http::{Refused, Request, check_upgrade, negotiate, switching_protocols};
+use crate::proto::http::{Refused, Request, Upgrade, switching_protocols};
 use crate::proto::session::{SessionConfig, Tally};
 use crate::runtime::connection::{Answer, HeadLimits, Service, Upgraded};
 use crate::runtime::driver::{DriverConfig, SessionHooks};
@@ -31,38 +31,70 @@ use crate::runtime::tasks::Spawner;
 use crate::{Limits, Message};
 
 /// The service of one listener: the vhosts that share it, in configuration
-/// order (the first without `Host` names is the default).
+/// order (the first without `Host` names is the default), and the routing
+/// table admission reads, swapped together as one value.
 pub(crate) struct ListenerService {
     ctx: Weak<ContextShared>,
-    vhosts: Mutex<Vec<Vhost>>,
+    routing: Mutex<Arc<Routing>>,
+}
+
+/// A listener's vhosts and their table, index for index.
+#[derive(Default)]
+struct Routing {
+    vhosts: Vec<Vhost>,
+    table: Table,
+}
+
+impl Routing {
+    fn of(vhosts: Vec<Vhost>) -> Arc<Self> {
+        let table = Table {
+            sites: vhosts.iter().map(|v| v.site().clone()).collect(),
+        };
+        Arc::new(Self { vhosts, table })
+    }
 }
 
 impl ListenerService {
     pub(crate) fn new(ctx: Weak<ContextShared>) -> Arc<Self> {
         Arc::new(Self {
             ctx,
-            vhosts: Mutex::new(Vec::new()),
+            routing: Mutex::new(Arc::default()),
         })
     }
 
     pub(crate) fn add_vhost(&self, vhost: Vhost) {
-        lock(&self.vhosts).push(vhost);
+        let mut routing = lock(&self.routing);
+        let mut vhosts = routing.vhosts.clone();
+        vhosts.push(vhost);
+        *routing = Routing::of(vhosts);
     }
 
     /// Removes `vhost`; returns `true` if no vhost is left.
     pub(crate) fn remove_vhost(&self, vhost: &Vhost) -> bool {
-        let mut v = lock(&self.vhosts);
-        v.retain(|w| !w.same(vhost));
-        v.is_empty()
+        let mut routing = lock(&self.routing);
+        let vhosts: Vec<Vhost> = routing
+            .vhosts
+            .iter()
+            .filter(|w| !w.same(vhost))
+            .cloned()
+            .collect();
+        let empty = vhosts.is_empty();
+        *routing = Routing::of(vhosts);
+        empty
     }
 
-    /// Replaces the whole vhost list at once (a reconfiguration).
+    /// Replaces the whole vhost list at once (a reconfiguration): a request
+    /// is routed by the old list or by the new one, never by a mix.
     pub(crate) fn set_vhosts(&self, vhosts: Vec<Vhost>) {
-        *lock(&self.vhosts) = vhosts;
+        *lock(&self.routing) = Routing::of(vhosts);
     }
 
     pub(crate) fn vhosts(&self) -> Vec<Vhost> {
-        lock(&self.vhosts).clone()
+        lock(&self.routing).vhosts.clone()
+    }
+
+    fn routing(&self) -> Arc<Routing> {
+        lock(&self.routing).clone()
     }
 }
 
@@ -70,8 +102,13 @@ impl Service for ListenerService {
     fn head_limits(&self) -> HeadLimits {
         // The head is read before the vhost is known, so the listener's
         // default vhost's limits apply to it.
-        let v = lock(&self.vhosts);
-        head_limits(v.first().map_or(&Limits::default(), |v| v.limits()))
+        let routing = self.routing();
+        head_limits(
+            routing
+                .vhosts
+                .first()
+                .map_or(&Limits::default(), |v| v.limits()),
+        )
     }
 
     fn is_running(&self) -> bool {
@@ -81,7 +118,7 @@ impl Service for ListenerService {
     fn teardown(&self) -> EventListener {
         match self.ctx.upgrade() {
             Some(ctx) => ctx.teardown_listener(),
-            // Gone: a listener on an event nobody notifies, next to a
+            // Gone: a listener on an event nobody notifies, next to an
             // `is_running` that says false.
             None => event_listener::Event::new().listen(),
         }
@@ -97,14 +134,31 @@ impl Service for ListenerService {
         let Some(ctx) = self.ctx.upgrade() else {
             return Answer::Refuse(Refused::ShuttingDown);
         };
-        let vhost = {
-            let vhosts = lock(&self.vhosts);
-            match route(&vhosts, &request) {
-                Some(v) => v.clone(),
-                None => return Answer::Refuse(Refused::NoVhost),
+        let routing = self.routing();
+        match admit(&request, &routing.table) {
+            Admission::Refuse(refused) => Answer::Refuse(refused),
+            Admission::Health { site } => http(&request, &routing.vhosts[site], |_, v| {
+                crate::handlers::health(v)
+            }),
+            Admission::Http { site, mount } => {
+                let vhost = &routing.vhosts[site];
+                match vhost.handler(mount) {
+                    Some(handler) => http(&request, vhost, |r, v| handler.handle(r, v)),
+                    None => Answer::Refuse(Refused::Internal),
+                }
             }
-        };
-        answer(&ctx, &vhost, request, worker)
+            Admission::Upgrade {
+                site,
+                protocol,
+                echo,
+                upgrade: up,
+                ..
+            } => {
+                let vhost = &routing.vhosts[site];
+                open(&ctx, vhost, request, &protocol, echo, &up, worker)
+                    .unwrap_or_else(Answer::Refuse)
+            }
+        }
     }
 }
 
@@ -117,57 +171,30 @@ pub(crate) fn head_limits(limits: &Limits) -> HeadLimits {
     }
 }
 
-/// Answers `request` on `vhost`.
-fn answer(ctx: &Arc<ContextShared>, vhost: &Vhost, request: Request, worker: &Spawner) -> Answer {
-    let Some(index) = vhost.find_mount_index(request.path()) else {
-        return if request.path() == "/healthz" {
-            http(&request, vhost, |_, v| crate::handlers::health(v))
-        } else {
-            Answer::Refuse(Refused::NotFound)
-        };
-    };
-    match vhost.mounts()[index].target() {
-        MountTarget::WebSocket(protocols) => {
-            match upgrade(ctx, vhost, request, protocols, worker) {
-                Ok(up) => up,
-                Err(refused) => Answer::Refuse(refused),
-            }
-        }
-        MountTarget::Http(_) => match vhost.handler(index) {
-            Some(handler) => http(&request, vhost, |r, v| handler.handle(r, v)),
-            None => Answer::Refuse(Refused::Internal),
-        },
-    }
-}
-
 fn http(
     request: &Request,
     vhost: &Vhost,
     handle: impl FnOnce(&Request, &Vhost) -> crate::Response,
 ) -> Answer {
-    if request.method() != "GET" && request.method() != "HEAD" {
-        return Answer::Refuse(Refused::MethodNotAllowed);
-    }
     match super::protocol::isolate(request.path(), "http", || handle(request, vhost)) {
         Some(response) => Answer::Http(response),
         None => Answer::Refuse(Refused::Internal),
     }
 }
 
-/// Admits a WebSocket handshake and opens its session.
-fn upgrade(
+/// Opens the session admission let through: a place under the vhost's
+/// limits, the extension, then the protocol's `open`.
+fn open(
     ctx: &Arc<ContextShared>,
     vhost: &Vhost,
     request: Request,
-    protocols: &[String],
+    name: &str,
+    echo: bool,
+    up: &Upgrade,
     worker: &Spawner,
 ) -> Result<Answer, Refused> {
-    let up = check_upgrade(&request)?;
     if !ctx.is_running() || !vhost.is_serving() {
         return Err(Refused::ShuttingDown);
-    }
-    if !vhost.allows_origin(request.origin()) {
-        return Err(Refused::OriginNotAllowed);
     }
     // Reserved before `open` and held until the session ends, so that
     // concurrent handshakes on several threads cannot overshoot the limits.
@@ -178,7 +205,6 @@ fn upgrade(
             SlotRefused::Address => Refused::TooManyFromAddress,
             SlotRefused::Retired => Refused::ShuttingDown,
         })?;
-    let (name, echo) = negotiate(&up.offered, protocols);
     // Configuration validation makes a missing protocol impossible; answer
     // sanely anyway.
     let protocol = vhost.protocol(name).ok_or(Refused::Internal)?;
@@ -211,7 +237,7 @@ fn upgrade(
     );
     Ok(Answer::Upgrade(Box::new(Upgraded {
         response,
-        session: session_config(limits),
+        session: vhost.session_config().clone(),
         driver: driver_config(limits),
         extension,
         hooks: Box::new(OpenSession {
@@ -254,8 +280,8 @@ fn negotiate_extension(
 }
 
 /// A session's timing and size limits, from its vhost's.
-pub(crate) fn session_config(limits: &Limits) -> SessionConfig {
-    SessionConfig {
+pub(crate) fn session_config(limits: &Limits) -> Arc<SessionConfig> {
+    Arc::new(SessionConfig {
         ping_interval: limits.ping_interval,
         idle_timeout: limits.idle_timeout,
         close_timeout: limits.close_timeout,
@@ -263,7 +289,7 @@ pub(crate) fn session_config(limits: &Limits) -> SessionConfig {
             max_frame_size: limits.max_frame_size,
             max_message_size: limits.max_message_size,
         },
-    }
+    })
 }
 
 /// How the driver schedules a session's I/O, from its vhost's limits.

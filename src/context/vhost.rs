@@ -14,8 +14,9 @@ use super::protocol::{ErasedProtocol, HttpHandler, bound_handler, bound_protocol
 use super::session::{SessionHandle, SessionShared};
 use crate::common::lock;
 use crate::config::{Limits, Mount, MountTarget, Options, VhostConfig};
+use crate::proto::admission::{Route, Site};
 use crate::proto::extension::ExtensionNegotiator;
-use crate::proto::http::Request;
+use crate::proto::session::SessionConfig;
 
 /// A reference-counted handle to a virtual host.
 ///
@@ -36,6 +37,10 @@ pub(crate) struct VhostInner {
     protocols: Vec<(Arc<dyn ErasedProtocol>, Options)>,
     extensions: Vec<Arc<dyn ExtensionNegotiator>>,
     limits: Limits,
+    /// What every session of this vhost runs with, shared.
+    session_config: Arc<SessionConfig>,
+    /// The vhost as admission sees it.
+    site: Site,
     user_data: Option<Box<dyn Any + Send + Sync>>,
     local_addrs: Mutex<Vec<SocketAddr>>,
     sessions: Mutex<HashMap<u64, SessionHandle>>,
@@ -54,6 +59,7 @@ pub(crate) struct VhostInner {
 
 impl Vhost {
     pub(crate) fn new(cfg: VhostConfig, ctx: Weak<ContextShared>) -> Self {
+        let site = site(&cfg);
         let handlers = cfg
             .mounts
             .iter()
@@ -76,6 +82,8 @@ impl Vhost {
             handlers,
             protocols,
             extensions: cfg.extensions,
+            session_config: super::service::session_config(&cfg.limits),
+            site,
             limits: cfg.limits,
             user_data: cfg.user_data,
             local_addrs: Mutex::new(Vec::new()),
@@ -175,6 +183,11 @@ impl Vhost {
         self.0.protocols.iter().map(|(p, _)| p)
     }
 
+    /// What every session of this vhost runs with.
+    pub(crate) fn session_config(&self) -> &Arc<SessionConfig> {
+        &self.0.session_config
+    }
+
     /// The extensions this vhost offers, in order.
     pub(crate) fn extensions(&self) -> &[Arc<dyn ExtensionNegotiator>] {
         &self.0.extensions
@@ -219,18 +232,6 @@ impl Vhost {
     fn release_session(&self) {
         if self.0.reserved.fetch_sub(1, Ordering::AcqRel) == RETIRED | 1 {
             self.destroy_protocols();
-        }
-    }
-
-    /// Whether a handshake with this `Origin` header (or none) may proceed.
-    pub(crate) fn allows_origin(&self, origin: Option<&str>) -> bool {
-        match origin {
-            _ if self.0.origins.is_empty() => true,
-            None => true,
-            Some(o) => {
-                let o = o.trim().trim_end_matches('/');
-                self.0.origins.iter().any(|a| a.eq_ignore_ascii_case(o))
-            }
         }
     }
 
@@ -289,21 +290,9 @@ impl Vhost {
             .count()
     }
 
-    /// The mount serving `path`: an exact match, else the longest prefix mount.
-    #[cfg(any(fuzzing, test))]
-    pub(crate) fn find_mount(&self, path: &str) -> Option<&Mount> {
-        self.find_mount_index(path).map(|i| &self.0.mounts[i])
-    }
-
-    /// The index of the mount serving `path` (see [`find_mount`](Self::find_mount)).
-    pub(crate) fn find_mount_index(&self, path: &str) -> Option<usize> {
-        self.0
-            .mounts
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.matches(path))
-            .max_by_key(|(_, m)| (m.path == path, m.path.len()))
-            .map(|(i, _)| i)
+    /// The vhost as admission sees it.
+    pub(crate) fn site(&self) -> &Site {
+        &self.0.site
     }
 
     /// The handler of the HTTP mount at `index`.
@@ -384,64 +373,29 @@ impl Drop for DestroyJob {
     }
 }
 
-/// Picks the vhost for a request among those sharing a listener: the one whose
-/// names include the `Host` header, else the first without names, else the first.
-pub(crate) fn route<'a>(vhosts: &'a [Vhost], req: &Request) -> Option<&'a Vhost> {
-    if let Some(host) = req.host()
-        && let Some(v) = vhosts.iter().find(|v| v.hosts().contains(&host))
-    {
-        return Some(v);
-    }
-    vhosts
-        .iter()
-        .find(|v| v.hosts().is_empty())
-        .or_else(|| vhosts.first())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocols::Echo;
-
-    fn vhost(name: &str, hosts: &[&str]) -> Vhost {
-        let mut b = VhostConfig::builder(name)
-            .listen("127.0.0.1:0".parse().unwrap())
-            .protocol(Echo)
-            .mount(Mount::websocket("/echo", ["echo"]))
-            .mount(Mount::websocket("/api", ["echo"]).prefix(true));
-        for h in hosts {
-            b = b.host(*h);
-        }
-        Vhost::new(b.build().unwrap(), Weak::new())
-    }
-
-    fn req(host: &str) -> Request {
-        Request::synthetic(
-            "GET",
-            "/",
-            &[("Host", host)],
-            "127.0.0.1:9".parse().unwrap(),
-        )
-    }
-
-    #[test]
-    fn routes_by_host_then_default() {
-        let vs = [
-            vhost("a", &["a.example"]),
-            vhost("b", &["b.example"]),
-            vhost("d", &[]),
-        ];
-        assert_eq!(route(&vs, &req("b.example:8080")).unwrap().name(), "b");
-        assert_eq!(route(&vs, &req("A.EXAMPLE")).unwrap().name(), "a");
-        assert_eq!(route(&vs, &req("other")).unwrap().name(), "d");
-    }
-
-    #[test]
-    fn mounts_exact_and_prefix() {
-        let v = vhost("a", &[]);
-        assert_eq!(v.find_mount("/echo").unwrap().path(), "/echo");
-        assert!(v.find_mount("/echo/x").is_none());
-        assert_eq!(v.find_mount("/api/x/y").unwrap().path(), "/api");
-        assert!(v.find_mount("/nope").is_none());
+/// The vhost as admission sees it: names, origins, mounts, and the bearer
+/// token each protocol requires (its `token` option, however it was
+/// configured).
+fn site(cfg: &VhostConfig) -> Site {
+    Site {
+        hosts: cfg.hosts.clone(),
+        origins: cfg.origins.clone(),
+        mounts: cfg
+            .mounts
+            .iter()
+            .map(|m| Route {
+                path: m.path.clone(),
+                prefix: m.prefix,
+                protocols: match m.target() {
+                    MountTarget::WebSocket(p) => Some(p.clone()),
+                    MountTarget::Http(_) => None,
+                },
+            })
+            .collect(),
+        tokens: cfg
+            .protocols
+            .iter()
+            .filter_map(|p| Some((p.protocol.name.clone(), p.options.get("token")?.clone())))
+            .collect(),
     }
 }

@@ -574,7 +574,7 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// What an acceptable upgrade request carries.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Upgrade {
     pub(crate) accept: String,
     pub(crate) offered: Vec<String>,

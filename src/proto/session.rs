@@ -51,6 +51,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -101,19 +102,21 @@ pub(crate) enum Expired {
 }
 
 /// Data messages and payload bytes in and out since the last
-/// [`Session::take_tally`].
+/// [`Session::take_tally`] (taken every poll, so 32 bits are plenty; they
+/// saturate rather than wrap).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Tally {
-    pub(crate) messages_in: u64,
-    pub(crate) bytes_in: u64,
-    pub(crate) messages_out: u64,
-    pub(crate) bytes_out: u64,
+    pub(crate) messages_in: u32,
+    pub(crate) bytes_in: u32,
+    pub(crate) messages_out: u32,
+    pub(crate) bytes_out: u32,
 }
 
 /// One WebSocket session, sans-IO.
 pub(crate) struct Session {
     state: State,
-    config: SessionConfig,
+    /// Shared by every session of a vhost.
+    config: Arc<SessionConfig>,
     decoder: Decoder,
     /// Bytes received and not yet decoded.
     rbuf: BytesMut,
@@ -143,7 +146,7 @@ enum State {
     /// bytes are out, or at `deadline`.
     Ending {
         why: Ending,
-        due: Option<Message>,
+        due: bool,
         deadline: Instant,
     },
     Done(CloseReason),
@@ -159,6 +162,17 @@ enum Ending {
 }
 
 impl Ending {
+    /// The Close that ends it: the peer's code echoed without a reason, or
+    /// the failure's.
+    fn last_close(&self) -> Message {
+        match self {
+            Self::PeerClosed(frame) => {
+                Message::Close(frame.as_ref().map(|f| close_frame(f.code, "")))
+            }
+            Self::Failed { sent } => Message::Close(Some(sent.clone())),
+        }
+    }
+
     fn reason(&self, clean: bool) -> CloseReason {
         match self {
             Self::PeerClosed(frame) => CloseReason::by_peer(frame.as_ref(), clean),
@@ -171,7 +185,7 @@ impl Session {
     /// A session that starts now, with the bytes that arrived behind the
     /// handshake (`leftover`) already in hand.
     pub(crate) fn new(
-        config: SessionConfig,
+        config: Arc<SessionConfig>,
         extension: Option<Box<dyn Extension>>,
         leftover: &[u8],
         now: Instant,
@@ -182,8 +196,8 @@ impl Session {
                 pinged: false,
                 close_by: None,
             },
-            config,
             decoder: Decoder::with_extension_bits(config.limits, rsv),
+            config,
             rbuf: BytesMut::from(leftover),
             out: Output::default(),
             last_rx: now,
@@ -286,7 +300,7 @@ impl Session {
     pub(crate) fn takes_messages(&self) -> bool {
         match &self.state {
             State::Open { .. } => true,
-            State::Ending { due, .. } => due.is_some(),
+            State::Ending { due, .. } => *due,
             State::Closing { .. } | State::Done(_) => false,
         }
     }
@@ -309,8 +323,8 @@ impl Session {
             Message::Binary(b) => b,
             _ => return,
         };
-        self.tally.messages_out += 1;
-        self.tally.bytes_out += payload.len() as u64;
+        self.tally.messages_out = self.tally.messages_out.saturating_add(1);
+        self.tally.bytes_out = self.tally.bytes_out.saturating_add(saturate(payload.len()));
         let transformed = self.extension.as_mut().and_then(|e| {
             let rsv = e.rsv();
             e.encode(payload).map(|p| (rsv, p))
@@ -353,10 +367,10 @@ impl Session {
     /// The bytes to write, in order, after encoding a due Close. Write what
     /// the transport takes and report it with [`advance`](Self::advance).
     pub(crate) fn transmit(&mut self) -> &VecDeque<Bytes> {
-        if let State::Ending { due, .. } = &mut self.state
-            && let Some(close) = due.take()
+        if let State::Ending { why, due, .. } = &mut self.state
+            && std::mem::take(due)
         {
-            self.out.push(&close);
+            self.out.push(&why.last_close());
         }
         self.out.seal();
         &self.out.chunks
@@ -453,7 +467,9 @@ impl Session {
     pub(crate) fn poll_end(&mut self, flushed: bool) -> Option<CloseReason> {
         match &self.state {
             State::Done(reason) => Some(reason.clone()),
-            State::Ending { why, due: None, .. } if flushed && self.pending() == 0 => {
+            State::Ending {
+                why, due: false, ..
+            } if flushed && self.pending() == 0 => {
                 let reason = why.reason(true);
                 self.state = State::Done(reason.clone());
                 Some(reason)
@@ -486,8 +502,8 @@ impl Session {
     // Helpers.
 
     fn count_in(&mut self, len: usize) {
-        self.tally.messages_in += 1;
-        self.tally.bytes_in += len as u64;
+        self.tally.messages_in = self.tally.messages_in.saturating_add(1);
+        self.tally.bytes_in = self.tally.bytes_in.saturating_add(saturate(len));
     }
 
     /// Restores a message through the extension, then checks its text.
@@ -515,11 +531,10 @@ impl Session {
             State::Open { close_by, .. } => {
                 // Answer with the peer's code, send nothing else, and close
                 // TCP once the answer is out (RFC 6455 §5.5.1, §7.1.1).
-                let answer = frame.as_ref().map(|f| close_frame(f.code, ""));
                 let deadline = close_by.unwrap_or(now + self.config.close_timeout);
                 self.state = State::Ending {
                     why: Ending::PeerClosed(frame),
-                    due: Some(Message::Close(answer)),
+                    due: true,
                     deadline,
                 };
             }
@@ -534,19 +549,16 @@ impl Session {
     /// ours is out already), then nothing.
     fn fail(&mut self, fail: Fail, now: Instant) {
         self.state = match std::mem::replace(&mut self.state, State::Done(placeholder())) {
-            State::Open { close_by, .. } => {
-                let frame = fail.to_close_frame();
-                State::Ending {
-                    why: Ending::Failed {
-                        sent: frame.clone(),
-                    },
-                    due: Some(Message::Close(Some(frame))),
-                    deadline: close_by.unwrap_or(now + self.config.close_timeout),
-                }
-            }
+            State::Open { close_by, .. } => State::Ending {
+                why: Ending::Failed {
+                    sent: fail.to_close_frame(),
+                },
+                due: true,
+                deadline: close_by.unwrap_or(now + self.config.close_timeout),
+            },
             State::Closing { sent, deadline } => State::Ending {
                 why: Ending::Failed { sent },
-                due: None,
+                due: false,
                 deadline,
             },
             other => other,
@@ -560,12 +572,14 @@ impl Session {
                 CloseReason::abnormal("connection closed without a close handshake")
             }
             State::Closing { sent, .. } => CloseReason::by_us(sent, false),
-            State::Ending { why, due, .. } => {
-                why.reason(flushed && due.is_none() && self.pending() == 0)
-            }
+            State::Ending { why, due, .. } => why.reason(flushed && !due && self.pending() == 0),
             State::Done(reason) => reason.clone(),
         }
     }
+}
+
+fn saturate(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// A stand-in state for the instant of a `mem::replace`.

@@ -24,6 +24,7 @@ use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
@@ -110,7 +111,7 @@ impl<S: Transport> Driver<S> {
     pub(crate) fn new(
         io: S,
         leftover: &[u8],
-        session: SessionConfig,
+        session: Arc<SessionConfig>,
         extension: Option<Box<dyn Extension>>,
         config: DriverConfig,
     ) -> Self {

@@ -29,8 +29,6 @@ pub(crate) struct Decoder {
     /// The reserved bits of the data message in progress: its payload is the
     /// extension's to transform, and is checked (UTF-8) only after that.
     rsv: u8,
-    /// The payload of the control frame being read.
-    control: [u8; MAX_CONTROL_PAYLOAD],
 }
 
 impl Decoder {
@@ -52,7 +50,6 @@ impl Decoder {
             validated: 0,
             rsv_allowed: rsv_allowed & 0x70,
             rsv: 0,
-            control: [0; MAX_CONTROL_PAYLOAD],
         }
     }
 
@@ -81,17 +78,10 @@ impl Decoder {
         result
     }
 
-    /// Bytes currently held for an incomplete data message or control frame.
+    /// Bytes currently held for an incomplete data message (an incomplete
+    /// control frame stays in the caller's buffer).
     pub(crate) fn buffered(&self) -> usize {
-        let control = match self.state {
-            State::Payload(Frame {
-                kind: FrameKind::Control(_),
-                read,
-                ..
-            }) => read,
-            _ => 0,
-        };
-        self.message.len() + control
+        self.message.len()
     }
 
     /// Releases the spare capacity of the message buffer (when the connection
@@ -228,6 +218,12 @@ impl Decoder {
         let Some(&[m0, m1, m2, m3]) = input.get(mask_at..mask_at + 4) else {
             return Ok(None);
         };
+        // A control frame (at most 131 bytes) is taken whole or not at all:
+        // until its last byte arrives it stays in the caller's buffer, so the
+        // decoder needs no buffer of its own for it.
+        if matches!(kind, FrameKind::Control(_)) && input.len() < mask_at + 4 + len {
+            return Ok(None);
+        }
         input.advance(mask_at + 4);
         if let FrameKind::Data { kind, starts: true } = kind {
             self.kind = Some(kind);
@@ -242,31 +238,22 @@ impl Decoder {
         }))
     }
 
-    /// Reads a control frame's payload into the fixed array.
+    /// Takes a control frame's payload, which `read_header` made sure is
+    /// whole in `input`.
     fn control_payload(
         &mut self,
         op: ControlOp,
-        mut frame: Frame,
+        frame: Frame,
         input: &mut BytesMut,
     ) -> Result<Progress, Fail> {
-        let take = frame.remaining().min(input.len());
-        // In bounds: `read_header` admitted this control frame only with
-        // `len <= 125`, and `read + remaining == len`, so
-        // `read + take <= 125`; `take <= input.len()`.
-        let dst = &mut self.control[frame.read..frame.read + take];
-        dst.copy_from_slice(&input[..take]);
-        unmask(dst, frame.mask, frame.read);
-        input.advance(take);
-        frame.read += take;
-        if frame.read < frame.len {
-            return Ok(Progress::Partial(frame));
-        }
-        // In bounds: `frame.len <= 125`, as above.
-        let payload = &self.control[..frame.len];
+        // In bounds: `read_header` admitted this control frame only with its
+        // whole payload (at most 125 bytes) in `input`.
+        let mut payload = input.split_to(frame.len);
+        unmask(&mut payload, frame.mask, 0);
         let event = match op {
-            ControlOp::Close => Event::Close(close_payload(payload)?),
-            ControlOp::Ping => Event::Ping(Bytes::copy_from_slice(payload)),
-            ControlOp::Pong => Event::Pong(Bytes::copy_from_slice(payload)),
+            ControlOp::Close => Event::Close(close_payload(&payload)?),
+            ControlOp::Ping => Event::Ping(payload.freeze()),
+            ControlOp::Pong => Event::Pong(payload.freeze()),
         };
         Ok(Progress::Complete(Some(event)))
     }

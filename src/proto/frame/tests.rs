@@ -635,12 +635,13 @@ fn only_bytes_that_arrived_are_reserved() {
 }
 
 #[test]
-fn buffered_counts_a_partial_control_frame() {
+fn a_partial_control_frame_stays_in_the_callers_buffer() {
     let mut decoder = Decoder::new(LIMITS);
     let ping = frame(true, opcode::PING, &[5; 50]);
     let mut input = BytesMut::from(&ping[..2 + 4 + 20]);
     assert_eq!(decoder.decode(&mut input), Ok(None));
-    assert_eq!(decoder.buffered(), 20);
+    assert_eq!(decoder.buffered(), 0);
+    assert_eq!(input.len(), 26, "nothing consumed until the frame is whole");
     input.extend_from_slice(&ping[26..]);
     assert_eq!(
         decoder.decode(&mut input),

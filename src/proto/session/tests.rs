@@ -1,6 +1,7 @@
 //! The session state machine alone, on a virtual clock: every timer is
 //! asserted in test-time milliseconds, and nothing sleeps.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,8 +15,8 @@ const PING: Duration = Duration::from_millis(30_000);
 const IDLE: Duration = Duration::from_millis(60_000);
 const CLOSE: Duration = Duration::from_millis(5_000);
 
-fn config() -> SessionConfig {
-    SessionConfig {
+fn config() -> Arc<SessionConfig> {
+    Arc::new(SessionConfig {
         ping_interval: PING,
         idle_timeout: IDLE,
         close_timeout: CLOSE,
@@ -23,11 +24,15 @@ fn config() -> SessionConfig {
             max_frame_size: 1 << 16,
             max_message_size: 1 << 16,
         },
-    }
+    })
 }
 
 fn session(clock: &Clock) -> Session {
     Session::new(config(), None, &[], clock.now())
+}
+
+fn with_xor(clock: &Clock) -> Session {
+    Session::new(config(), Some(Box::new(Xor)), &[], clock.now())
 }
 
 /// A masked client frame with the given first byte (FIN, RSV and opcode).
@@ -327,7 +332,7 @@ fn xor(bytes: &[u8]) -> Vec<u8> {
 fn an_extension_transforms_marked_messages_both_ways() {
     let clock = Clock::start();
     let t = clock.now();
-    let mut s = Session::new(config(), Some(Box::new(Xor)), &[], t);
+    let mut s = with_xor(&clock);
     let mut input = frame_with(0x80 | 0x40 | 0x1, &xor(b"secret"));
     input.extend(client(0x1, b"plain"));
     s.receive(&input, t);
@@ -347,13 +352,13 @@ fn an_extension_transforms_marked_messages_both_ways() {
 fn an_extension_bit_on_a_control_frame_or_a_bad_payload_fails_the_session() {
     let clock = Clock::start();
     let t = clock.now();
-    let mut s = Session::new(config(), Some(Box::new(Xor)), &[], t);
+    let mut s = with_xor(&clock);
     s.receive(&frame_with(0x80 | 0x40 | 0x9, b"x"), t);
     assert_eq!(s.poll_message(t), None);
     let out = drain(&mut s);
     assert_eq!(&out[2..4], &[0x03, 0xea], "1002");
 
-    let mut s = Session::new(config(), Some(Box::new(Xor)), &[], t);
+    let mut s = with_xor(&clock);
     s.receive(&frame_with(0x80 | 0x40 | 0x1, &xor(b"!nope")), t);
     assert_eq!(s.poll_message(t), None);
     let out = drain(&mut s);
@@ -361,7 +366,7 @@ fn an_extension_bit_on_a_control_frame_or_a_bad_payload_fails_the_session() {
     assert_eq!(&out[4..], b"bad xor stream");
 
     // What the extension restores is checked as text.
-    let mut s = Session::new(config(), Some(Box::new(Xor)), &[], t);
+    let mut s = with_xor(&clock);
     s.receive(&frame_with(0x80 | 0x40 | 0x1, &xor(&[0xff, 0xfe])), t);
     assert_eq!(s.poll_message(t), None);
     assert_eq!(&drain(&mut s)[2..4], &[0x03, 0xef], "1007");
