@@ -238,7 +238,7 @@ async fn tick(handle: ContextHandle) {
     let mut n = 0u64;
     while ticks.next().await.is_some() {
         n += 1;
-        match handle.counters() {
+        match handle.stats() {
             Ok(c) => println!("host tick {n}: {} session(s) open", c.sessions_open),
             Err(_) => println!("host tick {n}: the gateway is shutting down"),
         }

@@ -148,14 +148,14 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
 
 /// Samples the connections each thread serves, keeping the highest seen,
 /// until teardown begins.
-async fn sample_loads(handle: ContextHandle, peaks: Arc<Mutex<Vec<usize>>>) {
+async fn sample_loads(handle: ContextHandle, peaks: Arc<Mutex<Vec<u64>>>) {
     let mut ticks = Timer::interval(SAMPLE_EVERY);
     while ticks.next().await.is_some() {
-        let Ok(counters) = handle.counters() else {
+        let Ok(stats) = handle.stats() else {
             return;
         };
         let mut peaks = peaks.lock().unwrap_or_else(PoisonError::into_inner);
-        for (peak, now) in peaks.iter_mut().zip(&counters.connections_per_thread) {
+        for (peak, now) in peaks.iter_mut().zip(&stats.connections_per_thread) {
             *peak = (*peak).max(*now);
         }
     }

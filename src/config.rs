@@ -115,6 +115,21 @@ impl ConfigBuilder {
                 ));
             }
         }
+        for (i, v) in self.vhosts.iter().enumerate() {
+            for w in &self.vhosts[..i] {
+                if v.listen.iter().any(|a| w.listen.contains(a))
+                    && !same_binding(&v.acceptor, &w.acceptor)
+                {
+                    return Err(ConfigError::new(
+                        format!("vhost.{}.acceptor", v.name),
+                        format!(
+                            "shares a listen address with vhost {:?}, which uses another acceptor",
+                            w.name
+                        ),
+                    ));
+                }
+            }
+        }
         if self.max_connections == 0 {
             return Err(ConfigError::new("max_connections", "must be at least 1"));
         }
@@ -353,19 +368,47 @@ pub(crate) struct Binding {
     /// protocol's name, or the handler's type.
     pub(crate) name: String,
     pub(crate) object: Arc<dyn Any + Send + Sync>,
+    /// Who the application's object is (its address), when two bindings of
+    /// one object must compare equal.
+    identity: usize,
 }
 
 impl Binding {
     pub(crate) fn new(name: impl Into<String>, object: impl Any + Send + Sync) -> Self {
+        let object: Arc<dyn Any + Send + Sync> = Arc::new(object);
+        Self {
+            name: name.into(),
+            identity: Arc::as_ptr(&object).cast::<()>() as usize,
+            object,
+        }
+    }
+
+    /// A binding of a shared application object, which is the same binding
+    /// whenever it carries the same `identity` (the object's address).
+    pub(crate) fn shared(
+        name: impl Into<String>,
+        object: impl Any + Send + Sync,
+        identity: usize,
+    ) -> Self {
         Self {
             name: name.into(),
             object: Arc::new(object),
+            identity,
         }
     }
 
     /// The object, if it is a `T`.
     pub(crate) fn get<T: Any>(&self) -> Option<&T> {
         self.object.downcast_ref::<T>()
+    }
+}
+
+/// Whether two optional bindings carry the same object.
+pub(crate) fn same_binding(a: &Option<Binding>, b: &Option<Binding>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.identity == b.identity,
+        _ => false,
     }
 }
 
@@ -465,6 +508,9 @@ pub struct VhostConfig {
     pub(crate) mounts: Vec<Mount>,
     pub(crate) protocols: Vec<ProtocolEntry>,
     pub(crate) extensions: Vec<Arc<dyn ExtensionNegotiator>>,
+    /// What turns the listeners' accepted TCP streams into transports (see
+    /// [`VhostBuilder::acceptor`]); `None`: plain TCP.
+    pub(crate) acceptor: Option<Binding>,
     pub(crate) limits: Limits,
     pub(crate) origins: Vec<String>,
     pub(crate) user_data: Option<Box<dyn Any + Send + Sync>>,
@@ -481,6 +527,7 @@ impl VhostConfig {
                 mounts: Vec::new(),
                 protocols: Vec::new(),
                 extensions: Vec::new(),
+                acceptor: None,
                 limits: Limits::default(),
                 origins: Vec::new(),
                 user_data: None,
@@ -525,6 +572,7 @@ impl fmt::Debug for VhostConfig {
                     .collect::<Vec<_>>(),
             )
             .field("extensions", &self.extensions)
+            .field("acceptor", &self.acceptor)
             .field("limits", &self.limits)
             .field("origins", &self.origins)
             .field("user_data", &self.user_data.is_some())
@@ -560,6 +608,13 @@ impl VhostBuilder {
     /// ([`VhostBuilder::protocol`]).
     pub(crate) fn protocol_binding(mut self, protocol: Binding, options: Options) -> Self {
         self.cfg.protocols.push(ProtocolEntry { protocol, options });
+        self
+    }
+
+    /// Sets the acceptor bound by the layer that defines acceptors
+    /// ([`VhostBuilder::acceptor`]).
+    pub(crate) fn acceptor_binding(mut self, acceptor: Binding) -> Self {
+        self.cfg.acceptor = Some(acceptor);
         self
     }
 

@@ -3,20 +3,15 @@
 //! remote control.
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 
 use async_executor::{Executor, LocalExecutor};
-use event_listener::Event;
 
-use crate::common::lock;
 use crate::config::{Config, VhostConfig};
 use crate::error::Error;
 use crate::proto::close::CloseReason;
-use crate::runtime::listener::{Listener, bind_all};
 use crate::runtime::tasks::{HostExecutor, Live, Spawner, TaskSet, force_all};
 use crate::runtime::workers::Workers;
 use crate::{CloseCode, Message};
@@ -25,15 +20,16 @@ pub(crate) mod broker;
 pub(crate) mod lifecycle;
 pub(crate) mod metrics;
 pub(crate) mod protocol;
+pub(crate) mod registry;
 pub(crate) mod service;
 pub(crate) mod session;
 pub(crate) mod vhost;
 
 use broker::{MemoryBroker, Presence, Published, Topics};
-use lifecycle::Drain;
+use lifecycle::{Drain, Lifecycle};
 use metrics::{Metrics, Stats};
 use protocol::Wake;
-use service::ListenerService;
+use registry::{Registry, bind_new};
 use session::SessionHandle;
 use vhost::Vhost;
 
@@ -142,50 +138,19 @@ pub(crate) mod kind {
     }
 }
 
-/// A snapshot of a context's counters.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct Counters {
-    /// Sessions open now.
-    pub sessions_open: usize,
-    /// WebSocket handshakes accepted since attach.
-    pub accepted: u64,
-    /// Requests refused with an HTTP error status since attach.
-    pub rejected: u64,
-    /// Sessions that have ended since attach.
-    pub closed: u64,
-    /// TCP connections open now (HTTP and WebSocket).
-    pub connections: usize,
-    /// The accepted connections each service thread serves now, indexed like
-    /// the executors given to [`Context::attach_set`] (one entry for
-    /// [`Context::attach`]). New connections go to the lowest of these. They
-    /// add up to `connections`, but for a connection being accepted at that
-    /// very moment.
-    pub connections_per_thread: Vec<usize>,
-}
-
+/// What a context's handles share, split by owner: its lifecycle
+/// (teardown), its registry (vhosts, listeners), its workers, its topics and
+/// its metrics.
 pub(crate) struct ContextShared {
-    running: AtomicBool,
+    pub(crate) lifecycle: Lifecycle,
+    pub(crate) registry: Registry,
+    /// Every worker (one per host executor), for the hand-off of connections.
+    workers: Arc<Workers>,
     /// Worker 0's spawner: accept loops, posted closures and wake-ups run
     /// there. Its live count is context-wide.
     pub(crate) spawner: Spawner,
-    /// Every worker (one per host executor), for the hand-off of connections.
-    workers: Arc<Workers>,
-    vhosts: Mutex<Vec<Vhost>>,
-    listeners: Mutex<Vec<ListenerEntry>>,
-    sessions: Mutex<HashMap<u64, SessionHandle>>,
-    next_id: AtomicU64,
-    accepted: AtomicU64,
-    rejected: AtomicU64,
-    closed: AtomicU64,
-    pub(crate) drain_clean: AtomicUsize,
-    pub(crate) drain_aborted: AtomicUsize,
-    pub(crate) drain_forced: AtomicUsize,
-    teardown: Event,
     pub(crate) topics: Topics,
     pub(crate) metrics: Metrics,
-    /// When teardown began (by `shutdown`, `destroy` or drop).
-    teardown_started: Mutex<Option<std::time::Instant>>,
 }
 
 impl<'ex> Context<'ex> {
@@ -211,7 +176,7 @@ impl<'ex> Context<'ex> {
     /// [`ContextHandle::wake`]); each accepted connection (HTTP, then its
     /// WebSocket session) is handed to the worker serving the fewest
     /// connections at that moment, the lowest index on a tie, and stays
-    /// there. See [`Counters::connections_per_thread`].
+    /// there. See [`Stats::connections_per_thread`].
     ///
     /// It returns once every listener is bound, before anything has run: a
     /// client may connect at once and is served when the host runs the
@@ -324,38 +289,27 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
             .iter()
             .flat_map(|v| v.listen().iter().copied())
             .collect();
-        let mut bound = bind_all(&addrs, &[])?;
+        let mut bound = crate::runtime::listener::bind_all(&addrs, &[])?;
         let live = Live::new();
         let (tasks, spawners): (Vec<TaskSet>, Vec<Spawner>) = hosts
             .iter()
             .map(|host| TaskSet::new(K::host(host), pumps, &live))
             .unzip();
         let workers = Workers::new(spawners, max_connections);
-        let shared = Arc::new(ContextShared {
-            running: AtomicBool::new(true),
+        let shared = Arc::new_cyclic(|weak| ContextShared {
+            lifecycle: Lifecycle::new(),
+            registry: Registry::new(weak.clone()),
             spawner: workers.first().clone(),
             workers,
-            vhosts: Mutex::new(Vec::new()),
-            listeners: Mutex::new(Vec::new()),
-            sessions: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            accepted: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            closed: AtomicU64::new(0),
-            drain_clean: AtomicUsize::new(0),
-            drain_aborted: AtomicUsize::new(0),
-            drain_forced: AtomicUsize::new(0),
-            teardown: Event::new(),
             topics: Topics::new(broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()))),
             metrics: Metrics::default(),
-            teardown_started: Mutex::new(None),
         });
         for cfg in vhosts {
             let vhost = Vhost::new(cfg, Arc::downgrade(&shared));
-            shared.install_vhost(&vhost, &mut bound);
+            shared.install(&vhost, &mut bound);
         }
         tracing::info!(
-            listeners = ?shared.local_addrs(),
+            listeners = ?shared.registry.local_addrs(),
             workers = hosts.len(),
             "context attached"
         );
@@ -385,13 +339,11 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
         if self.vhost(config.name()).is_some() {
             return Err(Error::VhostExists(config.name().to_owned()));
         }
-        let existing: Vec<SocketAddr> = lock(&self.shared.listeners)
-            .iter()
-            .map(|l| l.listener.configured)
-            .collect();
-        let mut bound = bind_all(config.listen(), &existing)?;
+        let registry = &self.shared.registry;
+        registry.check_acceptor(&config)?;
+        let mut bound = bind_new(registry, &[&config])?;
         let vhost = Vhost::new(config, Arc::downgrade(&self.shared));
-        self.shared.install_vhost(&vhost, &mut bound);
+        self.shared.install(&vhost, &mut bound);
         Ok(vhost)
     }
 
@@ -410,15 +362,12 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
 
     /// The vhost called `name`.
     pub fn vhost(&self, name: &str) -> Option<Vhost> {
-        lock(&self.shared.vhosts)
-            .iter()
-            .find(|v| v.name() == name)
-            .cloned()
+        self.shared.registry.vhost(name)
     }
 
     /// Every bound listen address (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.shared.local_addrs()
+        self.shared.registry.local_addrs()
     }
 
     /// Begins teardown: stops every listener and sends Close 1001 "going
@@ -440,7 +389,7 @@ impl<K: LoopKind> Drop for Context<'_, K> {
     fn drop(&mut self) {
         if !self.tasks.is_empty() {
             tracing::warn!(
-                sessions = self.shared.session_count(),
+                sessions = self.shared.registry.session_count(),
                 workers = self.tasks.len(),
                 "context dropped without destroy(): forcing every session closed"
             );
@@ -473,7 +422,7 @@ impl ContextHandle {
         let wake = Wake::new(payload);
         let shared = self.shared.clone();
         self.spawn(async move {
-            for vhost in shared.vhosts() {
+            for vhost in shared.registry.vhosts() {
                 for p in vhost.protocols() {
                     p.wake(&vhost, &wake);
                 }
@@ -501,9 +450,8 @@ impl ContextHandle {
         self.check()?;
         let v = self
             .shared
-            .vhosts()
-            .into_iter()
-            .find(|v| v.name() == vhost)
+            .registry
+            .vhost(vhost)
             .ok_or_else(|| Error::NoSuchVhost(vhost.to_owned()))?;
         Ok(v.sessions()
             .iter()
@@ -522,10 +470,7 @@ impl ContextHandle {
     /// [`Error::Closed`] after teardown began.
     pub fn publish(&self, topic: &str, message: Message) -> Result<Published, Error> {
         self.check()?;
-        self.shared
-            .metrics
-            .published
-            .fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.count_published();
         Ok(self.shared.topics.broker().publish(topic, &message))
     }
 
@@ -557,7 +502,7 @@ impl ContextHandle {
     /// [`Error::Closed`] after teardown began.
     pub fn stats(&self) -> Result<Stats, Error> {
         self.check()?;
-        Ok(Stats::collect(&self.shared))
+        Ok(self.shared.stats())
     }
 
     /// Requests teardown from any thread (a signal thread, a GUI thread): the
@@ -584,7 +529,7 @@ impl ContextHandle {
     /// Resolves once teardown has begun (by `shutdown`, `destroy` or drop).
     pub async fn shutdown_requested(&self) {
         loop {
-            let l = self.shared.teardown.listen();
+            let l = self.shared.lifecycle.listen();
             if !self.shared.is_running() {
                 return;
             }
@@ -592,19 +537,68 @@ impl ContextHandle {
         }
     }
 
-    /// Whether the context is still serving.
-    pub fn is_running(&self) -> bool {
-        self.shared.is_running()
-    }
-
-    /// The counters.
+    /// Serves a connection the host accepted itself (a Unix socket, an
+    /// in-memory pipe, a stream its own TLS already terminated), exactly as
+    /// a listener serves a TCP connection: request heads, HTTP answers,
+    /// WebSocket sessions, under every limit. Requests are routed by `Host`
+    /// among all of the context's vhosts (the first without names is the
+    /// default). `peer` is what [`Request::peer`](crate::Request::peer)
+    /// reports and what `max_sessions_per_ip` counts: for a stream without
+    /// an IP address, pass one that stands for its origin (for example
+    /// `127.0.0.1:0` for a local socket).
+    ///
+    /// The connection is handed to the least loaded service thread and
+    /// counts against `max_connections` (over it, it is answered 503).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn demo(handle: &wsgate::ContextHandle) -> std::io::Result<()> {
+    /// use std::os::unix::net::UnixListener;
+    /// use async_io::Async;
+    ///
+    /// let listener = Async::<UnixListener>::bind("/tmp/wsgate.sock")?;
+    /// # async_io::block_on(async {
+    /// let (stream, _) = listener.accept().await?;
+    /// let _ = handle.serve_stream(stream, "127.0.0.1:0".parse().unwrap());
+    /// # std::io::Result::Ok(())
+    /// # })?;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`] after teardown began.
-    pub fn counters(&self) -> Result<Counters, Error> {
+    /// [`Error::Closed`] after teardown began (the stream is dropped).
+    pub fn serve_stream(
+        &self,
+        stream: impl crate::transport::Transport,
+        peer: SocketAddr,
+    ) -> Result<(), Error> {
         self.check()?;
-        Ok(self.shared.counters())
+        let stream: Box<dyn crate::transport::Transport> = Box::new(stream);
+        let service: Arc<dyn crate::runtime::connection::Service> =
+            self.shared.registry.streams().clone();
+        match self.shared.workers.try_connection() {
+            Some(mut slot) => {
+                let worker = slot.hand_off();
+                worker.spawn(crate::runtime::connection::serve(
+                    stream, peer, service, slot,
+                ));
+            }
+            None => {
+                self.shared.rejected(503);
+                self.shared
+                    .spawner
+                    .spawn(crate::runtime::connection::refuse_busy(stream));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the context is still serving.
+    pub fn is_running(&self) -> bool {
+        self.shared.is_running()
     }
 
     fn check(&self) -> Result<(), Error> {
@@ -637,92 +631,35 @@ impl fmt::Debug for ContextShared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ContextShared")
             .field("running", &self.is_running())
-            .field("counters", &self.counters())
+            .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
 }
 
 impl ContextShared {
     pub(crate) fn is_running(&self) -> bool {
-        self.running.load(Ordering::Acquire)
+        self.lifecycle.is_running()
     }
 
-    pub(crate) fn vhosts(&self) -> Vec<Vhost> {
-        lock(&self.vhosts).clone()
+    /// Every counter and gauge, now.
+    pub(crate) fn stats(&self) -> Stats {
+        self.metrics.snapshot(
+            self.registry.session_count(),
+            self.workers.connections(),
+            self.workers.loads(),
+            self.topics.broker().topics().len(),
+            self.lifecycle.ends(),
+        )
     }
 
-    pub(crate) fn session_count(&self) -> usize {
-        lock(&self.sessions).len()
-    }
-
-    fn local_addrs(&self) -> Vec<SocketAddr> {
-        lock(&self.listeners)
-            .iter()
-            .map(|l| l.listener.local)
-            .collect()
-    }
-
-    pub(crate) fn counters(&self) -> Counters {
-        Counters {
-            sessions_open: self.session_count(),
-            accepted: self.accepted.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
-            closed: self.closed.load(Ordering::Relaxed),
-            connections: self.workers.connections(),
-            connections_per_thread: self.workers.loads(),
-        }
-    }
-
-    /// Registers `vhost` with its listeners (new ones from `bound` are started).
-    fn install_vhost(
-        self: &Arc<Self>,
-        vhost: &Vhost,
-        bound: &mut Vec<(SocketAddr, std::net::TcpListener)>,
-    ) {
-        let mut locals = Vec::new();
-        let mut listeners = lock(&self.listeners);
-        for addr in vhost.listen() {
-            let pos = listeners
-                .iter()
-                .position(|l| l.listener.configured == *addr)
-                .or_else(|| {
-                    let pos = bound.iter().position(|(a, _)| a == addr)?;
-                    let (_, socket) = bound.swap_remove(pos);
-                    let service = ListenerService::new(Arc::downgrade(self));
-                    let listener =
-                        Listener::start(*addr, socket, &self.workers, service.clone(), None);
-                    listeners.push(ListenerEntry { listener, service });
-                    Some(listeners.len() - 1)
-                });
-            let Some(pos) = pos else {
-                continue;
-            };
-            let entry = &listeners[pos];
-            locals.push(entry.listener.local);
-            entry.service.add_vhost(vhost.clone());
-        }
-        drop(listeners);
-        vhost.set_local_addrs(locals);
-        lock(&self.vhosts).push(vhost.clone());
+    /// Installs `vhost` with its listeners (new ones from `bound` start).
+    fn install(self: &Arc<Self>, vhost: &Vhost, bound: &mut Vec<(SocketAddr, TcpListener)>) {
+        self.registry.install(self, &self.workers, vhost, bound);
     }
 
     fn remove_vhost(&self, name: &str) -> Result<(), Error> {
-        let vhost = {
-            let mut vhosts = lock(&self.vhosts);
-            let pos = vhosts
-                .iter()
-                .position(|v| v.name() == name)
-                .ok_or_else(|| Error::NoSuchVhost(name.to_owned()))?;
-            vhosts.remove(pos)
-        };
+        let vhost = self.registry.remove(name)?;
         vhost.retire();
-        lock(&self.listeners).retain(|l| {
-            let empty = l.service.remove_vhost(&vhost);
-            if empty {
-                l.listener.stop();
-            }
-            !empty
-        });
         let closing = vhost.close_sessions(CloseCode::Away, "vhost removed");
         tracing::info!(vhost = name, closing, "vhost removed");
         Ok(())
@@ -732,51 +669,41 @@ impl ContextShared {
     /// every session to close, retire every vhost. No protocol callback runs
     /// here; the loop runs them. Returns `false` if it had already begun.
     pub(crate) fn begin_teardown(&self, why: &str) -> bool {
-        if !self.running.swap(false, Ordering::AcqRel) {
+        if !self.lifecycle.begin() {
             return false;
         }
-        *lock(&self.teardown_started) = Some(std::time::Instant::now());
-        for l in lock(&self.listeners).drain(..) {
-            l.listener.stop();
-        }
-        let sessions: Vec<SessionHandle> = lock(&self.sessions).values().cloned().collect();
-        let closing = sessions
+        self.registry.stop_listeners();
+        let closing = self
+            .registry
+            .sessions()
             .iter()
             .filter(|s| s.shared.outbox.request_close(CloseCode::Away, "going away"))
             .count();
-        self.teardown.notify(usize::MAX);
-        for vhost in self.vhosts() {
+        self.lifecycle.announce();
+        for vhost in self.registry.vhosts() {
             vhost.retire();
         }
         tracing::info!(why, closing, "teardown begun");
         true
     }
 
-    /// When teardown began, if it has.
-    pub(crate) fn teardown_started(&self) -> Option<std::time::Instant> {
-        *lock(&self.teardown_started)
-    }
-
     pub(crate) fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        self.registry.next_id()
     }
 
     pub(crate) fn teardown_listener(&self) -> event_listener::EventListener {
-        self.teardown.listen()
+        self.lifecycle.listen()
     }
 
     /// Counts a refused request.
     pub(crate) fn rejected(&self, status: u16) {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
         self.metrics.rejected(status);
     }
 
-    /// Registers an accepted session. If teardown raced with the handshake, the
-    /// session is asked to close at once.
+    /// Registers an accepted session (with its vhost). If teardown raced with
+    /// the handshake, the session is asked to close at once.
     pub(crate) fn register(&self, session: &SessionHandle) {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
-        self.metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
-        lock(&self.sessions).insert(session.id().get(), session.clone());
+        self.metrics.count_session();
         session.vhost().register(session);
         if !self.is_running() || !session.vhost().is_serving() {
             session
@@ -797,32 +724,18 @@ impl ContextShared {
     /// Unregisters a session after its `close` callback; `outcome` is `None`
     /// when it was forced down.
     pub(crate) fn unregister(&self, session: &SessionHandle, outcome: Option<&CloseReason>) {
-        lock(&self.sessions).remove(&session.id().get());
         session.vhost().unregister(session.id().get());
         self.discard(session);
-        self.closed.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .closed(outcome.map_or(1006, |r| u16::from(r.code)));
-        if !self.is_running() {
-            let counter = match outcome {
-                Some(r) if r.clean => &self.drain_clean,
-                Some(_) => &self.drain_aborted,
-                None => &self.drain_forced,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
+        self.lifecycle.count_end(outcome);
     }
-}
-
-/// A listener and the service its connections are answered with.
-struct ListenerEntry {
-    listener: Arc<Listener>,
-    service: Arc<ListenerService>,
 }
 
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<ContextHandle>();
+    send_sync::<Stats>();
     send_sync::<SessionHandle>();
     send_sync::<Vhost>();
     send_sync::<Context<'static>>();

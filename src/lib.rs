@@ -48,7 +48,7 @@
 //! A host that runs one executor per thread attaches one context to all of
 //! them with [`Context::attach_set`]: executor 0 accepts, and each connection
 //! is handed to the thread serving the fewest connections
-//! ([`Counters::connections_per_thread`]). Teardown is the same order over the
+//! ([`Stats::connections_per_thread`](metrics::Stats::connections_per_thread)). Teardown is the same order over the
 //! set: `destroy`, the host joins its threads, then
 //! `drain(&executors, deadline)` drives every executor from the calling
 //! thread. The threads are the host's; wsgate still starts none.
@@ -170,7 +170,7 @@ pub use context::lifecycle::{Drain, DrainReport, Executors};
 pub use context::protocol::{HttpHandler, Protocol, Wake};
 pub use context::session::{SessionHandle, SessionId};
 pub use context::vhost::Vhost;
-pub use context::{Context, ContextHandle, Counters, LocalLoop, LoopKind, SharedLoop};
+pub use context::{Context, ContextHandle, LocalLoop, LoopKind, SharedLoop};
 pub use error::{ConfigError, Error, SendError};
 pub use proto::close::{CloseReason, ClosedBy};
 pub use proto::http::{Reject, Request, Response};

@@ -199,7 +199,7 @@ fn example_config_requires_the_token_and_an_allowed_origin() {
             ws.next().await.unwrap().unwrap(),
             Message::text("authorized")
         );
-        let bearer = async_tungstenite::tungstenite::http::Request::builder()
+        let bearer = tungstenite::http::Request::builder()
             .uri(format!("ws://{addr}/echo"))
             .header("Host", addr.to_string())
             .header("Origin", "http://localhost:7681")

@@ -55,7 +55,7 @@ fn assert_inert(handle: &ContextHandle) {
         Err(Error::Closed)
     ));
     assert!(matches!(handle.shutdown(), Err(Error::Closed)));
-    assert!(matches!(handle.counters(), Err(Error::Closed)));
+    assert!(matches!(handle.stats(), Err(Error::Closed)));
     // Already torn down: resolves at once.
     run(handle.shutdown_requested());
 }
@@ -283,7 +283,7 @@ fn half_open_client(ex: &Executor<'_>, ctx: &Context<'_>) -> TcpStream {
     let mut raw = TcpStream::connect(ctx.local_addrs()[0]).unwrap();
     raw.write_all(b"GET /echo HTTP/1.1\r\nHost: local").unwrap();
     run(ex.run(async {
-        while handle.counters().unwrap().connections == 0 {
+        while handle.stats().unwrap().connections == 0 {
             future::yield_now().await;
         }
     }));

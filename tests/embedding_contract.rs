@@ -222,7 +222,7 @@ fn a_refused_or_panicking_open_leaves_no_live_handle_no_subscriber_and_no_task()
         let mut ws = connect(addr, "/echo").await;
         ws.send(Message::text("hi")).await.unwrap();
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
-        let bye = async_tungstenite::tungstenite::protocol::CloseFrame {
+        let bye = tungstenite::protocol::CloseFrame {
             code: wsgate::CloseCode::Normal,
             reason: "".into(),
         };

@@ -111,8 +111,8 @@ fn slowloris_heads_get_408_while_a_normal_client_is_served() {
         assert!(*at >= timeout, "connection {i} closed after {at:?}");
         assert!(*at < timeout + margin, "connection {i} closed after {at:?}");
     }
-    let counters = server.handle.counters().unwrap();
-    assert_eq!(counters.rejected, answered as u64, "{counters:?}");
+    let counters = server.handle.stats().unwrap();
+    assert_eq!(counters.rejected_total, answered as u64, "{counters:?}");
     eprintln!(
         "slowloris: {answered}/{CONNECTIONS} answered 408, closes after {first_answer:?} to {:?}; normal client served after {served_after:?}",
         slow.iter().map(|(_, at)| *at).max().unwrap()
@@ -317,12 +317,20 @@ fn a_thousand_abrupt_resets_leave_descriptors_at_the_baseline() {
 
     // Nothing announces the last reset's processing but the counters.
     wait_until(Duration::from_secs(5), "connections gone", || {
-        let c = server.handle.counters().unwrap();
+        let c = server.handle.stats().unwrap();
         c.connections == 0 && c.sessions_open == 0
     });
-    let counters = server.handle.counters().unwrap();
-    assert_eq!(counters.accepted, 3 * PER_PHASE as u64, "{counters:?}");
-    assert_eq!(counters.closed, 3 * PER_PHASE as u64, "{counters:?}");
+    let counters = server.handle.stats().unwrap();
+    assert_eq!(
+        counters.sessions_total,
+        3 * PER_PHASE as u64,
+        "{counters:?}"
+    );
+    assert_eq!(
+        counters.sessions_closed,
+        3 * PER_PHASE as u64,
+        "{counters:?}"
+    );
     let report = server.shutdown();
     assert_eq!(report.forced, 0, "{report:?}");
     assert_eq!(report.tasks_forced, 0, "{report:?}");
@@ -400,7 +408,7 @@ fn a_half_open_peer_is_reaped_by_the_idle_timeout() {
         Duration::from_secs(1),
         "session and connection gone",
         || {
-            let c = server.handle.counters().unwrap();
+            let c = server.handle.stats().unwrap();
             vhost.session_count() == 0 && c.sessions_open == 0 && c.connections == 0
         },
     );

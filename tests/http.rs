@@ -77,7 +77,7 @@ fn assert_refused(reply: &HttpReply, status: u16, body: &str) {
 }
 
 fn rejected(server: &Server) -> u64 {
-    server.handle.counters().unwrap().rejected
+    server.handle.stats().unwrap().rejected_total
 }
 
 #[test]
@@ -310,9 +310,9 @@ fn handshake_over_max_sessions_is_503() {
             Err(e) => panic!("expected 503, got {e}"),
             Ok(_) => panic!("a second session was admitted over max_sessions"),
         }
-        let counters = server.handle.counters().unwrap();
-        assert_eq!((counters.sessions_open, counters.accepted), (1, 1));
-        assert_eq!(counters.rejected, 2);
+        let counters = server.handle.stats().unwrap();
+        assert_eq!((counters.sessions_open, counters.sessions_total), (1, 1));
+        assert_eq!(counters.rejected_total, 2);
         // HTTP is not a session: it is still served.
         let reply = http(&server, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(reply.status, 200);
@@ -339,8 +339,8 @@ fn connection_over_max_connections_is_503() {
 
     let reply = http(&server, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_refused(&reply, 503, "server busy\n");
-    let counters = server.handle.counters().unwrap();
-    assert_eq!((counters.connections, counters.rejected), (1, 1));
+    let counters = server.handle.stats().unwrap();
+    assert_eq!((counters.connections, counters.rejected_total), (1, 1));
 
     // The held connection is still served.
     held.write_all(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -60,7 +60,7 @@ fn request_head_over_max_head_bytes_is_431() {
     // waiting for the handshake timeout (10 s, longer than CLOSE_WITHIN).
     let endless = format!("GET /echo HTTP/1.1\r\nHost: localhost\r\n{filler}");
     assert_refused(&server, endless.as_bytes(), 431, "too large");
-    assert_eq!(server.handle.counters().unwrap().rejected, 2);
+    assert_eq!(server.handle.stats().unwrap().rejected_total, 2);
 }
 
 #[test]
@@ -557,8 +557,8 @@ fn third_session_is_refused(limits: Limits, status: u16, keyword: &str) {
     let (mut first, second) =
         run(async move { (connect(addr, "/echo").await, connect(addr, "/echo").await) });
     assert_refused(&server, &upgrade_request("/echo", ""), status, keyword);
-    let counters = server.handle.counters().unwrap();
-    assert_eq!((counters.sessions_open, counters.rejected), (2, 1));
+    let counters = server.handle.stats().unwrap();
+    assert_eq!((counters.sessions_open, counters.rejected_total), (2, 1));
 
     run(async move {
         first.close(Some(normal())).await.unwrap();
@@ -567,7 +567,7 @@ fn third_session_is_refused(limits: Limits, status: u16, keyword: &str) {
     // The server frees the place just after it has closed TCP; only the
     // second client's connection is left once it has.
     wait_until(CLOSE_WITHIN, "first session gone", || {
-        server.handle.counters().unwrap().connections == 1
+        server.handle.stats().unwrap().connections == 1
     });
     run(async move {
         use futures_util::StreamExt;

@@ -4,7 +4,7 @@
 //! a token from the `Authorization` header, the query or a cookie, 401 with
 //! `WWW-Authenticate: Bearer` without one and 403 with a wrong one, also
 //! through the configuration file's `token` option. Every refusal counts in
-//! `Counters::rejected`.
+//! `Stats::rejected_total`.
 
 mod support;
 
@@ -70,9 +70,9 @@ fn assert_refused_and_closed(addr: SocketAddr, path: &str, extra: &str, status: 
     reply
 }
 
-fn counters(server: &Server) -> (u64, u64, usize) {
-    let c = server.handle.counters().unwrap();
-    (c.accepted, c.rejected, c.sessions_open)
+fn counters(server: &Server) -> (u64, u64, u64) {
+    let c = server.handle.stats().unwrap();
+    (c.sessions_total, c.rejected_total, c.sessions_open)
 }
 
 // ---------------------------------------------------------------------------

@@ -105,7 +105,7 @@ fn broadcast_reaches_every_other_client_of_the_path_but_not_the_sender() {
         // A client that left is no longer a recipient.
         close(c).await;
         wait_until(support::LIMIT, "c gone", || {
-            server.handle.counters().unwrap().sessions_open == 3
+            server.handle.stats().unwrap().sessions_open == 3
         });
         a.send(Message::text("two left")).await.unwrap();
         assert_eq!(next(&mut b).await, Message::text("two left"));
@@ -232,7 +232,7 @@ fn increment_tasks_end_with_their_sessions_without_waiting_for_the_timer() {
         stays
     });
     wait_until(support::LIMIT, "the first session ended", || {
-        server.handle.counters().unwrap().sessions_open == 1
+        server.handle.stats().unwrap().sessions_open == 1
     });
     let reader = std::thread::spawn(move || {
         let mut stays = stays;

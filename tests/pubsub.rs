@@ -153,7 +153,7 @@ fn four_publisher_threads_reach_a_thousand_subscribers_in_order() {
 
     // The clients have closed: the topic went with its last subscriber.
     wait_until(LIMIT, "every subscriber gone", || {
-        server.handle.counters().unwrap().sessions_open == 0
+        server.handle.stats().unwrap().sessions_open == 0
     });
     assert_eq!(server.handle.topics().unwrap(), Vec::<String>::new());
     assert_eq!(presence_count(&server, "feed"), 0);

@@ -68,8 +68,8 @@ fn join(threads: Vec<ScopedJoinHandle<'_, ()>>) {
 }
 
 /// The connections each service thread serves now.
-fn loads(handle: &ContextHandle) -> Vec<usize> {
-    handle.counters().unwrap().connections_per_thread
+fn loads(handle: &ContextHandle) -> Vec<u64> {
+    handle.stats().unwrap().connections_per_thread
 }
 
 fn current_thread() -> String {
@@ -205,7 +205,7 @@ fn each_connection_goes_to_the_least_loaded_thread_and_stays_there() {
             clients.push(ws);
         }
         assert_eq!(loads(&handle), [6, 5]);
-        let counters = handle.counters().unwrap();
+        let counters = handle.stats().unwrap();
         assert_eq!(counters.connections, 11, "{counters:?}");
         assert_eq!(counters.sessions_open, 11, "{counters:?}");
 
@@ -315,7 +315,7 @@ fn one_drain_finishes_the_close_handshakes_on_every_executor() {
     let mut clients = thread::scope(|s| {
         let threads = service_threads(s, &executors, &handle, &stop);
         let clients = run(connect_echoing(addr, N));
-        assert_eq!(loads(&handle), [N / 2, N / 2]);
+        assert_eq!(loads(&handle), [N as u64 / 2, N as u64 / 2]);
         handle.shutdown().unwrap();
         join(threads);
         clients
@@ -441,7 +441,7 @@ fn abandoned_teardown_ends_the_sessions_on_every_executor(abandon: Abandon, then
     }
     assert!(started.elapsed() < Duration::from_secs(1), "a drop blocked");
     assert!(!handle.is_running());
-    assert!(matches!(handle.counters(), Err(Error::Closed)));
+    assert!(matches!(handle.stats(), Err(Error::Closed)));
 
     match then {
         Then::RunsLoops => {

@@ -306,10 +306,7 @@ fn client_thread(
     )
 }
 
-async fn connect(
-    addr: SocketAddr,
-    config: WebSocketConfig,
-) -> Result<Ws, async_tungstenite::tungstenite::Error> {
+async fn connect(addr: SocketAddr, config: WebSocketConfig) -> Result<Ws, tungstenite::Error> {
     let tcp = Async::<TcpStream>::connect(addr).await?;
     tcp.get_ref().set_nodelay(true)?;
     let (ws, _) =
@@ -336,7 +333,7 @@ async fn session(id: usize, conns: usize, secs: u64, mut ws: Ws, shared: Arc<Sha
 
     enum Event {
         Send,
-        Read(Option<Result<Message, async_tungstenite::tungstenite::Error>>),
+        Read(Option<Result<Message, tungstenite::Error>>),
         Late,
     }
     // Sending and echo phase.

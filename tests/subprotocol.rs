@@ -206,8 +206,8 @@ fn rejection_without_credentials_is_401() {
     ));
     assert_eq!(seen.status, 401);
     assert_eq!(seen.www_authenticate.as_deref(), Some("Bearer"));
-    let counters = server.handle.counters().unwrap();
-    assert_eq!((counters.accepted, counters.rejected), (0, 1));
+    let counters = server.handle.stats().unwrap();
+    assert_eq!((counters.sessions_total, counters.rejected_total), (0, 1));
 }
 
 #[test]
@@ -222,8 +222,8 @@ fn rejection_for_a_bad_or_missing_token_is_403() {
         assert_eq!(seen.status, 403, "{target}");
         assert_eq!(seen.www_authenticate, None, "{target}");
     }
-    let counters = server.handle.counters().unwrap();
-    assert_eq!((counters.accepted, counters.rejected), (0, 3));
+    let counters = server.handle.stats().unwrap();
+    assert_eq!((counters.sessions_total, counters.rejected_total), (0, 3));
 }
 
 /// tungstenite hands back only the body bytes that arrived together with the
@@ -282,6 +282,6 @@ fn valid_credentials_are_admitted() {
         assert_eq!(resp.status(), 101);
         assert_eq!(greeting(&mut ws).await, "welcome");
     });
-    let counters = server.handle.counters().unwrap();
-    assert_eq!((counters.accepted, counters.rejected), (1, 0));
+    let counters = server.handle.stats().unwrap();
+    assert_eq!((counters.sessions_total, counters.rejected_total), (1, 0));
 }

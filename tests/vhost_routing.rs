@@ -72,10 +72,7 @@ async fn who(addr: SocketAddr, host: &str) -> (Ws, String) {
     (ws, name)
 }
 
-async fn try_who(
-    addr: SocketAddr,
-    host: &str,
-) -> Result<Ws, async_tungstenite::tungstenite::Error> {
+async fn try_who(addr: SocketAddr, host: &str) -> Result<Ws, tungstenite::Error> {
     let req = format!("ws://{host}/who").into_client_request()?;
     let tcp = Async::<TcpStream>::connect(addr).await?;
     let (ws, _) = async_tungstenite::client_async(req, tcp).await?;

@@ -14,14 +14,17 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_executor::{Executor, LocalExecutor};
 use async_io::Timer;
+use event_listener::{Event, EventListener};
 use futures_lite::future;
+
+use crate::common::lock;
 
 use crate::context::metrics::Stats;
 use crate::context::{ContextShared, LoopKind, SharedLoop};
@@ -82,6 +85,82 @@ mod sealed {
         fn ids(&self) -> Vec<usize> {
             self.as_slice().ids()
         }
+    }
+}
+
+/// Where a context is in its life, and the numbers its teardown reports.
+pub(crate) struct Lifecycle {
+    running: AtomicBool,
+    /// Notified once, when teardown begins.
+    teardown: Event,
+    /// When teardown began (by `shutdown`, `destroy` or drop).
+    started: Mutex<Option<Instant>>,
+    clean: AtomicUsize,
+    aborted: AtomicUsize,
+    forced: AtomicUsize,
+}
+
+impl Lifecycle {
+    pub(crate) fn new() -> Self {
+        Self {
+            running: AtomicBool::new(true),
+            teardown: Event::new(),
+            started: Mutex::new(None),
+            clean: AtomicUsize::new(0),
+            aborted: AtomicUsize::new(0),
+            forced: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Marks teardown as begun; `false` if it already had.
+    pub(crate) fn begin(&self) -> bool {
+        if !self.running.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        *lock(&self.started) = Some(Instant::now());
+        true
+    }
+
+    /// Wakes everyone waiting for teardown.
+    pub(crate) fn announce(&self) {
+        self.teardown.notify(usize::MAX);
+    }
+
+    /// A listener for the start of teardown (check `is_running` after
+    /// listening).
+    pub(crate) fn listen(&self) -> EventListener {
+        self.teardown.listen()
+    }
+
+    /// When teardown began, if it has.
+    pub(crate) fn started(&self) -> Option<Instant> {
+        *lock(&self.started)
+    }
+
+    /// Counts how a session ended during teardown: `None` when forced.
+    pub(crate) fn count_end(&self, outcome: Option<&crate::CloseReason>) {
+        if self.is_running() {
+            return;
+        }
+        let counter = match outcome {
+            Some(r) if r.clean => &self.clean,
+            Some(_) => &self.aborted,
+            None => &self.forced,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (clean, aborted, forced) so far.
+    pub(crate) fn ends(&self) -> (usize, usize, usize) {
+        (
+            self.clean.load(Ordering::Relaxed),
+            self.aborted.load(Ordering::Relaxed),
+            self.forced.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -265,7 +344,7 @@ impl<'ex, K: LoopKind> Drain<'ex, K> {
             ));
             iterations += u64::from(ticked);
         }
-        let left = self.shared.session_count();
+        let left = self.shared.registry.session_count();
         // Every session is one task; what is live beyond them is other work.
         let tasks_forced = spawner.live().saturating_sub(left);
         if left > 0 || tasks_forced > 0 {
@@ -282,20 +361,22 @@ impl<'ex, K: LoopKind> Drain<'ex, K> {
         live.record_stall(forcing.elapsed());
         let now = Instant::now();
         let overrun = now.saturating_duration_since(deadline);
+        let (clean, aborted, forced) = self.shared.lifecycle.ends();
         let report = DrainReport {
-            clean: self.shared.drain_clean.load(Ordering::Relaxed),
-            aborted: self.shared.drain_aborted.load(Ordering::Relaxed),
-            forced: self.shared.drain_forced.load(Ordering::Relaxed),
+            clean,
+            aborted,
+            forced,
             tasks_forced,
             iterations,
             elapsed: self
                 .shared
-                .teardown_started()
+                .lifecycle
+                .started()
                 .unwrap_or(self.started)
                 .elapsed(),
             overrun,
             longest_stall: live.longest_stall(),
-            stats: Stats::collect(&self.shared),
+            stats: self.shared.stats(),
         };
         if overrun > OVERRUN_WARNING {
             tracing::warn!(
@@ -313,7 +394,7 @@ impl<K: LoopKind> Drop for Drain<'_, K> {
     fn drop(&mut self) {
         if !self.tasks.is_empty() {
             tracing::warn!(
-                sessions = self.shared.session_count(),
+                sessions = self.shared.registry.session_count(),
                 workers = self.tasks.len(),
                 "Drain dropped without drain(): forcing every session closed"
             );
@@ -326,7 +407,7 @@ impl<K: LoopKind> fmt::Debug for Drain<'_, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Drain")
             .field("executors", &self.hosts.len())
-            .field("sessions", &self.shared.session_count())
+            .field("sessions", &self.shared.registry.session_count())
             .field("tasks", &self.shared.spawner.live())
             .finish_non_exhaustive()
     }

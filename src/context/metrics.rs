@@ -9,30 +9,48 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::common::lock;
 use crate::proto::session::Tally;
 
-/// The live counters; updated with relaxed atomics on the hot path.
+/// The live counters; updated with relaxed atomics on the hot path (traffic
+/// once per session poll, not per message). Gauges (sessions and connections
+/// open, topics) are read from their owners when a snapshot is taken.
 #[derive(Default)]
 pub(crate) struct Metrics {
-    pub(crate) sessions_total: AtomicU64,
-    pub(crate) messages_in: AtomicU64,
-    pub(crate) bytes_in: AtomicU64,
-    pub(crate) messages_out: AtomicU64,
-    pub(crate) bytes_out: AtomicU64,
-    pub(crate) dropped: AtomicU64,
-    pub(crate) published: AtomicU64,
+    sessions_total: AtomicU64,
+    sessions_closed: AtomicU64,
+    rejected_total: AtomicU64,
+    messages_in: AtomicU64,
+    bytes_in: AtomicU64,
+    messages_out: AtomicU64,
+    bytes_out: AtomicU64,
+    dropped: AtomicU64,
+    published: AtomicU64,
     rejected: Mutex<BTreeMap<u16, u64>>,
     close_codes: Mutex<BTreeMap<u16, u64>>,
 }
 
 impl Metrics {
+    /// A request refused with `status`.
     pub(crate) fn rejected(&self, status: u16) {
+        self.rejected_total.fetch_add(1, Ordering::Relaxed);
         *lock(&self.rejected).entry(status).or_insert(0) += 1;
     }
 
+    /// A session ended with close code `code` (1006 without a handshake).
     pub(crate) fn closed(&self, code: u16) {
+        self.sessions_closed.fetch_add(1, Ordering::Relaxed);
         *lock(&self.close_codes).entry(code).or_insert(0) += 1;
     }
 
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    /// A handshake accepted.
+    pub(crate) fn count_session(&self) {
+        self.sessions_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A message published to a topic.
+    pub(crate) fn count_published(&self) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn add(counter: &AtomicU64, n: u64) {
         if n > 0 {
             counter.fetch_add(n, Ordering::Relaxed);
         }
@@ -60,12 +78,18 @@ pub struct Stats {
     pub sessions_open: u64,
     /// Sessions opened since attach (handshakes accepted).
     pub sessions_total: u64,
+    /// Sessions that have ended since attach.
+    pub sessions_closed: u64,
     /// TCP connections open now.
     pub connections: u64,
     /// The connections each service thread serves now, indexed like the
-    /// executors the context was attached to (see
-    /// [`Counters::connections_per_thread`](crate::Counters::connections_per_thread)).
+    /// executors given to [`Context::attach_set`](crate::Context::attach_set)
+    /// (one entry for [`Context::attach`](crate::Context::attach)). New
+    /// connections go to the lowest of these. They add up to `connections`,
+    /// but for a connection being accepted at that very moment.
     pub connections_per_thread: Vec<u64>,
+    /// Requests refused with an HTTP error status, all statuses together.
+    pub rejected_total: u64,
     /// Requests refused, by HTTP status.
     pub rejected: BTreeMap<u16, u64>,
     /// Data messages received from clients.
@@ -93,31 +117,44 @@ pub struct Stats {
     pub drain_forced: u64,
 }
 
-impl Stats {
-    pub(crate) fn collect(ctx: &crate::context::ContextShared) -> Self {
-        let m = &ctx.metrics;
-        let c = ctx.counters();
+impl Metrics {
+    /// The counters with the gauges their owners report: open sessions and
+    /// connections, each worker's connections, topics, and the teardown's
+    /// (clean, aborted, forced).
+    pub(crate) fn snapshot(
+        &self,
+        sessions_open: usize,
+        connections: usize,
+        per_thread: Vec<usize>,
+        topics: usize,
+        drain: (usize, usize, usize),
+    ) -> Stats {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Self {
-            sessions_open: c.sessions_open as u64,
-            sessions_total: load(&m.sessions_total),
-            connections: c.connections as u64,
-            connections_per_thread: c.connections_per_thread.iter().map(|&n| n as u64).collect(),
-            rejected: lock(&m.rejected).clone(),
-            messages_in: load(&m.messages_in),
-            bytes_in: load(&m.bytes_in),
-            messages_out: load(&m.messages_out),
-            bytes_out: load(&m.bytes_out),
-            dropped: load(&m.dropped),
-            published: load(&m.published),
-            topics: ctx.topics.broker().topics().len() as u64,
-            close_codes: lock(&m.close_codes).clone(),
-            drain_clean: ctx.drain_clean.load(Ordering::Relaxed) as u64,
-            drain_aborted: ctx.drain_aborted.load(Ordering::Relaxed) as u64,
-            drain_forced: ctx.drain_forced.load(Ordering::Relaxed) as u64,
+        let wide = |n: usize| n as u64;
+        Stats {
+            sessions_open: wide(sessions_open),
+            sessions_total: load(&self.sessions_total),
+            sessions_closed: load(&self.sessions_closed),
+            connections: wide(connections),
+            connections_per_thread: per_thread.into_iter().map(wide).collect(),
+            rejected_total: load(&self.rejected_total),
+            rejected: lock(&self.rejected).clone(),
+            messages_in: load(&self.messages_in),
+            bytes_in: load(&self.bytes_in),
+            messages_out: load(&self.messages_out),
+            bytes_out: load(&self.bytes_out),
+            dropped: load(&self.dropped),
+            published: load(&self.published),
+            topics: wide(topics),
+            close_codes: lock(&self.close_codes).clone(),
+            drain_clean: wide(drain.0),
+            drain_aborted: wide(drain.1),
+            drain_forced: wide(drain.2),
         }
     }
+}
 
+impl Stats {
     /// The Prometheus text exposition format (version 0.0.4).
     pub fn prometheus(&self) -> String {
         let mut out = String::with_capacity(2048);

@@ -13,7 +13,7 @@ use super::ContextShared;
 use super::protocol::{ErasedProtocol, HttpHandler, bound_handler, bound_protocol};
 use super::session::{SessionHandle, SessionShared};
 use crate::common::lock;
-use crate::config::{Limits, Mount, MountTarget, Options, VhostConfig};
+use crate::config::{Binding, Limits, Mount, MountTarget, Options, VhostConfig};
 use crate::proto::admission::{Route, Site};
 use crate::proto::extension::ExtensionNegotiator;
 use crate::proto::session::SessionConfig;
@@ -41,6 +41,8 @@ pub(crate) struct VhostInner {
     session_config: Arc<SessionConfig>,
     /// The vhost as admission sees it.
     site: Site,
+    /// What its listeners run accepted streams through (none: plain TCP).
+    acceptor: Option<Binding>,
     user_data: Option<Box<dyn Any + Send + Sync>>,
     local_addrs: Mutex<Vec<SocketAddr>>,
     sessions: Mutex<HashMap<u64, SessionHandle>>,
@@ -84,6 +86,7 @@ impl Vhost {
             extensions: cfg.extensions,
             session_config: super::service::session_config(&cfg.limits),
             site,
+            acceptor: cfg.acceptor,
             limits: cfg.limits,
             user_data: cfg.user_data,
             local_addrs: Mutex::new(Vec::new()),
@@ -288,6 +291,11 @@ impl Vhost {
             .iter()
             .filter(|s| s.outbox.request_close(code, reason))
             .count()
+    }
+
+    /// What its listeners run accepted streams through.
+    pub(crate) fn acceptor(&self) -> Option<&Binding> {
+        self.0.acceptor.as_ref()
     }
 
     /// The vhost as admission sees it.

@@ -16,10 +16,13 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 #[cfg(unix)]
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use async_io::Async;
 use futures_lite::{AsyncRead, AsyncWrite};
+
+use crate::config::{Binding, VhostBuilder};
 
 /// A byte stream a connection can run on.
 ///
@@ -68,6 +71,27 @@ pub type Accepting = Pin<Box<dyn Future<Output = io::Result<Box<dyn Transport>>>
 pub trait Acceptor: Send + Sync + 'static {
     /// Accepts `stream` from `peer`.
     fn accept(&self, stream: Async<TcpStream>, peer: SocketAddr) -> Accepting;
+}
+
+/// An acceptor as a configuration carries it.
+struct AcceptorObject(Arc<dyn Acceptor>);
+
+/// The acceptor a configuration carries.
+pub(crate) fn bound_acceptor(binding: &Binding) -> Option<Arc<dyn Acceptor>> {
+    binding.get::<AcceptorObject>().map(|a| a.0.clone())
+}
+
+impl VhostBuilder {
+    /// Runs every connection this vhost's listeners accept through
+    /// `acceptor` first (a TLS handshake, a PROXY-protocol preamble). Vhosts
+    /// that share a listen address must share the acceptor too (the same
+    /// value, cloned into each builder, or none on all of them). Default:
+    /// none (plain TCP).
+    pub fn acceptor(self, acceptor: Arc<dyn Acceptor>) -> Self {
+        let name = std::any::type_name_of_val(&*acceptor).to_owned();
+        let identity = Arc::as_ptr(&acceptor).cast::<()>() as usize;
+        self.acceptor_binding(Binding::shared(name, AcceptorObject(acceptor), identity))
+    }
 }
 
 /// An accepted TCP stream whose `close` half-closes the connection

@@ -124,7 +124,7 @@ pub async fn connect(addr: SocketAddr, path: &str) -> Ws {
 pub async fn try_connect(
     addr: SocketAddr,
     request: impl IntoClientRequest + Unpin,
-) -> Result<Ws, async_tungstenite::tungstenite::Error> {
+) -> Result<Ws, tungstenite::Error> {
     let tcp = Async::<TcpStream>::connect(addr).await?;
     let (ws, _resp) = async_tungstenite::client_async(request, tcp).await?;
     Ok(ws)
@@ -331,11 +331,11 @@ pub struct Ending {
     /// Text and binary messages received before the Close frame, in order.
     pub messages: Vec<wsgate::Message>,
     /// The Close frame, if one arrived (`Some(None)`: a Close without a code).
-    pub close: Option<Option<async_tungstenite::tungstenite::protocol::CloseFrame>>,
+    pub close: Option<Option<tungstenite::protocol::CloseFrame>>,
     /// Anything at all that arrived after the Close frame (must stay empty).
     pub after_close: Vec<wsgate::Message>,
     /// The error that ended the stream, if it did not end cleanly (`None`).
-    pub error: Option<async_tungstenite::tungstenite::Error>,
+    pub error: Option<tungstenite::Error>,
 }
 
 impl Ending {
