@@ -104,32 +104,7 @@ impl ConfigBuilder {
     ///
     /// No vhost, duplicate vhost names, or a zero limit.
     pub fn build(self) -> Result<Config, ConfigError> {
-        if self.vhosts.is_empty() {
-            return Err(ConfigError::new("vhost", "at least one vhost is required"));
-        }
-        for (i, v) in self.vhosts.iter().enumerate() {
-            if self.vhosts[..i].iter().any(|w| w.name == v.name) {
-                return Err(ConfigError::new(
-                    format!("vhost.{}", v.name),
-                    "duplicate vhost name",
-                ));
-            }
-        }
-        for (i, v) in self.vhosts.iter().enumerate() {
-            for w in &self.vhosts[..i] {
-                if v.listen.iter().any(|a| w.listen.contains(a))
-                    && !same_binding(&v.acceptor, &w.acceptor)
-                {
-                    return Err(ConfigError::new(
-                        format!("vhost.{}.acceptor", v.name),
-                        format!(
-                            "shares a listen address with vhost {:?}, which uses another acceptor",
-                            w.name
-                        ),
-                    ));
-                }
-            }
-        }
+        validate_vhosts(&self.vhosts)?;
         if self.max_connections == 0 {
             return Err(ConfigError::new("max_connections", "must be at least 1"));
         }
@@ -418,6 +393,36 @@ impl fmt::Debug for Binding {
     }
 }
 
+/// Checks what no single vhost can: at least one, unique names, and one
+/// acceptor per shared listen address.
+pub(crate) fn validate_vhosts(vhosts: &[VhostConfig]) -> Result<(), ConfigError> {
+    if vhosts.is_empty() {
+        return Err(ConfigError::new("vhost", "at least one vhost is required"));
+    }
+    for (i, v) in vhosts.iter().enumerate() {
+        if vhosts[..i].iter().any(|w| w.name == v.name) {
+            return Err(ConfigError::new(
+                format!("vhost.{}", v.name),
+                "duplicate vhost name",
+            ));
+        }
+        for w in &vhosts[..i] {
+            if v.listen.iter().any(|a| w.listen.contains(a))
+                && !same_binding(&v.acceptor, &w.acceptor)
+            {
+                return Err(ConfigError::new(
+                    format!("vhost.{}.acceptor", v.name),
+                    format!(
+                        "shares a listen address with vhost {:?}, which uses another acceptor",
+                        w.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What a mount serves.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -553,6 +558,33 @@ impl VhostConfig {
     /// The mounts.
     pub fn mounts(&self) -> &[Mount] {
         &self.mounts
+    }
+
+    /// What decides whether a reconfiguration keeps a running vhost: every
+    /// setting, the protocols by name and options, the HTTP handlers by
+    /// type, the extensions by their `Debug` form, the acceptor by identity.
+    /// User data is not compared (a kept vhost keeps its own).
+    pub(crate) fn fingerprint(&self) -> String {
+        let protocols: Vec<(&str, &Options)> = self
+            .protocols
+            .iter()
+            .map(|p| (p.protocol.name.as_str(), &p.options))
+            .collect();
+        let acceptor = self.acceptor.as_ref().map(|a| (&a.name, a.identity));
+        format!(
+            "{:?}",
+            (
+                &self.name,
+                &self.listen,
+                &self.hosts,
+                &self.mounts,
+                protocols,
+                &self.extensions,
+                acceptor,
+                &self.limits,
+                &self.origins,
+            )
+        )
     }
 }
 

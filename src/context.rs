@@ -138,6 +138,64 @@ pub(crate) mod kind {
     }
 }
 
+/// What [`Context::reconfigure`] did, by vhost name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reconfigured {
+    /// New vhosts.
+    pub added: Vec<String>,
+    /// Vhosts whose configuration changed: replaced by the new one.
+    pub replaced: Vec<String>,
+    /// Vhosts no longer configured.
+    pub removed: Vec<String>,
+    /// Vhosts that kept running untouched.
+    pub unchanged: Vec<String>,
+    /// The addresses the added and replaced vhosts listen on (port 0
+    /// resolved).
+    pub listening: Vec<(String, Vec<SocketAddr>)>,
+}
+
+impl Reconfigured {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.replaced.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// One line: `+vhost NAME on ADDR...` per added vhost, `~vhost NAME on
+/// ADDR...` per replaced one, `-vhost NAME` per removed one, or `no changes`.
+impl fmt::Display for Reconfigured {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("no changes");
+        }
+        let on = |name: &str| {
+            self.listening
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, addrs)| {
+                    addrs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default()
+        };
+        let mut parts = Vec::new();
+        for n in &self.added {
+            parts.push(format!("+vhost {n} on {}", on(n)));
+        }
+        for n in &self.replaced {
+            parts.push(format!("~vhost {n} on {}", on(n)));
+        }
+        for n in &self.removed {
+            parts.push(format!("-vhost {n}"));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
 /// What a context's handles share, split by owner: its lifecycle
 /// (teardown), its registry (vhosts, listeners), its workers, its topics and
 /// its metrics.
@@ -358,6 +416,99 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
     /// [`Error::NoSuchVhost`].
     pub fn remove_vhost(&self, name: &str) -> Result<(), Error> {
         self.shared.remove_vhost(name)
+    }
+
+    /// Replaces the running vhosts with `vhosts`, without dropping a
+    /// session that need not go: the library's reload (the binary's SIGHUP
+    /// calls it; a host can too).
+    ///
+    /// A vhost whose name and configuration are unchanged keeps running as
+    /// it is, with its sessions, protocols and user data (the new
+    /// configuration of it is dropped). Unchanged means equal settings
+    /// (listen addresses, `Host` names, mounts, limits, origins), the same
+    /// protocols by name and options, HTTP handlers of the same types,
+    /// extensions with the same `Debug` form, and the same acceptor. A
+    /// changed vhost is replaced: the new one serves new connections at once,
+    /// and the old one's sessions get Close 1001 "vhost replaced". Vhosts
+    /// not named any more are removed the same way (1001 "vhost removed").
+    /// New vhosts are added.
+    ///
+    /// The order: every new address is bound first (a failure changes
+    /// nothing); then each listener's routing is swapped to the new vhosts in
+    /// one step (a request is routed by the old set or by the new one, never
+    /// by a mix); listeners no vhost names any more stop last. Each replaced
+    /// or removed vhost's `destroy` hooks run on the loop after its last
+    /// session closed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a set that [`ConfigBuilder::build`] would refuse
+    /// (no vhost, a name twice, vhosts sharing an address with different
+    /// acceptors), [`Error::Bind`] if a new address cannot be bound,
+    /// [`Error::Closed`] during teardown. The running configuration is then
+    /// untouched.
+    ///
+    /// [`ConfigBuilder::build`]: crate::ConfigBuilder::build
+    pub fn reconfigure(&self, vhosts: Vec<VhostConfig>) -> Result<Reconfigured, Error> {
+        if !self.shared.is_running() {
+            return Err(Error::Closed);
+        }
+        crate::config::validate_vhosts(&vhosts)?;
+        let registry = &self.shared.registry;
+        let running = registry.vhosts();
+        let mut outcome = Reconfigured::default();
+        let mut fresh: Vec<&VhostConfig> = Vec::new();
+        for cfg in &vhosts {
+            match running.iter().find(|v| v.name() == cfg.name()) {
+                Some(v) if v.fingerprint() == cfg.fingerprint() => {
+                    outcome.unchanged.push(cfg.name().to_owned());
+                }
+                Some(_) => {
+                    outcome.replaced.push(cfg.name().to_owned());
+                    fresh.push(cfg);
+                }
+                None => {
+                    outcome.added.push(cfg.name().to_owned());
+                    fresh.push(cfg);
+                }
+            }
+        }
+        outcome.removed = running
+            .iter()
+            .filter(|v| !vhosts.iter().any(|c| c.name() == v.name()))
+            .map(|v| v.name().to_owned())
+            .collect();
+        if outcome.is_empty() {
+            return Ok(outcome);
+        }
+        // Everything that can fail, first: binding the new addresses.
+        let mut bound = bind_new(registry, &fresh)?;
+        let next: Vec<Vhost> = vhosts
+            .into_iter()
+            .map(
+                |cfg| match running.iter().find(|v| v.name() == cfg.name()) {
+                    Some(v) if outcome.unchanged.iter().any(|n| n == v.name()) => v.clone(),
+                    _ => Vhost::new(cfg, Arc::downgrade(&self.shared)),
+                },
+            )
+            .collect();
+        let taken_out = registry.apply(&self.shared, &self.shared.workers, &next, &mut bound);
+        for v in taken_out {
+            v.retire();
+            let why = if outcome.replaced.iter().any(|n| n == v.name()) {
+                "vhost replaced"
+            } else {
+                "vhost removed"
+            };
+            v.close_sessions(CloseCode::Away, why);
+        }
+        outcome.listening = next
+            .iter()
+            .filter(|v| !outcome.unchanged.iter().any(|n| n == v.name()))
+            .map(|v| (v.name().to_owned(), v.local_addrs()))
+            .collect();
+        tracing::info!(%outcome, "reconfigured");
+        Ok(outcome)
     }
 
     /// The vhost called `name`.

@@ -170,7 +170,7 @@ pub use context::lifecycle::{Drain, DrainReport, Executors};
 pub use context::protocol::{HttpHandler, Protocol, Wake};
 pub use context::session::{SessionHandle, SessionId};
 pub use context::vhost::Vhost;
-pub use context::{Context, ContextHandle, LocalLoop, LoopKind, SharedLoop};
+pub use context::{Context, ContextHandle, LocalLoop, LoopKind, Reconfigured, SharedLoop};
 pub use error::{ConfigError, Error, SendError};
 pub use proto::close::{CloseReason, ClosedBy};
 pub use proto::http::{Reject, Request, Response};

@@ -200,6 +200,90 @@ impl Registry {
         Ok(vhost)
     }
 
+    /// Replaces the serving vhosts with `next` (in configuration order, the
+    /// kept ones among them), in the order a reload must go: listeners for
+    /// new addresses start (from `bound`, bound beforehand), every
+    /// listener's routing is swapped to its share of `next` in one step,
+    /// listeners no vhost names any more stop last. Returns the vhosts taken
+    /// out (for the caller to retire and close).
+    pub(crate) fn apply(
+        &self,
+        ctx: &Arc<ContextShared>,
+        workers: &Arc<Workers>,
+        next: &[Vhost],
+        bound: &mut Vec<(SocketAddr, TcpListener)>,
+    ) -> Vec<Vhost> {
+        let mut listeners = lock(&self.listeners);
+        // Every address of `next`, with the vhosts that name it, in order.
+        let mut addrs: Vec<(SocketAddr, Vec<Vhost>)> = Vec::new();
+        for v in next {
+            for a in v.listen() {
+                match addrs.iter_mut().find(|(b, _)| b == a) {
+                    Some((_, list)) => list.push(v.clone()),
+                    None => addrs.push((*a, vec![v.clone()])),
+                }
+            }
+        }
+        for (addr, vhosts) in &addrs {
+            // Vhosts sharing an address share its acceptor (checked before).
+            let acceptor = vhosts[0].acceptor().cloned();
+            if let Some(entry) = listeners
+                .iter_mut()
+                .find(|l| l.listener.configured == *addr)
+            {
+                if !same_binding(&entry.acceptor, &acceptor) {
+                    entry
+                        .listener
+                        .set_acceptor(acceptor.as_ref().and_then(bound_acceptor));
+                    entry.acceptor = acceptor;
+                }
+                entry.service.set_vhosts(vhosts.clone());
+            } else if let Some(pos) = bound.iter().position(|(a, _)| a == addr) {
+                let (_, socket) = bound.swap_remove(pos);
+                let service = ListenerService::new(Arc::downgrade(ctx));
+                service.set_vhosts(vhosts.clone());
+                let listener = Listener::start(
+                    *addr,
+                    socket,
+                    workers,
+                    service.clone(),
+                    acceptor.as_ref().and_then(bound_acceptor),
+                );
+                listeners.push(ListenerEntry {
+                    listener,
+                    service,
+                    acceptor,
+                });
+            }
+        }
+        for v in next {
+            let locals = v
+                .listen()
+                .iter()
+                .filter_map(|a| listeners.iter().find(|l| l.listener.configured == *a))
+                .map(|l| l.listener.local)
+                .collect();
+            v.set_local_addrs(locals);
+        }
+        // Last: the listeners nobody names any more.
+        listeners.retain(|l| {
+            let named = addrs.iter().any(|(a, _)| *a == l.listener.configured);
+            if !named {
+                l.listener.stop();
+            }
+            named
+        });
+        drop(listeners);
+        self.streams.set_vhosts(next.to_vec());
+        let old = std::mem::replace(&mut *lock(&self.vhosts), next.to_vec());
+        let out: Vec<Vhost> = old
+            .into_iter()
+            .filter(|o| !next.iter().any(|n| n.same(o)))
+            .collect();
+        lock(&self.removed).extend(out.iter().map(|v| Arc::downgrade(&v.0)));
+        out
+    }
+
     /// Stops every listener (teardown).
     pub(crate) fn stop_listeners(&self) {
         for l in lock(&self.listeners).drain(..) {

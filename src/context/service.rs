@@ -89,10 +89,6 @@ impl ListenerService {
         *lock(&self.routing) = Routing::of(vhosts);
     }
 
-    pub(crate) fn vhosts(&self) -> Vec<Vhost> {
-        lock(&self.routing).vhosts.clone()
-    }
-
     fn routing(&self) -> Arc<Routing> {
         lock(&self.routing).clone()
     }

@@ -43,6 +43,8 @@ pub(crate) struct VhostInner {
     site: Site,
     /// What its listeners run accepted streams through (none: plain TCP).
     acceptor: Option<Binding>,
+    /// Its configuration's fingerprint, which a reconfiguration compares.
+    fingerprint: String,
     user_data: Option<Box<dyn Any + Send + Sync>>,
     local_addrs: Mutex<Vec<SocketAddr>>,
     sessions: Mutex<HashMap<u64, SessionHandle>>,
@@ -62,6 +64,7 @@ pub(crate) struct VhostInner {
 impl Vhost {
     pub(crate) fn new(cfg: VhostConfig, ctx: Weak<ContextShared>) -> Self {
         let site = site(&cfg);
+        let fingerprint = cfg.fingerprint();
         let handlers = cfg
             .mounts
             .iter()
@@ -87,6 +90,7 @@ impl Vhost {
             session_config: super::service::session_config(&cfg.limits),
             site,
             acceptor: cfg.acceptor,
+            fingerprint,
             limits: cfg.limits,
             user_data: cfg.user_data,
             local_addrs: Mutex::new(Vec::new()),
@@ -291,6 +295,11 @@ impl Vhost {
             .iter()
             .filter(|s| s.outbox.request_close(code, reason))
             .count()
+    }
+
+    /// Its configuration's fingerprint.
+    pub(crate) fn fingerprint(&self) -> &str {
+        &self.0.fingerprint
     }
 
     /// What its listeners run accepted streams through.

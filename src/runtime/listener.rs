@@ -42,6 +42,9 @@ pub(crate) struct Listener {
     stopped: AtomicBool,
     stop: Event,
     refusing: Arc<AtomicUsize>,
+    /// What accepted streams go through (`None`: plain TCP); a
+    /// reconfiguration may swap it, for the connections accepted after.
+    acceptor: Mutex<Option<Arc<dyn Acceptor>>>,
     /// Accept errors since the last warning.
     accept_errors: AtomicU64,
     last_warning: Mutex<Option<Instant>>,
@@ -101,6 +104,7 @@ impl Listener {
             stopped: AtomicBool::new(false),
             stop: Event::new(),
             refusing: Arc::new(AtomicUsize::new(0)),
+            acceptor: Mutex::new(acceptor),
             accept_errors: AtomicU64::new(0),
             last_warning: Mutex::new(None),
         });
@@ -110,13 +114,17 @@ impl Listener {
                     listener: listener.clone(),
                     workers: workers.clone(),
                     service,
-                    acceptor,
                 };
                 workers.first().spawn(accept.run(socket));
             }
             Err(e) => tracing::error!(%local, error = %e, "cannot register listener"),
         }
         listener
+    }
+
+    /// Replaces the acceptor for the connections accepted from now on.
+    pub(crate) fn set_acceptor(&self, acceptor: Option<Arc<dyn Acceptor>>) {
+        *lock(&self.acceptor) = acceptor;
     }
 
     /// Ends the accept loop at once; the socket closes with it.
@@ -146,7 +154,6 @@ struct AcceptLoop {
     listener: Arc<Listener>,
     workers: Arc<Workers>,
     service: Arc<dyn Service>,
-    acceptor: Option<Arc<dyn Acceptor>>,
 }
 
 impl AcceptLoop {
@@ -200,7 +207,8 @@ impl AcceptLoop {
         // least loaded worker until it ends; its slot counts it there.
         let worker = slot.hand_off();
         let service = self.service.clone();
-        match &self.acceptor {
+        let acceptor = lock(&self.listener.acceptor).clone();
+        match acceptor {
             None => {
                 worker.spawn(serve(Tcp(stream), peer, service, slot));
             }
