@@ -68,16 +68,11 @@ pub struct Health;
 
 impl HttpHandler for Health {
     fn handle(&self, _request: &Request, vhost: &Vhost) -> Response {
-        health(vhost)
-    }
-}
-
-/// The `/healthz` answer for `vhost` (also where no mount claims the path).
-pub(crate) fn health(vhost: &Vhost) -> Response {
-    if vhost.is_serving() {
-        Response::text(200, "ok\n")
-    } else {
-        Response::text(503, "shutting down\n")
+        if vhost.is_serving() {
+            Response::text(200, "ok\n")
+        } else {
+            Response::text(503, "shutting down\n")
+        }
     }
 }
 

@@ -4,9 +4,9 @@
 //! Nothing under `proto` does I/O, reads a clock or knows about tasks: bytes
 //! and instants come in as arguments, bytes and decisions come out. That is
 //! what makes it testable on a virtual clock and fuzzable without sockets,
-//! and it is checked: no file here may name an async crate or call
-//! `Instant::now()` (see `tests/layers.rs`). The runtime layer
-//! ([`crate::runtime`]) drives it over real sockets and timers.
+//! and it is checked: no file here may name an async crate or read the
+//! clock (see `tests/layers.rs`). The runtime layer ([`crate::runtime`])
+//! drives it over real sockets and timers.
 
 pub(crate) mod admission;
 pub(crate) mod close;

@@ -133,9 +133,7 @@ impl Service for ListenerService {
         let routing = self.routing();
         match admit(&request, &routing.table) {
             Admission::Refuse(refused) => Answer::Refuse(refused),
-            Admission::Health { site } => http(&request, &routing.vhosts[site], |_, v| {
-                crate::handlers::health(v)
-            }),
+            Admission::Health { site } => http(&request, &routing.vhosts[site], |_, v| health(v)),
             Admission::Http { site, mount } => {
                 let vhost = &routing.vhosts[site];
                 match vhost.handler(mount) {
@@ -164,6 +162,15 @@ pub(crate) fn head_limits(limits: &Limits) -> HeadLimits {
         max_head_bytes: limits.max_head_bytes,
         max_headers: limits.max_headers,
         handshake_timeout: limits.handshake_timeout,
+    }
+}
+
+/// `/healthz`: 200 `ok` while the vhost serves, 503 once it does not.
+pub(crate) fn health(vhost: &Vhost) -> crate::Response {
+    if vhost.is_serving() {
+        crate::Response::text(200, "ok\n")
+    } else {
+        crate::Response::text(503, "shutting down\n")
     }
 }
 

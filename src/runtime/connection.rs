@@ -387,28 +387,3 @@ where
     })
     .await;
 }
-
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn sizes() {
-        use std::mem::size_of;
-        eprintln!(
-            "Driver<Tcp> {}",
-            size_of::<super::Driver<super::super::transport::Tcp>>()
-        );
-        eprintln!("Session {}", size_of::<crate::proto::session::Session>());
-        eprintln!(
-            "SessionTask<Tcp> {}",
-            size_of::<super::SessionTask<super::super::transport::Tcp>>()
-        );
-        eprintln!(
-            "OpenSession {}",
-            size_of::<crate::context::service::OpenSession>()
-        );
-        eprintln!("Decoder {}", size_of::<crate::proto::frame::Decoder>());
-        eprintln!("Timer {}", size_of::<async_io::Timer>());
-        eprintln!("Message {}", size_of::<tungstenite::Message>());
-        eprintln!("CloseReason {}", size_of::<crate::CloseReason>());
-    }
-}
