@@ -239,6 +239,12 @@ impl<'ex> Context<'ex> {
             teardown_started: Mutex::new(None),
         });
         for cfg in vhosts {
+            if cfg.mounts().is_empty() {
+                // Legal (a vhost may be filled in later, or only hold an
+                // address), but at start it is almost always a forgotten
+                // `[[vhost.mount]]`.
+                tracing::warn!(vhost = %cfg.name(), "vhost has no mounts: requests to it get 404 (only /healthz answers)");
+            }
             let vhost = Vhost::new(cfg, Arc::downgrade(&shared));
             shared.install_vhost(&vhost, &mut bound);
         }
