@@ -35,7 +35,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RELEASE = os.path.join(HERE, "target", "release")
-LOADGEN = os.path.join(RELEASE, "loadgen")
+# LOADGEN= runs another build of the load generator (same flags and JSON),
+# e.g. to compare two versions of it against the same server.
+LOADGEN = os.environ.get("LOADGEN") or os.path.join(RELEASE, "loadgen")
 
 # name -> (command with {port}, has a /bcast relay)
 ANCHORS = {

@@ -23,7 +23,9 @@
 //! `--listen` defaults to 127.0.0.1:7681 (`127.0.0.1:0` picks a free port; the
 //! bound address is printed as `listening on ADDR`). Without `--seconds` the
 //! example serves until Ctrl-C. Try it with any WebSocket client, for example
-//! `websocat ws://127.0.0.1:7681/temperature`.
+//! `websocat ws://127.0.0.1:7681/temperature` (`cargo install websocat`), or
+//! open `http://127.0.0.1:7681/` for its index page. If 7681 is taken (by the
+//! gateway, say), it says so with the reason: use `--listen 127.0.0.1:0`.
 
 use std::collections::HashMap;
 use std::error::Error;

@@ -21,7 +21,9 @@
 //! defaults to 127.0.0.1:7681 (`127.0.0.1:0` picks a free port; the bound
 //! address is printed as `listening on ADDR`). Without `--seconds` the example
 //! serves `/echo` until Ctrl-C. Open a few clients, for example several
-//! `websocat ws://127.0.0.1:7681/echo`, and watch them spread over the threads.
+//! `websocat ws://127.0.0.1:7681/echo` (`cargo install websocat`), and watch
+//! them spread over the threads. If 7681 is taken (by the gateway, say), it
+//! says so with the reason: use `--listen 127.0.0.1:0`.
 
 use std::error::Error;
 use std::io::Write;

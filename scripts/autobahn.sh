@@ -37,7 +37,7 @@ RECIPE=1 # bump to force a reinstall
 
 log() { echo "autobahn: $*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
-usage() { sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 CONFIG="$ROOT/examples/autobahn.toml"
 WSPATH=/echo

@@ -4,7 +4,7 @@
 # interleaved with the anchors and print the tables of README's Performance
 # section.
 #
-#   scripts/bench.sh                                                   # the README's table (about 15 minutes)
+#   scripts/bench.sh                                                   # the README's table (about 12 minutes)
 #   REPS=1 DURATION=1 WARMUP=1 SCENARIOS=echo_c100 ONLY=fastwebsockets scripts/bench.sh   # a quick look
 #
 # Environment (all optional; defaults in brackets):
