@@ -23,7 +23,9 @@
 //! `--listen` defaults to 127.0.0.1:7681 (`127.0.0.1:0` picks a free port; the
 //! bound address is printed as `listening on ADDR`). Without `--seconds` the
 //! example serves until Ctrl-C. Try it with any WebSocket client, for example
-//! `websocat ws://127.0.0.1:7681/temperature`.
+//! `websocat ws://127.0.0.1:7681/temperature` (`cargo install websocat`), or
+//! open `http://127.0.0.1:7681/` for its index page. If 7681 is taken (by the
+//! gateway, say), it says so with the reason: use `--listen 127.0.0.1:0`.
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -71,9 +73,26 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("foreign_loop: {e}");
+            report(&*e);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints `e` with its causes (the OS reason of a failed bind is the
+/// source of `wsgate::Error::Bind`), and what to do when the port is taken.
+fn report(e: &(dyn Error + 'static)) {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    eprintln!("foreign_loop: {text}");
+    if let Some(wsgate::Error::Bind { .. }) = e.downcast_ref() {
+        eprintln!(
+            "foreign_loop: is another server on that port? --listen 127.0.0.1:0 picks a free one"
+        );
     }
 }
 

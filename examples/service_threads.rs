@@ -21,7 +21,9 @@
 //! defaults to 127.0.0.1:7681 (`127.0.0.1:0` picks a free port; the bound
 //! address is printed as `listening on ADDR`). Without `--seconds` the example
 //! serves `/echo` until Ctrl-C. Open a few clients, for example several
-//! `websocat ws://127.0.0.1:7681/echo`, and watch them spread over the threads.
+//! `websocat ws://127.0.0.1:7681/echo` (`cargo install websocat`), and watch
+//! them spread over the threads. If 7681 is taken (by the gateway, say), it
+//! says so with the reason: use `--listen 127.0.0.1:0`.
 
 use std::error::Error;
 use std::io::Write;
@@ -61,9 +63,26 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("service_threads: {e}");
+            report(&*e);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints `e` with its causes (the OS reason of a failed bind is the
+/// source of `wsgate::Error::Bind`), and what to do when the port is taken.
+fn report(e: &(dyn Error + 'static)) {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    eprintln!("service_threads: {text}");
+    if let Some(wsgate::Error::Bind { .. }) = e.downcast_ref() {
+        eprintln!(
+            "service_threads: is another server on that port? --listen 127.0.0.1:0 picks a free one"
+        );
     }
 }
 

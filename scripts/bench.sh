@@ -1,83 +1,93 @@
 #!/usr/bin/env bash
-# bench.sh — build the release binary and measure it with the shared load
-# generator (../shared/bench/run.sh), interleaved with the anchor servers.
+# bench.sh — build the release binary, the load generator and the anchor
+# servers (bench/, a cargo workspace of its own), then measure wsgate
+# interleaved with the anchors and print the tables of README's Performance
+# section.
 #
-#   scripts/bench.sh                       # every default scenario, 3 reps, all anchors
-#   REPS=1 DURATION=1 WARMUP=1 SCENARIOS=echo_c100 ONLY=fastwebsockets scripts/bench.sh
+#   scripts/bench.sh                                                   # the README's table (about 12 minutes)
+#   REPS=1 DURATION=1 WARMUP=1 SCENARIOS=echo_c100 ONLY=fastwebsockets scripts/bench.sh   # a quick look
 #
 # Environment (all optional; defaults in brackets):
-#   REPS [3]  DURATION [run.sh's: 5]  WARMUP [run.sh's: 1]
+#   REPS [3]  DURATION [5]  WARMUP [1]   repetitions, measured and warm-up seconds per run
 #   SCENARIOS [echo_c1,echo_c100,echo_c1000,echo_c100_16k,pipe16_c100,idle_10k,bcast_m100,bcast_m1000]
-#   ANCHORS [1]       0 measures wsgate alone
-#   ONLY              with ANCHORS=1: keep only these anchors (comma list, e.g. fastwebsockets)
+#             (also idle_10k_touch; see bench/bench.py)
+#   ANCHORS [1]   0 measures wsgate alone
+#   ONLY [tokio-tungstenite,fastwebsockets,libwebsockets]   the anchors (also
+#                 smol-tungstenite, smol-tungstenite-rb4k)
 #   ECHO_PATH [/echo]  BCAST_PATH [/broadcast]   wsgate's endpoints
-#   OUT [target/bench/<UTC timestamp>.jsonl]      JSON lines are appended here
-#   NAME [wsgate]     label of wsgate's rows
+#   SERVER_CORE [0]  CLIENT_CORE [1]             taskset cores
+#   OUT [target/bench/<UTC timestamp>.jsonl]     one JSON line per run
+#   NAME [wsgate]  label of wsgate's rows
 #
-# Prints run.sh's JSON lines and summary while it runs, then the compact
-# tables of ../shared/bench/table.py for OUT. The anchors are built on first
-# use; the libwebsockets one needs `apt-get install libwebsockets-dev pkg-config`
-# and is skipped (with a warning) without it.
+# The libwebsockets anchor needs `apt-get install libwebsockets-dev
+# pkg-config` and is skipped, with a warning, without it. Needs python3,
+# taskset (util-linux) and ss (iproute2).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BENCH="$(cd "$ROOT/.." && pwd)/shared/bench"
+BENCH="$ROOT/bench"
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 
-if [[ ! -x "$BENCH/run.sh" || ! -f "$BENCH/table.py" ]]; then
-  echo "bench.sh: $BENCH/run.sh and table.py not found." >&2
-  echo "bench.sh: the shared benchmark kit must sit beside the repository (../shared/bench)." >&2
-  exit 1
-fi
+for tool in python3 taskset ss; do
+  command -v "$tool" >/dev/null || { echo "bench.sh: $tool is required" >&2; exit 1; }
+done
 
-export REPS="${REPS:-3}"
-export ANCHORS="${ANCHORS:-1}"
+REPS="${REPS:-3}"
+DURATION="${DURATION:-5}"
+WARMUP="${WARMUP:-1}"
+SCENARIOS="${SCENARIOS:-echo_c1,echo_c100,echo_c1000,echo_c100_16k,pipe16_c100,idle_10k,bcast_m100,bcast_m1000}"
+ANCHORS="${ANCHORS:-1}"
+ONLY="${ONLY:-tokio-tungstenite,fastwebsockets,libwebsockets}"
 export ECHO_PATH="${ECHO_PATH:-/echo}"
 export BCAST_PATH="${BCAST_PATH:-/broadcast}"
-export SCENARIOS="${SCENARIOS:-echo_c1,echo_c100,echo_c1000,echo_c100_16k,pipe16_c100,idle_10k,bcast_m100,bcast_m1000}"
-export NAME="${NAME:-wsgate}"
-[[ -n "${DURATION:-}" ]] && export DURATION
-[[ -n "${WARMUP:-}" ]] && export WARMUP
-[[ -n "${ONLY:-}" ]] && export ONLY
-
+NAME="${NAME:-wsgate}"
 OUT="${OUT:-$ROOT/target/bench/$(date -u +%Y%m%dT%H%M%SZ).jsonl}"
 [[ "$OUT" == /* ]] || OUT="$PWD/$OUT"
 mkdir -p "$(dirname "$OUT")"
-export OUT
 
-if [[ "$ANCHORS" == "1" ]] && ! { command -v pkg-config >/dev/null && pkg-config --exists libwebsockets; }; then
-  echo "bench.sh: warning: libwebsockets-dev not found; the libwebsockets anchor is skipped" >&2
-  echo "bench.sh:          (apt-get install libwebsockets-dev pkg-config)" >&2
+anchors=""
+[[ "$ANCHORS" == "1" ]] && anchors="$ONLY"
+# The cargo packages to build: the load generator and the Rust anchors asked for.
+packages=(-p loadgen)
+for anchor in ${anchors//,/ }; do
+  case "$anchor" in
+    tokio-tungstenite) packages+=(-p tokio-echo) ;;
+    fastwebsockets) packages+=(-p fws-echo) ;;
+    smol-tungstenite*) packages+=(-p smol-echo) ;;
+  esac
+done
+
+echo "bench.sh: cargo build --release (wsgate, then bench/: ${packages[*]})" >&2
+(cd "$ROOT" && cargo build --release --bin wsgate)
+cargo build --release --manifest-path "$BENCH/Cargo.toml" "${packages[@]}"
+if [[ ",$anchors," == *,libwebsockets,* ]]; then
+  if command -v pkg-config >/dev/null && pkg-config --exists libwebsockets; then
+    make -s -C "$BENCH/anchors/lws-echo" >&2
+  else
+    echo "bench.sh: warning: libwebsockets-dev not found; the libwebsockets anchor is skipped" >&2
+    echo "bench.sh:          (apt-get install libwebsockets-dev pkg-config)" >&2
+    anchors=$(tr ',' '\n' <<<"$anchors" | grep -vx libwebsockets | paste -sd, - || true)
+  fi
 fi
 
-echo "bench.sh: cargo build --release" >&2
-(cd "$ROOT" && cargo build --release)
+# idle_10k holds 10,000 sockets on each side.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-echo "bench.sh: scenarios=$SCENARIOS reps=$REPS anchors=$ANCHORS${ONLY:+ only=$ONLY} out=$OUT" >&2
+echo "bench.sh: scenarios=$SCENARIOS reps=$REPS anchors=${anchors:-none} out=$OUT" >&2
 rc=0
-(cd "$ROOT" && "$BENCH/run.sh" "$ROOT/target/release/wsgate --listen 127.0.0.1:{port} --stats-interval 0s") || rc=$?
+python3 "$BENCH/bench.py" run --reps "$REPS" --duration "$DURATION" --warmup "$WARMUP" \
+  --scenarios "$SCENARIOS" --anchors "$anchors" --out "$OUT" \
+  --server "$NAME=$ROOT/target/release/wsgate --listen 127.0.0.1:{port} --stats-interval 0s" || rc=$?
 
 if [[ -s "$OUT" ]]; then
   echo
-  echo "## $(basename "$OUT")"
+  echo "## scripts/bench.sh, $(date -u +%Y-%m-%d), REPS=$REPS DURATION=$DURATION ($(basename "$OUT"))"
   echo
-  # Anchors without a broadcast endpoint report 0 deliveries, which
-  # table.py cannot summarise: leave those lines out of the tables.
-  TABLE_IN="$(mktemp)"
-  python3 - "$OUT" "$TABLE_IN" <<'PY'
-import json, sys
-with open(sys.argv[1]) as src, open(sys.argv[2], "w") as dst:
-    for line in src:
-        row = json.loads(line) if line.strip() else None
-        if row and not (row.get("scenario") == "broadcast" and not row.get("deliveries")):
-            dst.write(line)
-PY
-  python3 "$BENCH/table.py" "$TABLE_IN" || rc=$?
-  rm -f "$TABLE_IN"
+  python3 "$BENCH/bench.py" table "$OUT"
   echo
   echo "JSON lines: $OUT"
 else

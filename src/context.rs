@@ -363,6 +363,12 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
             metrics: Metrics::default(),
         });
         for cfg in vhosts {
+            if cfg.mounts().is_empty() {
+                // Legal (a vhost may be filled in later, or only hold an
+                // address), but at start it is almost always a forgotten
+                // `[[vhost.mount]]`.
+                tracing::warn!(vhost = %cfg.name(), "vhost has no mounts: requests to it get 404 (only /healthz answers)");
+            }
             let vhost = Vhost::new(cfg, Arc::downgrade(&shared));
             shared.install(&vhost, &mut bound);
         }

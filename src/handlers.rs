@@ -22,11 +22,14 @@ use crate::{HttpHandler, MountTarget, Request, Response, Vhost};
 /// - `/echo`: a message box and what came back, with the round trip;
 /// - `/broadcast`: a chat with every other client on the mount;
 /// - `/pubsub`: subscribe, unsubscribe and publish JSON on any topic;
-/// - `/pubsub`, topic `stats`: sessions and messages per second, live.
+/// - `/pubsub`, topic `stats`: sessions and messages per second, live;
+/// - the endpoints, with commands to try them from a terminal (`curl`,
+///   `websocat`) naming the page's own host.
 ///
 /// The page assumes those paths on the same vhost, as in the binary's
 /// built-in configuration; a panel whose path is not mounted shows its
-/// socket closing and retrying. Answered with `Cache-Control: no-cache`, so
+/// socket closing and retrying, and while the gateway cannot be reached each
+/// panel says "server unreachable, retrying in N s". Answered with `Cache-Control: no-cache`, so
 /// a browser always revalidates it after the gateway is upgraded.
 ///
 /// # Examples
@@ -192,7 +195,7 @@ mod tests {
         let ids = "inc inc-value inc-reset echo echo-input echo-send echo-log \
                    chat chat-input chat-send chat-log \
                    ps ps-topic ps-sub ps-data ps-pub ps-log \
-                   status status-sessions status-rate";
+                   status status-sessions status-rate endpoints try";
         for id in ids.split_whitespace() {
             assert!(
                 Demo::HTML.contains(&format!("id=\"{id}\"")),

@@ -98,7 +98,16 @@
 //!     .build()?;
 //! let ctx = Context::attach(&ex, Config::builder().vhost(vhost).build()?)?;
 //! let handle = ctx.handle();
-//! // Run the loop until someone calls handle.shutdown() (a signal, a worker thread).
+//! // Something must ask for the end: here a timer task of the host's; a signal
+//! // (`signals::shutdown_on_signals`), a worker thread or a GUI would call the
+//! // same `shutdown()`.
+//! let stop = handle.clone();
+//! ex.spawn(async move {
+//!     async_io::Timer::after(Duration::from_secs(60)).await;
+//!     let _ = stop.shutdown();
+//! })
+//! .detach();
+//! // Run the loop until shutdown is requested.
 //! async_io::block_on(ex.run(handle.shutdown_requested()));
 //! let report = ctx.destroy().drain(&ex, Instant::now() + Duration::from_secs(5));
 //! assert!(report.is_clean());
@@ -107,6 +116,9 @@
 //! ```
 //!
 //! # Feature flags
+//!
+//! A library user turns the default `cli` feature off
+//! (`default-features = false`): no clap, no tracing-subscriber.
 //!
 //! - `toml-config`: [`config::load_toml`] reads the TOML configuration format
 //!   the binary uses, naming the key and line of every error.

@@ -24,7 +24,9 @@
 //!   panel subscribes to it through `/pubsub`).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::ffi::OsStr;
+use std::io::IsTerminal;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -56,8 +58,11 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Listen address for the first vhost, replacing the configured ones
-    /// (repeatable; also applied to the first vhost of a reloaded file).
-    #[arg(long, value_name = "ADDR")]
+    /// (repeatable; also applied to the first vhost of a reloaded file): an
+    /// IP:PORT such as 127.0.0.1:7681, or a host name with a port such as
+    /// localhost:7681, resolved once at start to its first address (IPv4
+    /// first).
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     listen: Vec<SocketAddr>,
     /// How long a signal-initiated shutdown waits for close handshakes
     /// (overrides the file's drain_timeout), e.g. "10s".
@@ -75,11 +80,16 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    let colour = log_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -172,6 +182,12 @@ fn run(cli: Cli) -> Result<(), String> {
     );
     println!("wsgate drained: {report}");
     failed.map_or(Ok(()), Err)
+}
+
+/// Whether log lines carry ANSI colours: only on a terminal, and not when
+/// `NO_COLOR` is set to anything but the empty string (<https://no-color.org>).
+fn log_colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
 /// The default number of service threads: the CPUs this process may run on
@@ -343,10 +359,14 @@ fn apply(
     }
     let mut built: Vec<VhostConfig> = Vec::new();
     for name in plan.change.iter().chain(&plan.add) {
-        built.push(
-            next.build_vhost(name, registry)
-                .map_err(|e| e.to_string())?,
-        );
+        let vhost = next
+            .build_vhost(name, registry)
+            .map_err(|e| e.to_string())?;
+        if vhost.mounts().is_empty() {
+            // As Context::attach warns at start.
+            tracing::warn!(vhost = %name, "vhost has no mounts: requests to it get 404 (only /healthz answers)");
+        }
+        built.push(vhost);
     }
     let holder = hold_listeners(ctx, next, &built).map_err(|e| error_chain(&e))?;
 
@@ -484,6 +504,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// What `--listen` takes: an IP:PORT, or a host name with a port, resolved
+/// here (once, at start) to its first IPv4 address, else its first address.
+/// The configuration file takes IP:PORT only, so that a reload never waits
+/// on name resolution.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    const EXPECTED: &str = "expected an IP:PORT such as 127.0.0.1:7681 (or a host name with a port, such as localhost:7681)";
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    // Only HOST:PORT is worth a name lookup; anything else gets the example.
+    let has_port = s
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !has_port {
+        return Err(EXPECTED.to_owned());
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s}: {e}; {EXPECTED}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s} resolves to no address; {EXPECTED}"))
+}
+
 fn parse_threads(s: &str) -> Result<usize, String> {
     s.parse::<usize>()
         .ok()
@@ -559,6 +607,52 @@ mod tests {
         let mut next = file(&vhost("a", "127.0.0.8:8", "60s"));
         next.override_listen(&listen);
         assert!(Plan::new(&Applied::of(&old).vhosts, &next).is_empty());
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(log_colour(true, None));
+        assert!(log_colour(true, Some(OsStr::new(""))));
+        assert!(!log_colour(true, Some(OsStr::new("1"))));
+        assert!(!log_colour(false, None));
+        assert!(!log_colour(false, Some(OsStr::new(""))));
+    }
+
+    #[test]
+    fn listen_takes_ip_port_or_a_host_name_with_a_port() {
+        assert_eq!(
+            parse_listen("127.0.0.1:7681"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 7681)))
+        );
+        assert_eq!(
+            parse_listen("[::1]:0"),
+            Ok("[::1]:0".parse::<SocketAddr>().unwrap())
+        );
+        // localhost is in /etc/hosts everywhere; its IPv4 address comes first.
+        assert_eq!(
+            parse_listen("localhost:7681"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 7681)))
+        );
+        for bad in [
+            "localhost",
+            "7681",
+            "127.0.0.1",
+            ":7681",
+            "127.0.0.1:99999",
+            "",
+        ] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(
+                e.contains("an IP:PORT such as 127.0.0.1:7681"),
+                "{bad}: {e}"
+            );
+        }
+        let e = parse_listen("no-such-host.invalid:7681").unwrap_err();
+        assert!(
+            e.starts_with("cannot resolve no-such-host.invalid:7681: "),
+            "{e}"
+        );
+        assert!(e.contains("an IP:PORT such as 127.0.0.1:7681"), "{e}");
     }
 
     #[test]

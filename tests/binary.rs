@@ -1,15 +1,18 @@
 //! The `wsgate` binary as a user runs it: it serves /echo and /healthz, SIGINT
-//! drains cleanly and exits 0, a second signal forces exit 130, and
-//! configuration errors name the key and the line.
+//! drains cleanly and exits 0, a second signal forces exit 130,
+//! configuration errors name the key and the line, `--listen` errors give an
+//! example, a vhost without mounts is warned about, and logs carry no colour
+//! codes when stderr is not a terminal.
 
 #![cfg(feature = "cli")]
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use support::gateway::Gateway;
@@ -216,5 +219,98 @@ fn example_config_requires_the_token_and_an_allowed_origin() {
     });
     gw.signal("-INT");
     assert_eq!(gw.wait(), 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs the binary with `args` and `env`, stderr piped (not a terminal),
+/// until a stderr line contains `until` (or 20 s pass); kills it and returns
+/// its stderr so far.
+fn stderr_until(args: &[&str], env: &[(&str, &str)], until: &str) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+    cmd.args(args)
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn wsgate");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut text = String::new();
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        text.push_str(&line);
+        text.push('\n');
+        if line.contains(until) {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    text
+}
+
+#[test]
+fn logs_have_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let logs = stderr_until(&["--listen", "127.0.0.1:0"], &[], "serving");
+    assert!(logs.contains("serving"), "{logs}");
+    assert!(!logs.contains("\x1b["), "ANSI escape codes in {logs:?}");
+}
+
+#[test]
+fn listen_errors_show_an_example_and_host_names_resolve() {
+    for bad in ["localhost", "7681", "127.0.0.1"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+            .args(["--listen", bad])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("an IP:PORT such as 127.0.0.1:7681"),
+            "{bad}: {err}"
+        );
+        assert!(!err.contains("invalid socket address syntax"), "{err}");
+    }
+    let mut gw = Gateway::start(&["--listen", "localhost:0"]);
+    assert!(gw.addr.ip().is_loopback(), "{}", gw.addr);
+    gw.signal("-INT");
+    assert_eq!(gw.wait(), 0);
+}
+
+#[test]
+fn a_vhost_without_mounts_is_warned_about() {
+    let dir = std::env::temp_dir().join(format!("wsgate-cfg-nomount-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("nomount.toml");
+    std::fs::write(
+        &path,
+        "[[vhost]]\nname = \"served\"\nlisten = [\"127.0.0.1:0\"]\n\n[[vhost.mount]]\npath = \"/echo\"\nprotocol = \"echo\"\n\n\
+         [[vhost]]\nname = \"empty\"\nlisten = [\"127.0.0.1:0\"]\n",
+    )
+    .unwrap();
+    let logs = stderr_until(
+        &["--config", path.to_str().unwrap()],
+        &[],
+        "vhost has no mounts",
+    );
+    let warning = logs
+        .lines()
+        .find(|l| l.contains("vhost has no mounts"))
+        .unwrap_or_else(|| panic!("no warning in {logs}"));
+    assert!(
+        warning.contains("WARN") && warning.contains("empty"),
+        "{warning}"
+    );
+    assert!(!logs.contains("vhost=served"), "{logs}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

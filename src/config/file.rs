@@ -481,7 +481,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// Turns a TOML error into a `ConfigError` with the dotted key and the line.
 fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
-    let message = e.message().trim().to_owned();
+    let message = plain_message(e.message().trim());
     let Some(span) = e.span() else {
         return ConfigError::new("config", message);
     };
@@ -517,6 +517,43 @@ fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
         key
     };
     ConfigError::new(key, message).at_line(line_no)
+}
+
+/// Says serde's type errors in the file's words: `invalid type: string "x",
+/// expected usize` becomes `expected a whole number, found "x"`; `a
+/// sequence` is a list, a map or struct a table. Other messages pass as they
+/// are.
+fn plain_message(message: &str) -> String {
+    let Some((found, expected)) = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+        .and_then(|m| m.split_once(", expected "))
+    else {
+        return message.to_owned();
+    };
+    let expected = match expected {
+        "usize" | "u8" | "u16" | "u32" | "u64" | "i8" | "i16" | "i32" | "i64" | "isize" => {
+            "a whole number"
+        }
+        "a sequence" => "a list",
+        "a boolean" => "true or false",
+        "a map" => "a table",
+        e if e.starts_with("struct ") => "a table",
+        e => e,
+    };
+    // `string "x"` → `"x"`, ``floating point `1.5` `` → `1.5`, `sequence` → `a list`.
+    let found = if let Some(value) = found.strip_prefix("string ") {
+        value.to_owned()
+    } else if let Some((_, value)) = found.split_once('`') {
+        value.trim_end_matches('`').to_owned()
+    } else {
+        match found {
+            "sequence" => "a list".to_owned(),
+            "map" => "a table".to_owned(),
+            other => other.to_owned(),
+        }
+    };
+    format!("expected {expected}, found {found}")
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -615,7 +652,7 @@ impl<'de> Deserialize<'de> for AddrValue {
         let s = String::deserialize(d)?;
         s.parse().map(AddrValue).map_err(|_| {
             de::Error::custom(format!(
-                "invalid listen address {s:?} (expected IP:PORT, such as \"127.0.0.1:7681\")"
+                "invalid listen address {s:?}: expected an IP:PORT such as 127.0.0.1:7681 (host names are not resolved in the file)"
             ))
         })
     }
@@ -992,9 +1029,74 @@ protocol = "echo"
 
     #[test]
     fn bad_address_is_an_error() {
-        let e = load("[[vhost]]\nname = \"a\"\nlisten = [\"localhost\"]\n").unwrap_err();
-        assert_eq!(e.line, Some(3), "{e}");
-        assert!(e.reason.contains("invalid listen address"), "{e}");
+        for addr in ["localhost", "localhost:7681", "7681"] {
+            let text = format!("[[vhost]]\nname = \"a\"\nlisten = [\"{addr}\"]\n");
+            let e = load(&text).unwrap_err();
+            assert_eq!(e.line, Some(3), "{e}");
+            assert_eq!(e.key, "vhost.listen", "{e}");
+            assert!(
+                e.reason
+                    .contains("expected an IP:PORT such as 127.0.0.1:7681"),
+                "{e}"
+            );
+        }
+    }
+
+    /// serde's type names (usize, sequence, struct ...) become the file's
+    /// words, and every message keeps its key and line.
+    #[test]
+    fn type_errors_are_in_plain_words() {
+        let vhost = "[[vhost]]\nname = \"a\"\nlisten = [\"127.0.0.1:0\"]\n";
+        for (text, key, line, reason) in [
+            (
+                format!("max_connections = \"x\"\n{vhost}"),
+                "max_connections",
+                1,
+                "expected a whole number, found \"x\"",
+            ),
+            (
+                format!("max_connections = -1\n{vhost}"),
+                "max_connections",
+                1,
+                "expected a whole number, found -1",
+            ),
+            (
+                format!("{vhost}[vhost.limits]\nmax_headers = 1.5\n"),
+                "vhost.limits.max_headers",
+                5,
+                "expected a whole number, found 1.5",
+            ),
+            (
+                "[[vhost]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n".to_owned(),
+                "vhost.listen",
+                3,
+                "expected a list, found \"127.0.0.1:0\"",
+            ),
+            (
+                format!("{vhost}hosts = \"example.com\"\n"),
+                "vhost.hosts",
+                4,
+                "expected a list, found \"example.com\"",
+            ),
+            (
+                format!("{vhost}limits = 3\n"),
+                "vhost.limits",
+                4,
+                "expected a table, found 3",
+            ),
+            (
+                format!(
+                    "{vhost}[[vhost.mount]]\npath = \"/\"\nhttp = \"health\"\nprefix = \"yes\"\n"
+                ),
+                "vhost.mount.prefix",
+                7,
+                "expected true or false, found \"yes\"",
+            ),
+        ] {
+            let e = load(&text).unwrap_err();
+            assert_eq!((e.key.as_str(), e.line), (key, Some(line)), "{e}");
+            assert_eq!(e.reason, reason, "{e}");
+        }
     }
 
     #[test]

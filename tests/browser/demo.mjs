@@ -1,7 +1,11 @@
 // Drives the wsgate demo page in Debian's headless Chromium and uses every
 // panel: increment (advance, then Reset), echo, broadcast chat between two
-// browser contexts, pub/sub subscribe and publish, and the live status fed
-// from the `stats` topic. Ends with a full-page screenshot.
+// browser contexts, pub/sub subscribe and publish, the live status fed from
+// the `stats` topic, and the endpoints panel's commands. Then the same page
+// served where no gateway listens must say "server unreachable, retrying in
+// N s" on every panel without changing their header heights. Ends with
+// full-page screenshots (SCREENSHOT, and SCREENSHOT with -unreachable before
+// .png for the second state).
 //
 //   node tests/browser/demo.mjs http://127.0.0.1:PORT/ target/demo-screenshot.png
 //
@@ -11,6 +15,7 @@
 // wsgate binary.
 
 import { mkdir } from "node:fs/promises";
+import { createServer } from "node:net";
 import { dirname } from "node:path";
 
 import { chromium } from "playwright-core";
@@ -141,6 +146,68 @@ try {
     console.log(`  sessions ${shown.sessions}, messages/s ${shown.rate}`);
   });
 
+  await step("endpoints panel: commands for this host", async () => {
+    const host = new URL(url).host;
+    const commands = await a.$$eval("#try code", (codes) => codes.map((c) => c.textContent));
+    for (const want of [`curl http://${host}/healthz`, `websocat ws://${host}/echo`]) {
+      if (!commands.includes(want)) throw new Error(`no ${JSON.stringify(want)} in ${JSON.stringify(commands)}`);
+    }
+    if (commands.some((c) => c.includes("HOST"))) throw new Error(`HOST left in ${JSON.stringify(commands)}`);
+    const res = await fetch(new URL("/healthz", url));
+    if ((await res.text()).trim() !== "ok") throw new Error("the healthz command's URL does not answer ok");
+  });
+
+  await step("server unreachable: every panel says so, on one line", async () => {
+    // The same page, served by the test from an address where nothing
+    // listens: its sockets are refused, as when the gateway is down.
+    const html = await (await fetch(url)).text();
+    const dead = `http://127.0.0.1:${await closedPort()}/`;
+    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const page = await context.newPage();
+    page.setDefaultTimeout(STEP_MS);
+    page.on("pageerror", (e) => pageErrors.push(`unreachable page: ${e.message}`));
+    await page.route(dead, (route) => route.fulfill({ status: 200, contentType: "text/html", body: html }));
+    await page.goto(dead, { timeout: STEP_MS });
+    await waitFor(
+      page,
+      (ids) =>
+        ids.every((id) => {
+          const panel = document.getElementById(id);
+          return (
+            panel.dataset.state === "unreachable" &&
+            /^server unreachable, retrying in \d+ s$/.test(panel.querySelector(".conn").textContent)
+          );
+        }),
+      PANELS,
+      () => PANELS.map((id) => `${id}: ${document.querySelector(`#${id} .conn`).textContent}`).join("; "),
+    );
+    const layout = (p) =>
+      p.evaluate((ids) =>
+        ids.map((id) => {
+          const badge = document.querySelector(`#${id} .conn`);
+          const style = getComputedStyle(badge);
+          return {
+            id,
+            header: document.querySelector(`#${id} > header`).getBoundingClientRect().height,
+            badge: badge.getBoundingClientRect().height,
+            line: Number.parseFloat(style.lineHeight) || 1.45 * Number.parseFloat(style.fontSize),
+            nowrap: style.whiteSpace === "nowrap",
+          };
+        }), PANELS);
+    const [open, down] = [await layout(a), await layout(page)];
+    for (const [i, d] of down.entries()) {
+      if (!d.nowrap || d.badge > 1.5 * d.line) throw new Error(`${d.id}: the badge wraps (${JSON.stringify(d)})`);
+      if (Math.abs(d.header - open[i].header) > 0.5) {
+        throw new Error(`${d.id}: header ${open[i].header}px open, ${d.header}px unreachable`);
+      }
+    }
+    const shot = screenshot.replace(/\.png$/, "") + "-unreachable.png";
+    await mkdir(dirname(shot), { recursive: true });
+    await page.screenshot({ path: shot, fullPage: true, timeout: STEP_MS });
+    console.log(`  ${await page.textContent("#inc .conn")}; screenshot ${shot}`);
+    await context.close();
+  });
+
   await step("no script errors", async () => {
     if (pageErrors.length) throw new Error(pageErrors.join("\n"));
   });
@@ -187,6 +254,18 @@ async function openDemo(name) {
           .join("; "),
     );
     return page;
+  });
+}
+
+// A port on 127.0.0.1 where nothing listens: bound, then closed.
+function closedPort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.on("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
   });
 }
 

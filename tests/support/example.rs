@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,8 @@ pub struct Example {
     child: Child,
     lines: Receiver<String>,
     stdout: Option<thread::JoinHandle<()>>,
+    stderr: Option<thread::JoinHandle<()>>,
+    stderr_lines: Arc<Mutex<Vec<String>>>,
     seen: Vec<String>,
 }
 
@@ -53,15 +56,20 @@ impl Example {
                 }
             }
         });
-        thread::spawn(move || {
+        let stderr_lines = Arc::new(Mutex::new(Vec::new()));
+        let kept = stderr_lines.clone();
+        let stderr = thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 eprintln!("[example stderr] {line}");
+                kept.lock().unwrap().push(line);
             }
         });
         Self {
             child,
             lines,
             stdout: Some(stdout),
+            stderr: Some(stderr),
+            stderr_lines,
             seen: Vec::new(),
         }
     }
@@ -128,6 +136,14 @@ impl Example {
         }
         self.seen.extend(self.lines.try_iter());
         self.seen.clone()
+    }
+
+    /// Every stderr line, once the process has exited.
+    pub fn stderr(&mut self) -> Vec<String> {
+        if let Some(t) = self.stderr.take() {
+            t.join().expect("stderr reader");
+        }
+        self.stderr_lines.lock().unwrap().clone()
     }
 }
 

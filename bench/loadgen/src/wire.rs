@@ -1,0 +1,251 @@
+//! The bytes on the wire: the connection's stream, the client's frames, and
+//! a streaming parser of the server's frames.
+//!
+//! `Stream` is where a transport plugs in: today plain TCP; `wss://` will be
+//! a `Tls` variant wrapping the same socket in a rustls `ClientConnection`
+//! (rustls is sans-IO, so it fits this non-blocking engine as it is). The
+//! engine only reads, writes and registers a `Stream`.
+//! `Frames` is where an extension plugs in: permessage-deflate will pre-build
+//! compressed frames (RSV1 set) and negotiate in the handshake; the parser
+//! already counts messages without looking into payloads.
+
+use std::io::{self, Read, Write};
+
+use mio::net::TcpStream;
+
+/// The byte stream of one connection.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+}
+
+impl Stream {
+    /// The socket underneath, to register with the poller and to set options.
+    pub(crate) fn tcp(&mut self) -> &mut TcpStream {
+        match self {
+            Self::Plain(s) => s,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => s.flush(),
+        }
+    }
+}
+
+/// The mask key of every client frame: a fixed key lets a message's frame be
+/// built once and copied, which is what keeps the client cheap. (A server
+/// cannot tell; RFC 6455 asks for unpredictable keys only against proxies.)
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+pub(crate) const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// One complete, masked client frame (FIN set).
+pub(crate) fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let n = payload.len();
+    let mut f = Vec::with_capacity(n + 14);
+    f.push(0x80 | opcode);
+    if n < 126 {
+        f.push(0x80 | n as u8);
+    } else if let Ok(n) = u16::try_from(n) {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&n.to_be_bytes());
+    } else {
+        f.push(0x80 | 127);
+        f.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    f.extend_from_slice(&MASK);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i & 3]));
+    f
+}
+
+/// The upgrade request; the key is fixed, since the response's accept value
+/// is not checked (only its status line).
+pub(crate) fn upgrade_request(host: &str, path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A streaming parser of server frames that counts complete data messages
+/// and never buffers or validates their payload bytes: the client must cost
+/// less than the server it measures. Only control payloads are kept (a ping
+/// is answered with its pong).
+pub(crate) struct Frames {
+    head: [u8; 14],
+    head_len: usize,
+    /// Payload bytes of the current frame still to skip; `None` between frames.
+    remaining: Option<u64>,
+    fin: bool,
+    opcode: u8,
+    control: Vec<u8>,
+}
+
+impl Frames {
+    pub(crate) fn new() -> Self {
+        Self {
+            head: [0; 14],
+            head_len: 0,
+            remaining: None,
+            fin: false,
+            opcode: 0,
+            control: Vec::new(),
+        }
+    }
+
+    /// Parses `data`; returns the data messages it completed. Answers to
+    /// pings are appended to `out`. A Close from the server is an error: no
+    /// scenario expects one.
+    pub(crate) fn feed(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<u64, String> {
+        let mut messages = 0;
+        while !data.is_empty() {
+            if let Some(remaining) = self.remaining {
+                let n = remaining.min(data.len() as u64) as usize;
+                if self.opcode >= OP_CLOSE {
+                    self.control.extend_from_slice(&data[..n]);
+                }
+                data = &data[n..];
+                self.remaining = Some(remaining - n as u64);
+                if remaining == n as u64 {
+                    messages += self.end_frame(out)?;
+                }
+                continue;
+            }
+            // The header: 2 bytes, then the extended length (and a mask key,
+            // which a server must not send, but is skipped if it does).
+            if self.head_len < 2 && !self.take_head(2, &mut data) {
+                continue;
+            }
+            let ext = match self.head[1] & 0x7f {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let need = 2 + ext + if self.head[1] & 0x80 != 0 { 4 } else { 0 };
+            if !self.take_head(need, &mut data) {
+                continue;
+            }
+            let len = match self.head[1] & 0x7f {
+                126 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
+                127 => u64::from_be_bytes([
+                    self.head[2],
+                    self.head[3],
+                    self.head[4],
+                    self.head[5],
+                    self.head[6],
+                    self.head[7],
+                    self.head[8],
+                    self.head[9],
+                ]),
+                n => u64::from(n),
+            };
+            self.fin = self.head[0] & 0x80 != 0;
+            self.opcode = self.head[0] & 0x0f;
+            self.head_len = 0;
+            self.remaining = Some(len);
+            if len == 0 {
+                messages += self.end_frame(out)?;
+            }
+        }
+        Ok(messages)
+    }
+
+    /// Moves header bytes from `data` until the header holds `need`; says
+    /// whether it does.
+    fn take_head(&mut self, need: usize, data: &mut &[u8]) -> bool {
+        let take = need.saturating_sub(self.head_len).min(data.len());
+        self.head[self.head_len..self.head_len + take].copy_from_slice(&data[..take]);
+        self.head_len += take;
+        *data = &data[take..];
+        self.head_len >= need
+    }
+
+    fn end_frame(&mut self, out: &mut Vec<u8>) -> Result<u64, String> {
+        self.remaining = None;
+        if self.opcode < OP_CLOSE {
+            return Ok(u64::from(self.fin));
+        }
+        match self.opcode {
+            OP_CLOSE => {
+                let code = self
+                    .control
+                    .get(..2)
+                    .map(|c| u16::from_be_bytes([c[0], c[1]]));
+                return Err(format!("server sent Close {code:?}"));
+            }
+            OP_PING => out.extend_from_slice(&client_frame(OP_PONG, &self.control)),
+            _ => {}
+        }
+        self.control.clear();
+        Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        // The client frame minus its mask: clear the mask bit, drop the key,
+        // unmask the payload.
+        let masked = client_frame(opcode, payload);
+        let head = masked.len() - payload.len() - 4;
+        let mut f = masked[..head].to_vec();
+        f[0] = (f[0] & 0x7f) | if fin { 0x80 } else { 0 };
+        f[1] &= 0x7f;
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn counts_messages_split_anywhere() {
+        let mut wire = Vec::new();
+        for size in [0, 5, 125, 126, 65535, 65536, 70000] {
+            wire.extend(server_frame(OP_BINARY, true, &vec![7; size]));
+        }
+        wire.extend(server_frame(OP_TEXT, false, b"ab"));
+        wire.extend(server_frame(OP_PING, true, b"p"));
+        wire.extend(server_frame(0, true, b"cd"));
+        for chunk in [1, 2, 3, 7, 100, 4096, wire.len()] {
+            let mut frames = Frames::new();
+            let mut out = Vec::new();
+            let n: u64 = wire
+                .chunks(chunk)
+                .map(|c| frames.feed(c, &mut out).unwrap())
+                .sum();
+            assert_eq!(n, 8, "chunk {chunk}");
+            assert_eq!(out, client_frame(OP_PONG, b"p"), "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_close_is_an_error() {
+        let mut out = Vec::new();
+        let err = Frames::new()
+            .feed(&server_frame(OP_CLOSE, true, &[0x03, 0xe9]), &mut out)
+            .unwrap_err();
+        assert!(err.contains("1001"), "{err}");
+    }
+}
