@@ -19,11 +19,20 @@
 //! # Data path
 //!
 //! ```text
-//! TCP accept ─► request head (httparse; size, count and time limits) ─► route: Host → vhost, path → mount
+//! TCP accept ─► Acceptor ─► request head (httparse; size, count and time limits)
+//!    ─► admission (pure): Host → vhost, path → mount, method, upgrade, Origin, subprotocol, token
 //!    ├─ HTTP mount: /healthz, index, handlers → response, keep-alive or close
-//!    └─ WebSocket mount: Protocol::open accepts or rejects → 101 → session task
-//!          one task per session: frames → Protocol::message   bounded queue → frames, one flush per batch
+//!    └─ WebSocket mount: session places, extension, Protocol::open → 101 → session task
+//!          driver: socket ⇄ sans-IO session (frames, limits, timers) ⇄ Protocol::message
+//!                  bounded queue → encoded frames, one write per batch
 //! ```
+//!
+//! The layers (docs/ARCHITECTURE.md): a sans-IO core (frames, HTTP heads,
+//! admission, the session state machine) under the configuration, a runtime
+//! that drives the core over sockets and the host's executors, and the
+//! context that applications see. The seams are public: [`transport`]
+//! (streams and acceptors), [`extension`] (per-message extensions) and
+//! [`pubsub::Broker`] (where topics live).
 //!
 //! # Lifecycle
 //!
@@ -148,14 +157,14 @@ pub mod http {
     pub use crate::proto::http::{Request, Response, check_bearer};
 }
 
-/// Counters and gauges: [`Stats`], as a snapshot and as Prometheus text.
+/// Counters and gauges: [`Stats`](metrics::Stats), as a snapshot and as Prometheus text.
 pub mod metrics {
     pub use crate::context::metrics::Stats;
     pub use crate::handlers::MetricsHandler;
 }
 
 /// Topics: publish from any thread, fan out to every subscriber's queue,
-/// through a [`Broker`].
+/// through a [`Broker`](pubsub::Broker).
 pub mod pubsub {
     pub use crate::context::broker::{Broker, MemoryBroker, Presence, Published};
 }
