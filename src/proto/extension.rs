@@ -48,6 +48,13 @@ pub trait Extension: Send + 'static {
     /// Transforms the payload of an outbound text or binary message; `None`
     /// sends it as it is, without the reserved bits.
     fn encode(&mut self, payload: &[u8]) -> Option<Bytes>;
+
+    /// Bytes this extension holds for its session now (compression windows
+    /// and buffers), which count against the context's memory budget.
+    /// Default: 0.
+    fn memory(&self) -> usize {
+        0
+    }
 }
 
 /// Agrees on an extension with a client, in the handshake.
