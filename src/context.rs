@@ -200,15 +200,15 @@ impl fmt::Display for Reconfigured {
 /// (teardown), its registry (vhosts, listeners), its workers, its topics and
 /// its metrics.
 pub(crate) struct ContextShared {
-    pub(crate) lifecycle: Lifecycle,
-    pub(crate) registry: Registry,
+    lifecycle: Lifecycle,
+    registry: Registry,
     /// Every worker (one per host executor), for the hand-off of connections.
     workers: Arc<Workers>,
     /// Worker 0's spawner: accept loops, posted closures and wake-ups run
     /// there. Its live count is context-wide.
-    pub(crate) spawner: Spawner,
-    pub(crate) topics: Topics,
-    pub(crate) metrics: Metrics,
+    spawner: Spawner,
+    topics: Topics,
+    metrics: Metrics,
 }
 
 impl<'ex> Context<'ex> {
