@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::Weak;
 
-use crate::config::{Mount, MountTarget, VhostConfig};
+use crate::config::{Mount, VhostConfig};
 use crate::proto::admission::{Admission, Table, admit, find_mount, path_matches, route};
 use crate::proto::http::{Head, Refused, Request, is_token_byte, parse_head};
 use crate::protocols::Echo;
@@ -615,7 +615,7 @@ fn check_vhost(v: &VhostConfig) {
     assert!(!v.listen().is_empty(), "vhost {} listens nowhere", v.name());
     for m in v.mounts() {
         assert!(m.path().starts_with('/'), "mount path {:?}", m.path());
-        if let MountTarget::WebSocket(p) = m.target() {
+        if let crate::MountTarget::WebSocket(p) = m.target() {
             assert!(!p.is_empty(), "mount {} names no protocol", m.path());
         }
     }
