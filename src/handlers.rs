@@ -104,7 +104,7 @@ impl HttpHandler for Index {
     }
 }
 
-/// `/metrics`: the context's [`Stats`] as Prometheus text.
+/// `/metrics`: the context's [`Stats`](crate::metrics::Stats) as Prometheus text.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MetricsHandler;
 

@@ -148,14 +148,14 @@ pub mod http {
     pub use crate::proto::http::{Request, Response, check_bearer};
 }
 
-/// Counters and gauges: [`Stats`], as a snapshot and as Prometheus text.
+/// Counters and gauges: [`Stats`](crate::metrics::Stats), as a snapshot and as Prometheus text.
 pub mod metrics {
     pub use crate::context::metrics::Stats;
     pub use crate::handlers::MetricsHandler;
 }
 
 /// Topics: publish from any thread, fan out to every subscriber's queue,
-/// through a [`Broker`].
+/// through a [`Broker`](crate::pubsub::Broker).
 pub mod pubsub {
     pub use crate::context::broker::{Broker, MemoryBroker, Presence, Published};
 }

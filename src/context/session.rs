@@ -211,7 +211,7 @@ impl SessionHandle {
     ///
     /// [`SendError::Closed`] once the session is closing or closed;
     /// [`SendError::Full`] when the queue is at its byte bound, after which the
-    /// vhost's [`OverflowPolicy`] may also close the session.
+    /// vhost's [`OverflowPolicy`](crate::OverflowPolicy) may also close the session.
     pub fn try_send(&self, message: Message) -> Result<(), SendError> {
         self.shared.push(message, true)
     }
