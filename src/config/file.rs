@@ -50,8 +50,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 use toml::Spanned;
 
-use super::{Config, Limits, Mount, OverflowPolicy, VhostConfig};
-use crate::CloseCode;
+use super::{Config, Limits, Mount, VhostConfig};
 use crate::HttpHandler;
 use crate::Options;
 use crate::context::protocol::{ErasedProtocol, Protocol, bind_handler_arc, bind_protocol, erase};
@@ -319,9 +318,7 @@ impl ConfigFile {
         for o in &v.origins {
             b = b.origin(o.clone());
         }
-        if let Some(l) = &v.limits {
-            b = b.limits(l.to_limits());
-        }
+        b = b.limits(v.limits.clone());
         // Protocols used by mounts, instantiated once per vhost with its options.
         let mut used: Vec<String> = Vec::new();
         for m in &v.mount {
@@ -576,7 +573,8 @@ struct RawVhost {
     hosts: Vec<String>,
     #[serde(default)]
     origins: Vec<String>,
-    limits: Option<RawLimits>,
+    #[serde(default)]
+    limits: Limits,
     #[serde(default)]
     options: BTreeMap<String, BTreeMap<String, OptionValue>>,
     #[serde(default)]
@@ -594,55 +592,6 @@ struct RawMount {
     prefix: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    max_head_bytes: Option<SizeValue>,
-    max_headers: Option<usize>,
-    handshake_timeout: Option<DurationValue>,
-    max_frame_size: Option<SizeValue>,
-    max_message_size: Option<SizeValue>,
-    max_queue_bytes: Option<SizeValue>,
-    max_queue_messages: Option<usize>,
-    max_subscriptions: Option<usize>,
-    overflow: Option<OverflowValue>,
-    max_sessions: Option<usize>,
-    max_sessions_per_ip: Option<usize>,
-    ping_interval: Option<DurationValue>,
-    idle_timeout: Option<DurationValue>,
-    close_timeout: Option<DurationValue>,
-    read_buffer_size: Option<SizeValue>,
-    write_buffer_size: Option<SizeValue>,
-}
-
-impl RawLimits {
-    fn to_limits(&self) -> Limits {
-        let mut l = Limits::default();
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = self.$f { l.$f = v.into(); } )* };
-        }
-        set!(
-            max_head_bytes,
-            max_headers,
-            handshake_timeout,
-            max_frame_size,
-            max_message_size,
-            max_queue_bytes,
-            max_queue_messages,
-            max_subscriptions,
-            overflow,
-            max_sessions,
-            max_sessions_per_ip,
-            ping_interval,
-            idle_timeout,
-            close_timeout,
-            read_buffer_size,
-            write_buffer_size
-        );
-        l
-    }
-}
-
 /// A socket address written as a string.
 #[derive(Debug, Clone, Copy)]
 struct AddrValue(SocketAddr);
@@ -655,37 +604,6 @@ impl<'de> Deserialize<'de> for AddrValue {
                 "invalid listen address {s:?}: expected an IP:PORT such as 127.0.0.1:7681 (host names are not resolved in the file)"
             ))
         })
-    }
-}
-
-/// A byte count: an integer, or a string with a unit (B, KiB, MiB, GiB).
-#[derive(Debug, Clone, Copy)]
-struct SizeValue(usize);
-
-impl From<SizeValue> for usize {
-    fn from(v: SizeValue) -> Self {
-        v.0
-    }
-}
-
-impl<'de> Deserialize<'de> for SizeValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(i64),
-            Str(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => usize::try_from(n)
-                .map(SizeValue)
-                .map_err(|_| de::Error::custom("a size must not be negative")),
-            Raw::Str(s) => parse_size(&s).map(SizeValue).ok_or_else(|| {
-                de::Error::custom(format!(
-                    "invalid size {s:?} (expected bytes, or a number with B, KiB, MiB or GiB)"
-                ))
-            }),
-        }
     }
 }
 
@@ -715,49 +633,9 @@ impl<'de> Deserialize<'de> for ThreadsValue {
 #[derive(Debug, Clone, Copy)]
 struct DurationValue(Duration);
 
-impl From<DurationValue> for Duration {
-    fn from(v: DurationValue) -> Self {
-        v.0
-    }
-}
-
 impl<'de> Deserialize<'de> for DurationValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d).map_err(|_: D::Error| {
-            de::Error::custom(
-                "a duration is a string with a unit, such as \"500ms\", \"30s\" or \"5m\"",
-            )
-        })?;
-        parse_duration(&s).map(DurationValue).ok_or_else(|| {
-            de::Error::custom(format!(
-                "invalid duration {s:?} (expected a number with ms, s, m or h)"
-            ))
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct OverflowValue(OverflowPolicy);
-
-impl From<OverflowValue> for OverflowPolicy {
-    fn from(v: OverflowValue) -> Self {
-        v.0
-    }
-}
-
-impl<'de> Deserialize<'de> for OverflowValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match s.as_str() {
-            "reject" => Ok(Self(OverflowPolicy::Reject)),
-            "close-1008" => Ok(Self(OverflowPolicy::Close(CloseCode::Policy))),
-            "close-1013" => Ok(Self(OverflowPolicy::Close(CloseCode::Again))),
-            "drop-newest" => Ok(Self(OverflowPolicy::DropNewest)),
-            "drop-oldest" => Ok(Self(OverflowPolicy::DropOldest)),
-            _ => Err(de::Error::custom(format!(
-                "invalid overflow policy {s:?} (expected \"reject\", \"close-1008\", \"close-1013\", \"drop-newest\" or \"drop-oldest\")"
-            ))),
-        }
+        super::limits::de::duration(d).map(Self)
     }
 }
 
@@ -804,39 +682,10 @@ impl<'de> Deserialize<'de> for OptionValue {
     }
 }
 
-fn parse_size(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: usize = num.parse().ok()?;
-    let mult: usize = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" | "KB" => 1 << 10,
-        "MiB" | "M" | "MB" => 1 << 20,
-        "GiB" | "G" | "GB" => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(mult)
-}
-
-/// Parses a duration with a unit: "250ms", "30s", "5m", "1h".
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    match unit.trim() {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        "h" => n.checked_mul(3600).map(Duration::from_secs),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{CloseCode, OverflowPolicy};
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         load_toml(text, &ProtocolRegistry::builtin())
@@ -1185,14 +1034,5 @@ prefix = true
         }
         let e = ConfigFile::parse(&format!("threads = 0\n{vhost}")).unwrap_err();
         assert!(e.reason.contains("between 1 and 1024"), "{e}");
-    }
-
-    #[test]
-    fn sizes_and_durations() {
-        assert_eq!(parse_size("4KiB"), Some(4096));
-        assert_eq!(parse_size("12"), Some(12));
-        assert_eq!(parse_size("1XB"), None);
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("30"), None);
     }
 }
