@@ -13,11 +13,11 @@ use crate::proto::extension::ExtensionNegotiator;
 use crate::proto::http::is_token_byte;
 
 #[cfg(feature = "toml-config")]
-mod file;
+pub(crate) mod file;
 mod limits;
 
 #[cfg(feature = "toml-config")]
-pub use file::{ConfigFile, DEFAULT_TOML, ProtocolRegistry, load_toml};
+pub use file::{ConfigFile, DEFAULT_TOML};
 #[cfg(feature = "toml-config")]
 pub use limits::parse_duration;
 pub use limits::{Limits, OverflowPolicy};

@@ -319,7 +319,8 @@ impl futures_lite::AsyncWrite for MemStream {
 /// paths starting with `/`, WebSocket mounts naming a protocol).
 #[cfg(feature = "toml-config")]
 pub fn config(data: &[u8]) {
-    use crate::config::{ConfigFile, ProtocolRegistry};
+    use crate::config::ConfigFile;
+    use crate::loader::ProtocolRegistry;
 
     let Ok(text) = std::str::from_utf8(data) else {
         return;

@@ -37,7 +37,8 @@ use async_io::Timer;
 use clap::Parser;
 use futures_lite::{StreamExt, future};
 use tracing_subscriber::EnvFilter;
-use wsgate::config::{ConfigFile, ProtocolRegistry};
+use wsgate::ProtocolRegistry;
+use wsgate::config::ConfigFile;
 use wsgate::metrics::Stats;
 use wsgate::{Context, ContextHandle, Error, Message, VhostConfig};
 

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! binary      src/main.rs
-//! protocols   src/protocols*, src/handlers.rs, src/signals.rs
+//! protocols   src/protocols*, src/handlers.rs, src/signals.rs, src/loader.rs
 //! context     src/context*
 //! runtime     src/runtime*
 //! config      src/config*
@@ -27,6 +27,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("protocols", 4),
     ("handlers", 4),
     ("signals", 4),
+    ("loader", 4),
     ("fuzz", 4),
 ];
 
@@ -74,6 +75,8 @@ const ROOT: &[(&str, u8)] = &[
     ("metrics", 4),
     ("pubsub", 3),
     ("http", 4),
+    ("ProtocolRegistry", 4),
+    ("load_toml", 4),
 ];
 
 fn src() -> PathBuf {
