@@ -21,33 +21,24 @@
 //!   `wsgate reloaded: ...` or `wsgate reload failed: ...`.
 //! - **The `stats` topic.** Every `--stats-interval` it publishes a JSON
 //!   snapshot of its counters to the topic `stats` (the demo page's status
-//!   panel subscribes to it through `/pubsub`).
+//!   panel subscribes to it through `/pubsub`; see `cli::stats`).
+
+mod cli;
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
-use std::io::IsTerminal;
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::num::NonZeroUsize;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use async_executor::Executor;
-use async_io::Timer;
 use clap::Parser;
-use futures_lite::{StreamExt, future};
-use tracing_subscriber::EnvFilter;
+use futures_lite::future;
 use wsgate::ProtocolRegistry;
 use wsgate::config::ConfigFile;
-use wsgate::metrics::Stats;
-use wsgate::{Context, ContextHandle, Error, Message, VhostConfig};
+use wsgate::{Context, Error, VhostConfig};
 
-/// The topic the binary publishes its counters to.
-const STATS_TOPIC: &str = "stats";
-
-/// The most service threads `--threads` accepts (the file's `threads` has the
-/// same bound).
-const MAX_THREADS: usize = 1024;
+use cli::{error_chain, parse_duration, parse_listen, parse_threads};
 
 /// An embeddable async WebSocket gateway: WebSocket and HTTP on one port.
 #[derive(Debug, Parser)]
@@ -81,17 +72,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let colour = log_colour(
-        std::io::stderr().is_terminal(),
-        std::env::var_os("NO_COLOR").as_deref(),
-    );
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .init();
+    cli::init_logging();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -111,7 +92,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let threads = cli
         .threads
         .or(file.threads())
-        .unwrap_or_else(available_threads);
+        .unwrap_or_else(cli::available_threads);
 
     // One executor per service thread; executor 0 is the main thread's.
     let executors: Vec<Executor<'_>> = (0..threads).map(|_| Executor::new()).collect();
@@ -128,8 +109,12 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     // The stats task is the host's, not wsgate's: it is cancelled (by
     // dropping it) once the loop stops, before teardown.
-    let stats = (!cli.stats_interval.is_zero())
-        .then(|| ex.spawn(publish_stats(handle.clone(), cli.stats_interval)));
+    let stats = (!cli.stats_interval.is_zero()).then(|| {
+        ex.spawn(cli::stats::publish_stats(
+            handle.clone(),
+            cli.stats_interval,
+        ))
+    });
 
     // Reloads run inside the loop's own future, which borrows the context
     // (`add_vhost` and `remove_vhost` are `Context` methods, on the loop).
@@ -183,21 +168,6 @@ fn run(cli: Cli) -> Result<(), String> {
     );
     println!("wsgate drained: {report}");
     failed.map_or(Ok(()), Err)
-}
-
-/// Whether log lines carry ANSI colours: only on a terminal, and not when
-/// `NO_COLOR` is set to anything but the empty string (<https://no-color.org>).
-fn log_colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
-    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
-}
-
-/// The default number of service threads: the CPUs this process may run on
-/// (`available_parallelism` respects its CPU affinity, e.g. `taskset`), 1 if
-/// that cannot be known.
-fn available_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, NonZeroUsize::get)
-        .min(MAX_THREADS)
 }
 
 /// Reads and parses `path` (the built-in configuration when `None`), with the
@@ -441,110 +411,6 @@ fn hold_listeners(
     Ok(Some(name))
 }
 
-/// Publishes a snapshot of the counters to [`STATS_TOPIC`] every `every`,
-/// until teardown begins. Nothing is published (and the `published` counter
-/// does not move) while nobody subscribes.
-///
-/// The message is the `pubsub` protocol's envelope,
-/// `{"op":"message","topic":"stats","data":SNAPSHOT}`, the same as a client's
-/// publish, so that `/pubsub` clients need no special case (see
-/// [`stats_snapshot`] for `SNAPSHOT`).
-async fn publish_stats(handle: ContextHandle, every: Duration) {
-    let Ok(mut last) = handle.stats() else { return };
-    let mut last_at = Instant::now();
-    let mut ticks = Timer::interval(every);
-    while ticks.next().await.is_some() {
-        let Ok(stats) = handle.stats() else { return };
-        let now = Instant::now();
-        let data = stats_snapshot(&stats, &last, now.saturating_duration_since(last_at));
-        (last, last_at) = (stats, now);
-        if !handle.presence(STATS_TOPIC).is_ok_and(|p| p.count > 0) {
-            continue;
-        }
-        let envelope = serde_json::json!({"op": "message", "topic": STATS_TOPIC, "data": data});
-        if handle
-            .publish(STATS_TOPIC, Message::text(envelope.to_string()))
-            .is_err()
-        {
-            return;
-        }
-    }
-}
-
-/// The `stats` snapshot: `sessions`, `messages_in`, `messages_out`,
-/// `connections`, `published` and `dropped` from `now`, and
-/// `messages_per_sec`, the data messages received and sent per second since
-/// `before`, `elapsed` earlier (one decimal).
-fn stats_snapshot(now: &Stats, before: &Stats, elapsed: Duration) -> serde_json::Value {
-    let messages = |s: &Stats| s.messages_in + s.messages_out;
-    let delta = messages(now).saturating_sub(messages(before));
-    let per_sec = if elapsed.is_zero() {
-        0.0
-    } else {
-        (delta as f64 / elapsed.as_secs_f64() * 10.0).round() / 10.0
-    };
-    serde_json::json!({
-        "sessions": now.sessions_open,
-        "messages_in": now.messages_in,
-        "messages_out": now.messages_out,
-        "messages_per_sec": per_sec,
-        "connections": now.connections,
-        "published": now.published,
-        "dropped": now.dropped,
-    })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// What `--listen` takes: an IP:PORT, or a host name with a port, resolved
-/// here (once, at start) to its first IPv4 address, else its first address.
-/// The configuration file takes IP:PORT only, so that a reload never waits
-/// on name resolution.
-fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    const EXPECTED: &str = "expected an IP:PORT such as 127.0.0.1:7681 (or a host name with a port, such as localhost:7681)";
-    if let Ok(addr) = s.parse() {
-        return Ok(addr);
-    }
-    // Only HOST:PORT is worth a name lookup; anything else gets the example.
-    let has_port = s
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-    if !has_port {
-        return Err(EXPECTED.to_owned());
-    }
-    let addrs: Vec<SocketAddr> = s
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {s}: {e}; {EXPECTED}"))?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .ok_or_else(|| format!("{s} resolves to no address; {EXPECTED}"))
-}
-
-fn parse_threads(s: &str) -> Result<usize, String> {
-    s.parse::<usize>()
-        .ok()
-        .filter(|n| (1..=MAX_THREADS).contains(n))
-        .ok_or_else(|| format!("invalid number of threads {s:?} (expected 1 to {MAX_THREADS})"))
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    wsgate::config::parse_duration(s)
-        .ok_or_else(|| format!("invalid duration {s:?} (expected a number with ms, s, m or h)"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,86 +474,5 @@ mod tests {
         let mut next = file(&vhost("a", "127.0.0.8:8", "60s"));
         next.override_listen(&listen);
         assert!(Plan::new(&Applied::of(&old).vhosts, &next).is_empty());
-    }
-
-    #[test]
-    fn colour_only_on_a_terminal_without_no_color() {
-        assert!(log_colour(true, None));
-        assert!(log_colour(true, Some(OsStr::new(""))));
-        assert!(!log_colour(true, Some(OsStr::new("1"))));
-        assert!(!log_colour(false, None));
-        assert!(!log_colour(false, Some(OsStr::new(""))));
-    }
-
-    #[test]
-    fn listen_takes_ip_port_or_a_host_name_with_a_port() {
-        assert_eq!(
-            parse_listen("127.0.0.1:7681"),
-            Ok(SocketAddr::from(([127, 0, 0, 1], 7681)))
-        );
-        assert_eq!(
-            parse_listen("[::1]:0"),
-            Ok("[::1]:0".parse::<SocketAddr>().unwrap())
-        );
-        // localhost is in /etc/hosts everywhere; its IPv4 address comes first.
-        assert_eq!(
-            parse_listen("localhost:7681"),
-            Ok(SocketAddr::from(([127, 0, 0, 1], 7681)))
-        );
-        for bad in [
-            "localhost",
-            "7681",
-            "127.0.0.1",
-            ":7681",
-            "127.0.0.1:99999",
-            "",
-        ] {
-            let e = parse_listen(bad).unwrap_err();
-            assert!(
-                e.contains("an IP:PORT such as 127.0.0.1:7681"),
-                "{bad}: {e}"
-            );
-        }
-        let e = parse_listen("no-such-host.invalid:7681").unwrap_err();
-        assert!(
-            e.starts_with("cannot resolve no-such-host.invalid:7681: "),
-            "{e}"
-        );
-        assert!(e.contains("an IP:PORT such as 127.0.0.1:7681"), "{e}");
-    }
-
-    #[test]
-    fn threads_are_between_1_and_1024() {
-        assert_eq!(parse_threads("1"), Ok(1));
-        assert_eq!(parse_threads("1024"), Ok(1024));
-        for bad in ["0", "1025", "-1", "two", ""] {
-            assert!(parse_threads(bad).is_err(), "{bad}");
-        }
-        assert!((1..=MAX_THREADS).contains(&available_threads()));
-    }
-
-    #[test]
-    fn stats_snapshot_has_every_field_and_the_rate() {
-        let mut before = Stats::default();
-        before.messages_in = 10;
-        before.messages_out = 10;
-        let mut now = Stats::default();
-        now.sessions_open = 3;
-        now.connections = 4;
-        now.messages_in = 40;
-        now.messages_out = 30;
-        now.published = 7;
-        now.dropped = 1;
-        assert_eq!(
-            stats_snapshot(&now, &before, Duration::from_secs(2)),
-            serde_json::json!({
-                "sessions": 3, "messages_in": 40, "messages_out": 30,
-                "messages_per_sec": 25.0, "connections": 4, "published": 7, "dropped": 1,
-            })
-        );
-        assert_eq!(
-            stats_snapshot(&now, &now, Duration::ZERO)["messages_per_sec"],
-            0.0
-        );
     }
 }

@@ -4,7 +4,7 @@
 //! protocols and handlers use the public API only.
 //!
 //! ```text
-//! binary      src/main.rs
+//! binary      src/main.rs, src/cli*
 //! protocols   src/protocols*, src/handlers.rs, src/signals.rs, src/loader.rs
 //! context     src/context*
 //! runtime     src/runtime*
@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("signals", 4),
     ("loader", 4),
     ("fuzz", 4),
+    ("cli", 5),
 ];
 
 /// The crate root's public names, by the layer that defines them: what
