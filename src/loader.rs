@@ -492,6 +492,67 @@ prefix = true
         assert_eq!(cfg.vhosts()[0].listen().len(), 2);
     }
 
+    /// What `Context::reconfigure` compares to keep a vhost.
+    fn fingerprint(file: &ConfigFile, name: &str) -> String {
+        file.build_vhost(name, &ProtocolRegistry::builtin())
+            .unwrap()
+            .fingerprint()
+    }
+
+    #[test]
+    fn a_vhost_written_differently_builds_the_same() {
+        let f = ConfigFile::parse(TWO).unwrap();
+        // The same vhosts, swapped, with comments, and keys in another order.
+        let g = ConfigFile::parse(
+            r#"
+# b first now
+[[vhost]]
+listen = ["127.0.0.2:0"]   # same address
+name = "b"
+[[vhost.mount]]
+protocol = "echo"
+path = "/echo"
+
+[[vhost]]
+name = "a"
+listen = ["127.0.0.1:0"]
+[vhost.limits]
+idle_timeout   =   "2m"
+[[vhost.mount]]
+path = "/echo"
+protocol = "echo"
+"#,
+        )
+        .unwrap();
+        for name in ["a", "b"] {
+            assert_eq!(fingerprint(&f, name), fingerprint(&g, name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_changed_value_changes_only_its_vhost() {
+        let f = ConfigFile::parse(TWO).unwrap();
+        let g = ConfigFile::parse(&TWO.replace("\"2m\"", "\"3m\"")).unwrap();
+        assert_ne!(fingerprint(&f, "a"), fingerprint(&g, "a"));
+        assert_eq!(fingerprint(&f, "b"), fingerprint(&g, "b"));
+        let h = ConfigFile::parse(&TWO.replace("127.0.0.2:0", "127.0.0.3:0")).unwrap();
+        assert_eq!(fingerprint(&f, "a"), fingerprint(&h, "a"));
+        assert_ne!(fingerprint(&f, "b"), fingerprint(&h, "b"));
+    }
+
+    #[test]
+    fn listen_override_changes_the_first_vhost() {
+        let f = ConfigFile::parse(TWO).unwrap();
+        let mut g = f.clone();
+        g.override_listen(&["127.0.0.9:9".parse().unwrap()]);
+        assert_ne!(fingerprint(&f, "a"), fingerprint(&g, "a"));
+        assert_eq!(fingerprint(&f, "b"), fingerprint(&g, "b"));
+        // Overriding a file with the addresses it already names changes nothing.
+        let mut h = f.clone();
+        h.override_listen(&["127.0.0.1:0".parse().unwrap()]);
+        assert_eq!(fingerprint(&f, "a"), fingerprint(&h, "a"));
+    }
+
     #[test]
     fn build_vhosts_builds_every_vhost_with_the_file_wide_checks() {
         let f = ConfigFile::parse(TWO).unwrap();

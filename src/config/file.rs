@@ -49,11 +49,8 @@ pub const DEFAULT_TOML: &str = include_str!("default.toml");
 pub struct ConfigFile {
     text: String,
     pub(crate) raw: RawConfig,
-    /// The same file as plain TOML values, one table per vhost, in file
-    /// order: what the fingerprints are computed from. `override_listen`
-    /// edits it along with `raw`.
-    vhost_tables: Vec<toml::Table>,
-    /// The top-level keys other than `vhost`.
+    /// The top-level keys other than `vhost`, as plain TOML values: what
+    /// [`context_fingerprint`](Self::context_fingerprint) is computed from.
     context_table: toml::Table,
 }
 
@@ -67,23 +64,13 @@ impl ConfigFile {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         // The typed parse above accepted the text, so this one cannot fail on
         // it; the plain values keep what the typed one normalises away (the
-        // spelling of sizes and durations), which a fingerprint must not lose.
+        // spelling of a value), which a fingerprint must not lose.
         let mut context_table: toml::Table =
             toml::from_str(text).map_err(|e| toml_error(text, &e))?;
-        let vhost_tables = match context_table.remove("vhost") {
-            Some(toml::Value::Array(items)) => items
-                .into_iter()
-                .filter_map(|v| match v {
-                    toml::Value::Table(t) => Some(t),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        context_table.remove("vhost");
         Ok(Self {
             text: text.to_owned(),
             raw,
-            vhost_tables,
             context_table,
         })
     }
@@ -94,13 +81,11 @@ impl ConfigFile {
         Self::parse(DEFAULT_TOML).unwrap_or_else(|_| Self {
             text: String::new(),
             raw: RawConfig::default(),
-            vhost_tables: Vec::new(),
             context_table: toml::Table::new(),
         })
     }
 
     /// Replaces the listen addresses of the first vhost (the binary's `--listen`).
-    /// The vhost's [fingerprint](Self::vhost_fingerprint) shows the new addresses.
     pub fn override_listen(&mut self, addrs: &[SocketAddr]) {
         if let Some(v) = self.raw.vhost.first_mut() {
             let span = v.listen.first().map_or(0..0, Spanned::span);
@@ -109,33 +94,11 @@ impl ConfigFile {
                 .map(|a| Spanned::new(span.clone(), AddrValue(*a)))
                 .collect();
         }
-        if let Some(t) = self.vhost_tables.first_mut() {
-            let list = addrs
-                .iter()
-                .map(|a| toml::Value::String(a.to_string()))
-                .collect();
-            t.insert("listen".to_owned(), toml::Value::Array(list));
-        }
     }
 
     /// The names of the vhosts, in file order.
     pub fn vhost_names(&self) -> impl Iterator<Item = &str> {
         self.raw.vhost.iter().map(|v| v.name.get_ref().as_str())
-    }
-
-    /// Vhost `name`'s table (with its limits, options and mounts) as canonical
-    /// TOML text, `None` if the file has no such vhost.
-    ///
-    /// Two fingerprints are equal exactly when the two tables hold the same
-    /// keys and values: comments, blank lines, the order of keys and the
-    /// vhost's position in the file do not count; the order of mounts and of
-    /// listen addresses does, and so does the spelling of a value (`"64KiB"`
-    /// and `65536` differ). Equal fingerprints build equal vhosts with the
-    /// same registry, which is what a reload needs to know to leave a vhost
-    /// and its sessions alone.
-    pub fn vhost_fingerprint(&self, name: &str) -> Option<String> {
-        let i = self.vhost_index(name)?;
-        self.vhost_tables.get(i).map(canonical)
     }
 
     /// The context-wide keys except `drain_timeout` (`max_connections`,
@@ -445,65 +408,6 @@ protocol = "echo"
     fn vhost_names_in_file_order() {
         let f = ConfigFile::parse(TWO).unwrap();
         assert_eq!(f.vhost_names().collect::<Vec<_>>(), ["a", "b"]);
-        assert_eq!(f.vhost_fingerprint("c"), None);
-    }
-
-    #[test]
-    fn fingerprint_ignores_comments_layout_and_key_order() {
-        let f = ConfigFile::parse(TWO).unwrap();
-        // The same vhosts, swapped, with comments, and keys in another order.
-        let g = ConfigFile::parse(
-            r#"
-# b first now
-[[vhost]]
-listen = ["127.0.0.2:0"]   # same address
-name = "b"
-[[vhost.mount]]
-protocol = "echo"
-path = "/echo"
-
-[[vhost]]
-name = "a"
-listen = ["127.0.0.1:0"]
-[vhost.limits]
-idle_timeout   =   "2m"
-[[vhost.mount]]
-path = "/echo"
-protocol = "echo"
-"#,
-        )
-        .unwrap();
-        for name in ["a", "b"] {
-            assert_eq!(
-                f.vhost_fingerprint(name),
-                g.vhost_fingerprint(name),
-                "{name}"
-            );
-        }
-    }
-
-    #[test]
-    fn fingerprint_changes_with_any_value_of_the_vhost() {
-        let f = ConfigFile::parse(TWO).unwrap();
-        let g = ConfigFile::parse(&TWO.replace("\"2m\"", "\"3m\"")).unwrap();
-        assert_ne!(f.vhost_fingerprint("a"), g.vhost_fingerprint("a"));
-        assert_eq!(f.vhost_fingerprint("b"), g.vhost_fingerprint("b"));
-        let h = ConfigFile::parse(&TWO.replace("127.0.0.2:0", "127.0.0.3:0")).unwrap();
-        assert_eq!(f.vhost_fingerprint("a"), h.vhost_fingerprint("a"));
-        assert_ne!(f.vhost_fingerprint("b"), h.vhost_fingerprint("b"));
-    }
-
-    #[test]
-    fn listen_override_shows_in_the_fingerprint() {
-        let f = ConfigFile::parse(TWO).unwrap();
-        let mut g = f.clone();
-        g.override_listen(&["127.0.0.9:9".parse().unwrap()]);
-        assert_ne!(f.vhost_fingerprint("a"), g.vhost_fingerprint("a"));
-        assert_eq!(f.vhost_fingerprint("b"), g.vhost_fingerprint("b"));
-        // Overriding a file with the addresses it already names changes nothing.
-        let mut h = f.clone();
-        h.override_listen(&["127.0.0.1:0".parse().unwrap()]);
-        assert_eq!(f.vhost_fingerprint("a"), h.vhost_fingerprint("a"));
     }
 
     #[test]
