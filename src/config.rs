@@ -7,17 +7,20 @@ use std::any::Any;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::CloseCode;
 use crate::error::ConfigError;
 use crate::proto::extension::ExtensionNegotiator;
 use crate::proto::http::is_token_byte;
 
 #[cfg(feature = "toml-config")]
-mod file;
+pub(crate) mod file;
+mod limits;
+
 #[cfg(feature = "toml-config")]
-pub use file::{ConfigFile, DEFAULT_TOML, ProtocolRegistry, load_toml, parse_duration};
+pub use file::{ConfigFile, DEFAULT_TOML};
+#[cfg(feature = "toml-config")]
+pub use limits::parse_duration;
+pub use limits::{Limits, OverflowPolicy};
 
 /// The configuration of one context: its vhosts and context-wide limits.
 pub struct Config {
@@ -117,215 +120,6 @@ impl ConfigBuilder {
             pumps: self.pumps,
             broker: self.broker,
         })
-    }
-}
-
-/// What a session's outbound queue does when a non-waiting send finds it full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum OverflowPolicy {
-    /// The send fails with [`SendError::Full`](crate::SendError::Full); the
-    /// session stays open.
-    Reject,
-    /// The send fails and the session is closed with this code (1008 policy
-    /// violation, or 1013 try again later).
-    Close(CloseCode),
-    /// The new message is dropped (and counted); the send fails with
-    /// [`SendError::Full`](crate::SendError::Full); the session stays open.
-    DropNewest,
-    /// The oldest queued messages are dropped (and counted) to make room; the
-    /// send succeeds. Suits topic traffic where only the latest state matters.
-    DropOldest,
-}
-
-/// Bounds on everything a peer can make a vhost spend.
-///
-/// Set fields with the by-value setters; [`VhostBuilder::build`] validates them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Limits {
-    /// Largest request head (request line plus headers) in bytes. Default: 8192.
-    pub max_head_bytes: usize,
-    /// Most request headers. Default: 64.
-    pub max_headers: usize,
-    /// Time from accept to a complete request head (and between keep-alive
-    /// requests). Default: 10 s.
-    pub handshake_timeout: Duration,
-    /// Largest WebSocket frame payload. Default: 1 MiB.
-    pub max_frame_size: usize,
-    /// Largest reassembled WebSocket message. Default: 1 MiB.
-    pub max_message_size: usize,
-    /// Bytes of queued outbound messages per session. Default: 1 MiB.
-    pub max_queue_bytes: usize,
-    /// Queued outbound messages per session. Default: 4096.
-    pub max_queue_messages: usize,
-    /// Topics one session may subscribe to. Default: 64.
-    pub max_subscriptions: usize,
-    /// What a full queue does to a non-waiting send. Default: `Close(1008)`.
-    pub overflow: OverflowPolicy,
-    /// Open WebSocket sessions on this vhost; more are answered 503.
-    /// Default: 50000.
-    pub max_sessions: usize,
-    /// Open WebSocket sessions on this vhost from one IP address; more are
-    /// answered 429. The default leaves room for offices behind one NAT
-    /// address and for local load tests, while one address still cannot take
-    /// the whole vhost. Default: 16384.
-    pub max_sessions_per_ip: usize,
-    /// Silence from the peer after which the server sends a ping. Default: 30 s.
-    pub ping_interval: Duration,
-    /// Silence from the peer after which the session is closed (1001). Must
-    /// exceed `ping_interval`. Default: 60 s.
-    pub idle_timeout: Duration,
-    /// Time the peer has to answer our Close before TCP is closed. Default: 5 s.
-    pub close_timeout: Duration,
-    /// The most one read call takes. Reads go into one buffer per thread
-    /// (64 KiB, which also caps this); a session keeps only the bytes of an
-    /// incomplete frame, and nothing between messages. Default: 64 KiB.
-    pub read_buffer_size: usize,
-    /// Outbound bytes a session gathers into one write. Default: 4096.
-    pub write_buffer_size: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_head_bytes: 8192,
-            max_headers: 64,
-            handshake_timeout: Duration::from_secs(10),
-            max_frame_size: 1 << 20,
-            max_message_size: 1 << 20,
-            max_queue_bytes: 1 << 20,
-            max_queue_messages: 4096,
-            max_subscriptions: 64,
-            overflow: OverflowPolicy::Close(CloseCode::Policy),
-            max_sessions: 50_000,
-            max_sessions_per_ip: 16_384,
-            ping_interval: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            close_timeout: Duration::from_secs(5),
-            read_buffer_size: 64 * 1024,
-            write_buffer_size: 4096,
-        }
-    }
-}
-
-macro_rules! setters {
-    ($($(#[$m:meta])* $name:ident: $ty:ty;)*) => {
-        impl Limits {
-            $(
-                $(#[$m])*
-                #[must_use = "setters return the changed value"]
-                pub fn $name(mut self, value: $ty) -> Self {
-                    self.$name = value;
-                    self
-                }
-            )*
-        }
-    };
-}
-
-setters! {
-    /// Sets [`Limits::max_head_bytes`].
-    max_head_bytes: usize;
-    /// Sets [`Limits::max_headers`].
-    max_headers: usize;
-    /// Sets [`Limits::handshake_timeout`].
-    handshake_timeout: Duration;
-    /// Sets [`Limits::max_frame_size`].
-    max_frame_size: usize;
-    /// Sets [`Limits::max_message_size`].
-    max_message_size: usize;
-    /// Sets [`Limits::max_queue_bytes`].
-    max_queue_bytes: usize;
-    /// Sets [`Limits::max_queue_messages`].
-    max_queue_messages: usize;
-    /// Sets [`Limits::max_subscriptions`].
-    max_subscriptions: usize;
-    /// Sets [`Limits::overflow`].
-    overflow: OverflowPolicy;
-    /// Sets [`Limits::max_sessions`].
-    max_sessions: usize;
-    /// Sets [`Limits::max_sessions_per_ip`].
-    max_sessions_per_ip: usize;
-    /// Sets [`Limits::ping_interval`].
-    ping_interval: Duration;
-    /// Sets [`Limits::idle_timeout`].
-    idle_timeout: Duration;
-    /// Sets [`Limits::close_timeout`].
-    close_timeout: Duration;
-    /// Sets [`Limits::read_buffer_size`].
-    read_buffer_size: usize;
-    /// Sets [`Limits::write_buffer_size`].
-    write_buffer_size: usize;
-}
-
-impl Limits {
-    /// Checks every field; `prefix` names the table in errors.
-    pub(crate) fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
-        let key = |k: &str| format!("{prefix}.{k}");
-        let nonzero = [
-            ("max_head_bytes", self.max_head_bytes),
-            ("max_headers", self.max_headers),
-            ("max_frame_size", self.max_frame_size),
-            ("max_message_size", self.max_message_size),
-            ("max_queue_bytes", self.max_queue_bytes),
-            ("max_queue_messages", self.max_queue_messages),
-            ("max_sessions", self.max_sessions),
-            ("max_sessions_per_ip", self.max_sessions_per_ip),
-            ("read_buffer_size", self.read_buffer_size),
-        ];
-        for (k, v) in nonzero {
-            if v == 0 {
-                return Err(ConfigError::new(key(k), "must be at least 1"));
-            }
-        }
-        if self.max_head_bytes < 64 || self.max_head_bytes > 1 << 20 {
-            return Err(ConfigError::new(
-                key("max_head_bytes"),
-                "must be between 64 and 1048576",
-            ));
-        }
-        if self.max_headers > 1024 {
-            return Err(ConfigError::new(key("max_headers"), "must be at most 1024"));
-        }
-        if self.max_frame_size > self.max_message_size {
-            return Err(ConfigError::new(
-                key("max_frame_size"),
-                "must not exceed max_message_size",
-            ));
-        }
-        if self.read_buffer_size > 1 << 20 || self.write_buffer_size > 1 << 24 {
-            return Err(ConfigError::new(
-                key("read_buffer_size"),
-                "buffer sizes must stay below 1 MiB (read) and 16 MiB (write)",
-            ));
-        }
-        let times = [
-            ("handshake_timeout", self.handshake_timeout),
-            ("ping_interval", self.ping_interval),
-            ("idle_timeout", self.idle_timeout),
-            ("close_timeout", self.close_timeout),
-        ];
-        for (k, v) in times {
-            if v.is_zero() || v > Duration::from_secs(86_400) {
-                return Err(ConfigError::new(key(k), "must be between 1 ms and 24 h"));
-            }
-        }
-        if self.idle_timeout <= self.ping_interval {
-            return Err(ConfigError::new(
-                key("idle_timeout"),
-                "must be longer than ping_interval",
-            ));
-        }
-        if let OverflowPolicy::Close(code) = self.overflow
-            && !matches!(code, CloseCode::Policy | CloseCode::Again)
-        {
-            return Err(ConfigError::new(
-                key("overflow"),
-                "close code must be 1008 or 1013",
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -760,6 +554,8 @@ impl VhostBuilder {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::protocols::Echo;
 

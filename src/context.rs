@@ -489,6 +489,10 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
         }
         // Everything that can fail, first: binding the new addresses.
         let mut bound = bind_new(registry, &fresh)?;
+        for cfg in fresh.iter().filter(|c| c.mounts().is_empty()) {
+            // As `attach` warns.
+            tracing::warn!(vhost = %cfg.name(), "vhost has no mounts: requests to it get 404 (only /healthz answers)");
+        }
         let next: Vec<Vhost> = vhosts
             .into_iter()
             .map(

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::Weak;
 
-use crate::config::{Mount, MountTarget, VhostConfig};
+use crate::config::{Mount, VhostConfig};
 use crate::proto::admission::{Admission, Table, admit, find_mount, path_matches, route};
 use crate::proto::http::{Head, Refused, Request, is_token_byte, parse_head};
 use crate::protocols::Echo;
@@ -319,7 +319,8 @@ impl futures_lite::AsyncWrite for MemStream {
 /// paths starting with `/`, WebSocket mounts naming a protocol).
 #[cfg(feature = "toml-config")]
 pub fn config(data: &[u8]) {
-    use crate::config::{ConfigFile, ProtocolRegistry};
+    use crate::config::ConfigFile;
+    use crate::loader::ProtocolRegistry;
 
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -615,7 +616,7 @@ fn check_vhost(v: &VhostConfig) {
     assert!(!v.listen().is_empty(), "vhost {} listens nowhere", v.name());
     for m in v.mounts() {
         assert!(m.path().starts_with('/'), "mount path {:?}", m.path());
-        if let MountTarget::WebSocket(p) = m.target() {
+        if let crate::MountTarget::WebSocket(p) = m.target() {
             assert!(!p.is_empty(), "mount {} names no protocol", m.path());
         }
     }

@@ -8,8 +8,6 @@
 //! - `metrics`: [`metrics::MetricsHandler`](crate::metrics::MetricsHandler), the
 //!   counters as Prometheus text.
 
-#[cfg(feature = "toml-config")]
-use crate::config::ProtocolRegistry;
 use crate::{HttpHandler, MountTarget, Request, Response, Vhost};
 
 /// The demo page: one self-contained HTML file (inline CSS and JavaScript,
@@ -117,15 +115,6 @@ impl HttpHandler for MetricsHandler {
             _ => Response::text(503, "shutting down\n"),
         }
     }
-}
-
-/// Registers `demo`, `health`, `index` and `metrics`.
-#[cfg(feature = "toml-config")]
-pub(crate) fn register_builtin(r: &mut ProtocolRegistry) {
-    r.http("demo", Demo);
-    r.http("health", Health);
-    r.http("index", Index);
-    r.http("metrics", MetricsHandler);
 }
 
 #[cfg(test)]

@@ -129,8 +129,12 @@
 //! A library user turns the default `cli` feature off
 //! (`default-features = false`): no clap, no tracing-subscriber.
 //!
-//! - `toml-config`: [`config::load_toml`] reads the TOML configuration format
-//!   the binary uses, naming the key and line of every error.
+//! - `toml-config`: [`load_toml`] reads the TOML configuration format the
+//!   binary uses, naming the key and line of every error. The file is parsed
+//!   by [`config::ConfigFile`] and built by the [`loader`], whose
+//!   [`ProtocolRegistry`] names the protocols and HTTP handlers (the built-in
+//!   ones and the host's own); both are also at the crate root
+//!   (`wsgate::load_toml`, `wsgate::ProtocolRegistry`).
 //! - `signals`: [`signals`] turns SIGINT/SIGTERM into a graceful shutdown
 //!   through signal-hook's self-pipe, on the host's request only.
 //! - `cli` (default): the `wsgate` binary (enables both of the above).
@@ -143,6 +147,8 @@ mod error;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod handlers;
+#[cfg(feature = "toml-config")]
+pub mod loader;
 mod proto;
 pub mod protocols;
 mod runtime;
@@ -157,14 +163,14 @@ pub mod http {
     pub use crate::proto::http::{Request, Response, check_bearer};
 }
 
-/// Counters and gauges: [`Stats`](metrics::Stats), as a snapshot and as Prometheus text.
+/// Counters and gauges: [`Stats`](crate::metrics::Stats), as a snapshot and as Prometheus text.
 pub mod metrics {
     pub use crate::context::metrics::Stats;
     pub use crate::handlers::MetricsHandler;
 }
 
 /// Topics: publish from any thread, fan out to every subscriber's queue,
-/// through a [`Broker`](pubsub::Broker).
+/// through a [`Broker`](crate::pubsub::Broker).
 pub mod pubsub {
     pub use crate::context::broker::{Broker, MemoryBroker, Presence, Published};
 }
@@ -193,6 +199,8 @@ pub use context::session::{SessionHandle, SessionId};
 pub use context::vhost::Vhost;
 pub use context::{Context, ContextHandle, LocalLoop, LoopKind, Reconfigured, SharedLoop};
 pub use error::{ConfigError, Error, SendError};
+#[cfg(feature = "toml-config")]
+pub use loader::{ProtocolRegistry, load_toml};
 pub use proto::close::{CloseReason, ClosedBy};
 pub use proto::http::{Reject, Request, Response};
 pub use runtime::run::run;

@@ -12,41 +12,31 @@
 //!
 //! Besides serving, the binary does two things of its own on the loop:
 //!
-//! - **Reload on SIGHUP.** It re-reads `--config` and applies the difference
-//!   vhost by vhost (see [`apply`]): vhosts whose configuration did not change
-//!   keep running with their sessions untouched; changed ones are replaced
-//!   (their sessions get Close 1001); new ones are added and removed ones
-//!   removed. A configuration that does not parse, build or bind is logged,
-//!   and the running one stays as it was. Each reload prints one line,
-//!   `wsgate reloaded: ...` or `wsgate reload failed: ...`.
+//! - **Reload on SIGHUP.** It re-reads `--config`, builds every vhost and
+//!   hands them to [`Context::reconfigure`], the library's reload: vhosts
+//!   whose configuration did not change keep running with their sessions
+//!   untouched; changed ones are replaced (their sessions get Close 1001);
+//!   new ones are added and removed ones removed. A configuration that does
+//!   not parse, build or bind is logged, and the running one stays as it
+//!   was. Each reload prints one line, `wsgate reloaded: ...` or
+//!   `wsgate reload failed: ...`.
 //! - **The `stats` topic.** Every `--stats-interval` it publishes a JSON
-//!   snapshot of its counters to the topic `stats` (the demo page's status
-//!   panel subscribes to it through `/pubsub`).
+//!   snapshot of its counters to the topic `stats` (see `cli::stats`).
 
-use std::collections::BTreeMap;
-use std::ffi::OsStr;
-use std::io::IsTerminal;
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::num::NonZeroUsize;
+mod cli;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use async_executor::Executor;
-use async_io::Timer;
 use clap::Parser;
-use futures_lite::{StreamExt, future};
-use tracing_subscriber::EnvFilter;
-use wsgate::config::{ConfigFile, ProtocolRegistry};
-use wsgate::metrics::Stats;
-use wsgate::{Context, ContextHandle, Error, Message, VhostConfig};
+use futures_lite::future;
+use wsgate::config::ConfigFile;
+use wsgate::{ConfigError, Context, ProtocolRegistry};
 
-/// The topic the binary publishes its counters to.
-const STATS_TOPIC: &str = "stats";
-
-/// The most service threads `--threads` accepts (the file's `threads` has the
-/// same bound).
-const MAX_THREADS: usize = 1024;
+use cli::{error_chain, parse_duration, parse_listen, parse_threads};
 
 /// An embeddable async WebSocket gateway: WebSocket and HTTP on one port.
 #[derive(Debug, Parser)]
@@ -80,17 +70,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let colour = log_colour(
-        std::io::stderr().is_terminal(),
-        std::env::var_os("NO_COLOR").as_deref(),
-    );
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .init();
+    cli::init_logging();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -106,11 +86,11 @@ fn run(cli: Cli) -> Result<(), String> {
     let config = file
         .build(&registry)
         .map_err(|e| located(cli.config.as_deref(), &e))?;
-    let mut applied = Applied::of(&file);
+    let mut drain_timeout = file.drain_timeout();
     let threads = cli
         .threads
         .or(file.threads())
-        .unwrap_or_else(available_threads);
+        .unwrap_or_else(cli::available_threads);
 
     // One executor per service thread; executor 0 is the main thread's.
     let executors: Vec<Executor<'_>> = (0..threads).map(|_| Executor::new()).collect();
@@ -127,15 +107,23 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     // The stats task is the host's, not wsgate's: it is cancelled (by
     // dropping it) once the loop stops, before teardown.
-    let stats = (!cli.stats_interval.is_zero())
-        .then(|| ex.spawn(publish_stats(handle.clone(), cli.stats_interval)));
+    let stats = (!cli.stats_interval.is_zero()).then(|| {
+        ex.spawn(cli::stats::publish_stats(
+            handle.clone(),
+            cli.stats_interval,
+        ))
+    });
 
     // Reloads run inside the loop's own future, which borrows the context
-    // (`add_vhost` and `remove_vhost` are `Context` methods, on the loop).
+    // (`reconfigure` is a `Context` method, on the loop).
     let reload_loop = async {
         loop {
             match reloads.wait().await {
-                Ok(()) => reload(&cli, &ctx, &registry, &mut applied),
+                Ok(()) => {
+                    if let Some(d) = reload(&cli, &ctx, &registry, &file) {
+                        drain_timeout = d;
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "SIGHUP can no longer be received; reloads are off");
                     future::pending::<()>().await;
@@ -168,7 +156,7 @@ fn run(cli: Cli) -> Result<(), String> {
     });
     drop(stats);
 
-    let drain_timeout = cli.drain_timeout.unwrap_or(applied.drain_timeout);
+    let drain_timeout = cli.drain_timeout.unwrap_or(drain_timeout);
     let report = ctx
         .destroy()
         .drain(&executors, Instant::now() + drain_timeout);
@@ -182,21 +170,6 @@ fn run(cli: Cli) -> Result<(), String> {
     );
     println!("wsgate drained: {report}");
     failed.map_or(Ok(()), Err)
-}
-
-/// Whether log lines carry ANSI colours: only on a terminal, and not when
-/// `NO_COLOR` is set to anything but the empty string (<https://no-color.org>).
-fn log_colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
-    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
-}
-
-/// The default number of service threads: the CPUs this process may run on
-/// (`available_parallelism` respects its CPU affinity, e.g. `taskset`), 1 if
-/// that cannot be known.
-fn available_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, NonZeroUsize::get)
-        .min(MAX_THREADS)
 }
 
 /// Reads and parses `path` (the built-in configuration when `None`), with the
@@ -216,477 +189,54 @@ fn read_config(path: Option<&Path>, listen: &[SocketAddr]) -> Result<ConfigFile,
     Ok(file)
 }
 
-fn located(path: Option<&Path>, e: &wsgate::ConfigError) -> String {
+fn located(path: Option<&Path>, e: &ConfigError) -> String {
     match path {
         Some(p) => format!("{}: {e}", p.display()),
         None => e.to_string(),
     }
 }
 
-/// What the running context was built from, as the next reload compares it:
-/// the fingerprint of every vhost that is running. It follows what was
-/// actually applied, so a vhost that failed to come back is added by the next
-/// reload even if the file did not change again.
-#[derive(Debug)]
-struct Applied {
-    vhosts: BTreeMap<String, String>,
-    /// `max_connections`, `pumps` and `threads`, which only a restart changes.
-    context: String,
-    drain_timeout: Duration,
-}
-
-impl Applied {
-    fn of(file: &ConfigFile) -> Self {
-        Self {
-            vhosts: file
-                .vhost_names()
-                .filter_map(|n| Some((n.to_owned(), file.vhost_fingerprint(n)?)))
-                .collect(),
-            context: file.context_fingerprint(),
-            drain_timeout: file.drain_timeout(),
-        }
-    }
-}
-
-/// Which vhosts a reload touches, by name. Unchanged vhosts are in none of
-/// the lists. `add` and `change` are in the new file's order.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Plan {
-    add: Vec<String>,
-    change: Vec<String>,
-    remove: Vec<String>,
-}
-
-impl Plan {
-    fn new(applied: &BTreeMap<String, String>, next: &ConfigFile) -> Self {
-        let mut plan = Self::default();
-        for name in next.vhost_names() {
-            match applied.get(name) {
-                None => plan.add.push(name.to_owned()),
-                Some(fp) if Some(fp) != next.vhost_fingerprint(name).as_ref() => {
-                    plan.change.push(name.to_owned());
-                }
-                Some(_) => {}
-            }
-        }
-        plan.remove = applied
-            .keys()
-            .filter(|n| !next.vhost_names().any(|m| m == n.as_str()))
-            .cloned()
-            .collect();
-        plan
-    }
-
-    fn is_empty(&self) -> bool {
-        self.add.is_empty() && self.change.is_empty() && self.remove.is_empty()
-    }
-}
-
-/// Handles one SIGHUP: re-reads `--config` and applies it, printing one line
-/// with the outcome. Without `--config` the binary runs on the built-in
-/// configuration, which cannot change, so there is nothing to do.
-fn reload(cli: &Cli, ctx: &Context<'_>, registry: &ProtocolRegistry, applied: &mut Applied) {
+/// Handles one SIGHUP: re-reads `--config`, builds every vhost (with the
+/// file-wide checks) and hands them to [`Context::reconfigure`], printing
+/// one line with the outcome. Returns the file's `drain_timeout` if the
+/// reload went through. `started` is the file the context was attached
+/// with: its context-wide values stay until a restart.
+///
+/// Without `--config` the binary runs on the built-in configuration, which
+/// cannot change, so there is nothing to do.
+fn reload(
+    cli: &Cli,
+    ctx: &Context<'_>,
+    registry: &ProtocolRegistry,
+    started: &ConfigFile,
+) -> Option<Duration> {
     let Some(path) = cli.config.as_deref() else {
         tracing::info!("SIGHUP: no --config file (built-in configuration), nothing to reload");
         println!("wsgate reloaded: no changes");
-        return;
+        return None;
     };
     let outcome = read_config(Some(path), &cli.listen).and_then(|next| {
-        // Build the whole file first: it checks what no single vhost can
-        // (duplicate names, at least one vhost, context-wide values).
-        next.build(registry).map_err(|e| located(Some(path), &e))?;
-        let summary =
-            apply(ctx, &next, registry, applied).map_err(|e| format!("{}: {e}", path.display()))?;
-        if next.context_fingerprint() != applied.context {
+        let vhosts = next
+            .build_vhosts(registry)
+            .map_err(|e| located(Some(path), &e))?;
+        let done = ctx.reconfigure(vhosts).map_err(|e| error_chain(&e))?;
+        if next.context_fingerprint() != started.context_fingerprint() {
             tracing::warn!(
                 "max_connections, pumps and threads only change on restart; the running values stay"
             );
         }
-        applied.drain_timeout = next.drain_timeout();
-        Ok(summary)
+        Ok((done, next.drain_timeout()))
     });
     match outcome {
-        Ok(summary) => {
-            tracing::info!(%summary, "configuration reloaded");
-            println!("wsgate reloaded: {summary}");
+        Ok((done, drain_timeout)) => {
+            tracing::info!(summary = %done, "configuration reloaded");
+            println!("wsgate reloaded: {done}");
+            Some(drain_timeout)
         }
         Err(e) => {
             tracing::error!(error = %e, "reload failed; the running configuration stays");
             println!("wsgate reload failed: {e}");
+            None
         }
-    }
-}
-
-/// Applies `next` to the running context, vhost by vhost, and returns the
-/// summary line: `+vhost NAME on ADDR...` for each added vhost, `~vhost NAME
-/// on ADDR...` for each replaced one, `-vhost NAME` for each removed one
-/// (`no changes` when nothing differs).
-///
-/// # Listeners across a reload
-///
-/// Listeners are keyed by the configured address and shared by the vhosts
-/// that name it; `remove_vhost` stops a listener when its last vhost goes.
-/// Removing a changed vhost and then adding its new version would therefore
-/// close the socket of an address that both versions name (a port-0 address
-/// would come back on another port, and a fixed port might not be bindable
-/// again until the old socket's accept task has run). So before anything is
-/// removed, a *holder* vhost (no mounts, a `Host` name nobody sends, added
-/// last so it never becomes a listener's default) is added on every address
-/// the new versions listen on: it keeps the existing listeners alive and
-/// binds the new addresses. The old versions are then removed, the new ones
-/// added (they find every listener in place, so adding cannot fail to bind),
-/// and the holder removed; listeners that no vhost names any more stop there.
-///
-/// Everything that can fail does so before the first removal: building the
-/// new versions, and binding new addresses (all at once, by adding the
-/// holder; a failed bind closes whatever it had bound). The whole function
-/// runs within one poll on the loop's thread, so no connection is routed
-/// while the holder stands in.
-///
-/// # Errors
-///
-/// A vhost that does not build, or an address that cannot be bound; the
-/// running configuration is then untouched.
-fn apply(
-    ctx: &Context<'_>,
-    next: &ConfigFile,
-    registry: &ProtocolRegistry,
-    applied: &mut Applied,
-) -> Result<String, String> {
-    let plan = Plan::new(&applied.vhosts, next);
-    if plan.is_empty() {
-        return Ok("no changes".to_owned());
-    }
-    let mut built: Vec<VhostConfig> = Vec::new();
-    for name in plan.change.iter().chain(&plan.add) {
-        let vhost = next
-            .build_vhost(name, registry)
-            .map_err(|e| e.to_string())?;
-        if vhost.mounts().is_empty() {
-            // As Context::attach warns at start.
-            tracing::warn!(vhost = %name, "vhost has no mounts: requests to it get 404 (only /healthz answers)");
-        }
-        built.push(vhost);
-    }
-    let holder = hold_listeners(ctx, next, &built).map_err(|e| error_chain(&e))?;
-
-    for name in plan.remove.iter().chain(&plan.change) {
-        match ctx.remove_vhost(name) {
-            Ok(()) | Err(Error::NoSuchVhost(_)) => {}
-            Err(e) => tracing::warn!(vhost = %name, error = %e, "cannot remove vhost"),
-        }
-        applied.vhosts.remove(name);
-    }
-    let mut summary = Vec::new();
-    for cfg in built {
-        let name = cfg.name().to_owned();
-        let mark = if plan.change.contains(&name) {
-            '~'
-        } else {
-            '+'
-        };
-        match ctx.add_vhost(cfg) {
-            Ok(vhost) => {
-                if let Some(fp) = next.vhost_fingerprint(&name) {
-                    applied.vhosts.insert(name.clone(), fp);
-                }
-                let addrs: Vec<String> =
-                    vhost.local_addrs().iter().map(|a| a.to_string()).collect();
-                summary.push(format!("{mark}vhost {name} on {}", addrs.join(" ")));
-            }
-            Err(e) => {
-                // Not expected (the names are free and the holder has every
-                // address bound); the next reload retries this vhost.
-                tracing::error!(vhost = %name, error = %error_chain(&e), "cannot add vhost");
-                summary.push(format!("!vhost {name}: {e}"));
-            }
-        }
-    }
-    summary.extend(plan.remove.iter().map(|name| format!("-vhost {name}")));
-    if let Some(holder) = holder {
-        let _ = ctx.remove_vhost(&holder);
-    }
-    Ok(summary.join(", "))
-}
-
-/// Adds the holder vhost on every address `built` listens on (see [`apply`])
-/// and returns its name; `None` when there is no address to hold.
-fn hold_listeners(
-    ctx: &Context<'_>,
-    next: &ConfigFile,
-    built: &[VhostConfig],
-) -> Result<Option<String>, Error> {
-    let mut addrs: Vec<SocketAddr> = Vec::new();
-    for a in built.iter().flat_map(|v| v.listen().iter().copied()) {
-        if !addrs.contains(&a) {
-            addrs.push(a);
-        }
-    }
-    if addrs.is_empty() {
-        return Ok(None);
-    }
-    let name = (0..)
-        .map(|i| format!("wsgate-reload-{i}"))
-        .find(|n| ctx.vhost(n).is_none() && !next.vhost_names().any(|m| m == n))
-        .unwrap_or_default();
-    let mut holder = VhostConfig::builder(name.clone()).host("wsgate-reload.invalid");
-    for a in addrs {
-        holder = holder.listen(a);
-    }
-    // A builder with a name and addresses, no mounts and default limits
-    // always builds.
-    let holder = holder.build().map_err(Error::from)?;
-    ctx.add_vhost(holder)?;
-    Ok(Some(name))
-}
-
-/// Publishes a snapshot of the counters to [`STATS_TOPIC`] every `every`,
-/// until teardown begins. Nothing is published (and the `published` counter
-/// does not move) while nobody subscribes.
-///
-/// The message is the `pubsub` protocol's envelope,
-/// `{"op":"message","topic":"stats","data":SNAPSHOT}`, the same as a client's
-/// publish, so that `/pubsub` clients need no special case (see
-/// [`stats_snapshot`] for `SNAPSHOT`).
-async fn publish_stats(handle: ContextHandle, every: Duration) {
-    let Ok(mut last) = handle.stats() else { return };
-    let mut last_at = Instant::now();
-    let mut ticks = Timer::interval(every);
-    while ticks.next().await.is_some() {
-        let Ok(stats) = handle.stats() else { return };
-        let now = Instant::now();
-        let data = stats_snapshot(&stats, &last, now.saturating_duration_since(last_at));
-        (last, last_at) = (stats, now);
-        if !handle.presence(STATS_TOPIC).is_ok_and(|p| p.count > 0) {
-            continue;
-        }
-        let envelope = serde_json::json!({"op": "message", "topic": STATS_TOPIC, "data": data});
-        if handle
-            .publish(STATS_TOPIC, Message::text(envelope.to_string()))
-            .is_err()
-        {
-            return;
-        }
-    }
-}
-
-/// The `stats` snapshot: `sessions`, `messages_in`, `messages_out`,
-/// `connections`, `published` and `dropped` from `now`, and
-/// `messages_per_sec`, the data messages received and sent per second since
-/// `before`, `elapsed` earlier (one decimal).
-fn stats_snapshot(now: &Stats, before: &Stats, elapsed: Duration) -> serde_json::Value {
-    let messages = |s: &Stats| s.messages_in + s.messages_out;
-    let delta = messages(now).saturating_sub(messages(before));
-    let per_sec = if elapsed.is_zero() {
-        0.0
-    } else {
-        (delta as f64 / elapsed.as_secs_f64() * 10.0).round() / 10.0
-    };
-    serde_json::json!({
-        "sessions": now.sessions_open,
-        "messages_in": now.messages_in,
-        "messages_out": now.messages_out,
-        "messages_per_sec": per_sec,
-        "connections": now.connections,
-        "published": now.published,
-        "dropped": now.dropped,
-    })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// What `--listen` takes: an IP:PORT, or a host name with a port, resolved
-/// here (once, at start) to its first IPv4 address, else its first address.
-/// The configuration file takes IP:PORT only, so that a reload never waits
-/// on name resolution.
-fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    const EXPECTED: &str = "expected an IP:PORT such as 127.0.0.1:7681 (or a host name with a port, such as localhost:7681)";
-    if let Ok(addr) = s.parse() {
-        return Ok(addr);
-    }
-    // Only HOST:PORT is worth a name lookup; anything else gets the example.
-    let has_port = s
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-    if !has_port {
-        return Err(EXPECTED.to_owned());
-    }
-    let addrs: Vec<SocketAddr> = s
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {s}: {e}; {EXPECTED}"))?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .ok_or_else(|| format!("{s} resolves to no address; {EXPECTED}"))
-}
-
-fn parse_threads(s: &str) -> Result<usize, String> {
-    s.parse::<usize>()
-        .ok()
-        .filter(|n| (1..=MAX_THREADS).contains(n))
-        .ok_or_else(|| format!("invalid number of threads {s:?} (expected 1 to {MAX_THREADS})"))
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    wsgate::config::parse_duration(s)
-        .ok_or_else(|| format!("invalid duration {s:?} (expected a number with ms, s, m or h)"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn file(text: &str) -> ConfigFile {
-        ConfigFile::parse(text).unwrap()
-    }
-
-    fn vhost(name: &str, addr: &str, idle: &str) -> String {
-        format!(
-            "[[vhost]]\nname = \"{name}\"\nlisten = [\"{addr}\"]\n[vhost.limits]\nidle_timeout = \"{idle}\"\n[[vhost.mount]]\npath = \"/echo\"\nprotocol = \"echo\"\n"
-        )
-    }
-
-    #[test]
-    fn plan_sorts_vhosts_into_add_change_remove() {
-        let old = file(
-            &[
-                vhost("a", "127.0.0.1:0", "60s"),
-                vhost("b", "127.0.0.2:0", "60s"),
-            ]
-            .concat(),
-        );
-        let next = file(
-            &[
-                vhost("c", "127.0.0.3:0", "60s"),
-                vhost("b", "127.0.0.2:0", "90s"),
-                vhost("d", "127.0.0.4:0", "60s"),
-            ]
-            .concat(),
-        );
-        let plan = Plan::new(&Applied::of(&old).vhosts, &next);
-        assert_eq!(
-            plan,
-            Plan {
-                add: vec!["c".into(), "d".into()],
-                change: vec!["b".into()],
-                remove: vec!["a".into()],
-            }
-        );
-    }
-
-    #[test]
-    fn an_unchanged_file_plans_nothing() {
-        let text = [
-            vhost("a", "127.0.0.1:0", "60s"),
-            vhost("b", "127.0.0.2:0", "60s"),
-        ]
-        .concat();
-        let commented = format!("# reloaded\n{}", text.replace("60s\"", "60s\"   # same"));
-        let plan = Plan::new(&Applied::of(&file(&text)).vhosts, &file(&commented));
-        assert!(plan.is_empty(), "{plan:?}");
-    }
-
-    #[test]
-    fn listen_override_keeps_applying_to_the_first_vhost() {
-        let listen: [SocketAddr; 1] = ["127.0.0.1:0".parse().unwrap()];
-        let mut old = file(&vhost("a", "127.0.0.9:9", "60s"));
-        old.override_listen(&listen);
-        // The file's own address for "a" changed, but --listen replaces it.
-        let mut next = file(&vhost("a", "127.0.0.8:8", "60s"));
-        next.override_listen(&listen);
-        assert!(Plan::new(&Applied::of(&old).vhosts, &next).is_empty());
-    }
-
-    #[test]
-    fn colour_only_on_a_terminal_without_no_color() {
-        assert!(log_colour(true, None));
-        assert!(log_colour(true, Some(OsStr::new(""))));
-        assert!(!log_colour(true, Some(OsStr::new("1"))));
-        assert!(!log_colour(false, None));
-        assert!(!log_colour(false, Some(OsStr::new(""))));
-    }
-
-    #[test]
-    fn listen_takes_ip_port_or_a_host_name_with_a_port() {
-        assert_eq!(
-            parse_listen("127.0.0.1:7681"),
-            Ok(SocketAddr::from(([127, 0, 0, 1], 7681)))
-        );
-        assert_eq!(
-            parse_listen("[::1]:0"),
-            Ok("[::1]:0".parse::<SocketAddr>().unwrap())
-        );
-        // localhost is in /etc/hosts everywhere; its IPv4 address comes first.
-        assert_eq!(
-            parse_listen("localhost:7681"),
-            Ok(SocketAddr::from(([127, 0, 0, 1], 7681)))
-        );
-        for bad in [
-            "localhost",
-            "7681",
-            "127.0.0.1",
-            ":7681",
-            "127.0.0.1:99999",
-            "",
-        ] {
-            let e = parse_listen(bad).unwrap_err();
-            assert!(
-                e.contains("an IP:PORT such as 127.0.0.1:7681"),
-                "{bad}: {e}"
-            );
-        }
-        let e = parse_listen("no-such-host.invalid:7681").unwrap_err();
-        assert!(
-            e.starts_with("cannot resolve no-such-host.invalid:7681: "),
-            "{e}"
-        );
-        assert!(e.contains("an IP:PORT such as 127.0.0.1:7681"), "{e}");
-    }
-
-    #[test]
-    fn threads_are_between_1_and_1024() {
-        assert_eq!(parse_threads("1"), Ok(1));
-        assert_eq!(parse_threads("1024"), Ok(1024));
-        for bad in ["0", "1025", "-1", "two", ""] {
-            assert!(parse_threads(bad).is_err(), "{bad}");
-        }
-        assert!((1..=MAX_THREADS).contains(&available_threads()));
-    }
-
-    #[test]
-    fn stats_snapshot_has_every_field_and_the_rate() {
-        let mut before = Stats::default();
-        before.messages_in = 10;
-        before.messages_out = 10;
-        let mut now = Stats::default();
-        now.sessions_open = 3;
-        now.connections = 4;
-        now.messages_in = 40;
-        now.messages_out = 30;
-        now.published = 7;
-        now.dropped = 1;
-        assert_eq!(
-            stats_snapshot(&now, &before, Duration::from_secs(2)),
-            serde_json::json!({
-                "sessions": 3, "messages_in": 40, "messages_out": 30,
-                "messages_per_sec": 25.0, "connections": 4, "published": 7, "dropped": 1,
-            })
-        );
-        assert_eq!(
-            stats_snapshot(&now, &now, Duration::ZERO)["messages_per_sec"],
-            0.0
-        );
     }
 }

@@ -28,15 +28,6 @@ pub use pubsub::Pubsub;
 
 use crate::Options;
 
-/// Registers the built-in protocols under their names.
-#[cfg(feature = "toml-config")]
-pub(crate) fn register_builtin(r: &mut crate::config::ProtocolRegistry) {
-    r.protocol("echo", |_| Ok(Echo));
-    r.protocol("broadcast", Broadcast::from_options);
-    r.protocol("increment", Increment::from_options);
-    r.protocol("pubsub", Pubsub::from_options);
-}
-
 /// Options that the configuration loader handles for every protocol (the
 /// bearer `token`), which a protocol's own parser must let through.
 const GENERAL_OPTIONS: &[&str] = &["token"];

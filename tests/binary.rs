@@ -157,7 +157,7 @@ fn shipped_example_configs_load() {
     for file in ["examples/wsgate.toml", "examples/autobahn.toml"] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
         let text = std::fs::read_to_string(&path).unwrap();
-        let cfg = wsgate::config::load_toml(&text, &wsgate::config::ProtocolRegistry::builtin());
+        let cfg = wsgate::load_toml(&text, &wsgate::ProtocolRegistry::builtin());
         assert!(cfg.is_ok(), "{file}: {}", cfg.unwrap_err());
     }
 }

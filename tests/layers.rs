@@ -4,8 +4,8 @@
 //! protocols and handlers use the public API only.
 //!
 //! ```text
-//! binary      src/main.rs
-//! protocols   src/protocols*, src/handlers.rs, src/signals.rs
+//! binary      src/main.rs, src/cli*
+//! protocols   src/protocols*, src/handlers.rs, src/signals.rs, src/loader.rs
 //! context     src/context*
 //! runtime     src/runtime*
 //! config      src/config*
@@ -27,7 +27,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("protocols", 4),
     ("handlers", 4),
     ("signals", 4),
+    ("loader", 4),
     ("fuzz", 4),
+    ("cli", 5),
 ];
 
 /// The crate root's public names, by the layer that defines them: what
@@ -74,6 +76,8 @@ const ROOT: &[(&str, u8)] = &[
     ("metrics", 4),
     ("pubsub", 3),
     ("http", 4),
+    ("ProtocolRegistry", 4),
+    ("load_toml", 4),
 ];
 
 fn src() -> PathBuf {

@@ -276,8 +276,7 @@ token = "t0k"
 path = "/echo"
 protocol = "echo"
 "#;
-    let config =
-        wsgate::config::load_toml(text, &wsgate::config::ProtocolRegistry::builtin()).unwrap();
+    let config = wsgate::load_toml(text, &wsgate::ProtocolRegistry::builtin()).unwrap();
     let server = Server::start(config);
     token_is_required(&server, "/echo", "t0k");
     // The file's origins apply too, before the token is looked at.
@@ -310,8 +309,7 @@ token = ""
 path = "/echo"
 protocol = "echo"
 "#;
-    let err =
-        wsgate::config::load_toml(text, &wsgate::config::ProtocolRegistry::builtin()).unwrap_err();
+    let err = wsgate::load_toml(text, &wsgate::ProtocolRegistry::builtin()).unwrap_err();
     assert_eq!(err.key, "vhost.t.options.echo.token", "{err}");
 }
 

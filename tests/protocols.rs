@@ -568,8 +568,7 @@ protocol = "increment"
 path = "/pubsub"
 protocol = "pubsub"
 "#;
-    let config =
-        wsgate::config::load_toml(text, &wsgate::config::ProtocolRegistry::builtin()).unwrap();
+    let config = wsgate::load_toml(text, &wsgate::ProtocolRegistry::builtin()).unwrap();
     let server = Server::start(config);
     let addr = server.addr();
     run(async {
@@ -632,8 +631,7 @@ protocol = "{protocol}"
         ("pubsub", "allow_publish = \"sometimes\"", "allow_publish: "),
     ] {
         let text = config(protocol, option);
-        let err = wsgate::config::load_toml(&text, &wsgate::config::ProtocolRegistry::builtin())
-            .unwrap_err();
+        let err = wsgate::load_toml(&text, &wsgate::ProtocolRegistry::builtin()).unwrap_err();
         assert_eq!(
             err.key,
             format!("vhost.t.options.{protocol}"),

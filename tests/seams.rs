@@ -66,9 +66,8 @@ fn a_unix_socket_the_host_accepts_is_served_like_a_tcp_connection() {
     assert!(reply.ends_with("ok\n"), "{reply}");
 
     // A WebSocket session over the socket.
-    let path2 = path.clone();
     run(async move {
-        let stream = Async::<UnixStream>::connect(&path2).await.unwrap();
+        let stream = Async::<UnixStream>::connect(&path).await.unwrap();
         let (mut ws, _) = async_tungstenite::client_async("ws://localhost/echo", stream)
             .await
             .expect("handshake over the Unix socket");
