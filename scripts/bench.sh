@@ -21,6 +21,10 @@
 #   BASELINE        another wsgate binary (an earlier build) measured in the
 #                   same interleaved run, for before/after tables
 #   BASELINE_NAME [wsgate-before]  label of its rows
+#   WSGATE_ARGS, BASELINE_ARGS     extra arguments for wsgate's and the
+#                   baseline's command lines (e.g. BASELINE=target/release/wsgate
+#                   BASELINE_ARGS="--config budget-off.toml" compares two
+#                   configurations of one build)
 #
 # The libwebsockets anchor needs `apt-get install libwebsockets-dev
 # pkg-config` and is skipped, with a warning, without it. Needs python3,
@@ -31,7 +35,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH="$ROOT/bench"
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 
@@ -81,10 +85,10 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 echo "bench.sh: scenarios=$SCENARIOS reps=$REPS anchors=${anchors:-none} out=$OUT" >&2
-servers=(--server "$NAME=$ROOT/target/release/wsgate --listen 127.0.0.1:{port} --stats-interval 0s")
+servers=(--server "$NAME=$ROOT/target/release/wsgate ${WSGATE_ARGS:-} --listen 127.0.0.1:{port} --stats-interval 0s")
 if [[ -n "${BASELINE:-}" ]]; then
   [[ -x "$BASELINE" ]] || { echo "bench.sh: BASELINE $BASELINE is not an executable" >&2; exit 1; }
-  servers+=(--server "${BASELINE_NAME:-wsgate-before}=$BASELINE --listen 127.0.0.1:{port} --stats-interval 0s")
+  servers+=(--server "${BASELINE_NAME:-wsgate-before}=$BASELINE ${BASELINE_ARGS:-} --listen 127.0.0.1:{port} --stats-interval 0s")
 fi
 rc=0
 python3 "$BENCH/bench.py" run --reps "$REPS" --duration "$DURATION" --warmup "$WARMUP" \

@@ -29,7 +29,22 @@ pub struct Config {
     pub(crate) pumps: usize,
     /// The topics' broker (see [`ConfigBuilder::broker`]); `None`: in-process.
     pub(crate) broker: Option<Binding>,
+    /// The memory budget in bytes; `None`: not accounted.
+    pub(crate) memory_budget: Option<usize>,
 }
+
+/// The default memory budget: 512 MiB. What it bounds is what peers make the
+/// gateway hold (unfinished messages, queues, compression state), not the
+/// sessions themselves; 50,000 sessions at the default per-session limits
+/// (a 1 MiB message and a 1 MiB queue each) could hold about 100 GiB, far
+/// past any machine, while 512 MiB leaves a 2 GiB container room for its
+/// sessions' own state (about 1.6 KB each idle), the per-thread read buffers
+/// and the application. A host that knows its memory sets its own.
+pub const DEFAULT_MEMORY_BUDGET: usize = 512 << 20;
+
+/// The smallest memory budget accepted: below it, a handful of default-size
+/// messages would hold the budget.
+pub const MIN_MEMORY_BUDGET: usize = 1 << 20;
 
 impl Config {
     /// Starts a builder.
@@ -39,6 +54,7 @@ impl Config {
             max_connections: 60_000,
             pumps: 1,
             broker: None,
+            memory_budget: Some(DEFAULT_MEMORY_BUDGET),
         }
     }
 
@@ -51,6 +67,11 @@ impl Config {
     pub fn max_connections(&self) -> usize {
         self.max_connections
     }
+
+    /// The memory budget in bytes, `None` when not accounted.
+    pub fn memory_budget(&self) -> Option<usize> {
+        self.memory_budget
+    }
 }
 
 impl fmt::Debug for Config {
@@ -59,6 +80,7 @@ impl fmt::Debug for Config {
             .field("vhosts", &self.vhosts)
             .field("max_connections", &self.max_connections)
             .field("pumps", &self.pumps)
+            .field("memory_budget", &self.memory_budget)
             .finish()
     }
 }
@@ -71,6 +93,7 @@ pub struct ConfigBuilder {
     max_connections: usize,
     pumps: usize,
     broker: Option<Binding>,
+    memory_budget: Option<usize>,
 }
 
 impl ConfigBuilder {
@@ -94,6 +117,21 @@ impl ConfigBuilder {
         self
     }
 
+    /// The memory budget: the most bytes the context holds for its peers,
+    /// all sessions and service threads together (unfinished inbound
+    /// messages, outbound queues and unsent bytes, compression state); `None`
+    /// turns the accounting off (then only the per-session limits bound
+    /// memory). Above 90 % of it, sessions with an unfinished message stop
+    /// being read, the largest of them are closed with 1013 until the total
+    /// is under 75 %, new WebSocket handshakes are answered 503, and a send
+    /// that would pass the budget meets the session's overflow policy. See
+    /// docs/CONFORMANCE.md, "Memory budget". Default: 512 MiB
+    /// ([`DEFAULT_MEMORY_BUDGET`]).
+    pub fn memory_budget(mut self, bytes: Option<usize>) -> Self {
+        self.memory_budget = bytes;
+        self
+    }
+
     /// How many pump tasks drive wsgate's tasks on the host executor; raise it
     /// when the host runs its executor on several threads. Default: 1.
     pub fn pumps(mut self, n: usize) -> Self {
@@ -114,11 +152,18 @@ impl ConfigBuilder {
         if !(1..=64).contains(&self.pumps) {
             return Err(ConfigError::new("pumps", "must be between 1 and 64"));
         }
+        if self.memory_budget.is_some_and(|b| b < MIN_MEMORY_BUDGET) {
+            return Err(ConfigError::new(
+                "memory_budget",
+                format!("must be at least {MIN_MEMORY_BUDGET} bytes (1MiB), or \"off\""),
+            ));
+        }
         Ok(Config {
             vhosts: self.vhosts,
             max_connections: self.max_connections,
             pumps: self.pumps,
             broker: self.broker,
+            memory_budget: self.memory_budget,
         })
     }
 }

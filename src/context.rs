@@ -12,6 +12,7 @@ use async_executor::{Executor, LocalExecutor};
 use crate::config::{Config, VhostConfig};
 use crate::error::Error;
 use crate::proto::close::CloseReason;
+use crate::runtime::budget::Budget;
 use crate::runtime::tasks::{HostExecutor, Live, Spawner, TaskSet, force_all};
 use crate::runtime::workers::Workers;
 use crate::{CloseCode, Message};
@@ -209,6 +210,8 @@ pub(crate) struct ContextShared {
     spawner: Spawner,
     topics: Topics,
     metrics: Metrics,
+    /// The memory budget, when accounted.
+    budget: Option<Arc<Budget>>,
 }
 
 impl<'ex> Context<'ex> {
@@ -341,6 +344,7 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
             max_connections,
             pumps,
             broker,
+            memory_budget,
         } = config;
         let broker = broker.and_then(|b| broker::bound_broker(&b));
         let addrs: Vec<SocketAddr> = vhosts
@@ -361,6 +365,7 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
             workers,
             topics: Topics::new(broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()))),
             metrics: Metrics::default(),
+            budget: memory_budget.map(Budget::new),
         });
         for cfg in vhosts {
             if cfg.mounts().is_empty() {
@@ -804,13 +809,22 @@ impl ContextShared {
 
     /// Every counter and gauge, now.
     pub(crate) fn stats(&self) -> Stats {
-        self.metrics.snapshot(
+        let mut stats = self.metrics.snapshot(
             self.registry.session_count(),
             self.workers.connections(),
             self.workers.loads(),
             self.topics.broker().topics().len(),
             self.lifecycle.ends(),
-        )
+        );
+        if let Some(b) = &self.budget {
+            stats.set_budget(b.usage());
+        }
+        stats
+    }
+
+    /// The memory budget, when accounted.
+    pub(crate) fn budget(&self) -> Option<&Arc<Budget>> {
+        self.budget.as_ref()
     }
 
     /// Installs `vhost` with its listeners (new ones from `bound` start).

@@ -214,18 +214,21 @@ pub fn session_bytes(data: &[u8]) {
 /// real connection runs them, with an application that echoes every
 /// message. Deterministic.
 pub(crate) fn run_in_memory(input: &[u8], limits: &crate::Limits) -> Vec<u8> {
-    use crate::context::service::{driver_config, session_config};
-    use crate::runtime::driver::Driver;
+    use crate::runtime::driver::{Driver, driver_config, session_config};
 
+    let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let stream = MemStream {
         input: input.to_vec(),
         pos: 0,
-        output: Vec::new(),
+        output: output.clone(),
     };
+    // A budget far above what one session can hold: accounted, never binding.
+    let budget = crate::runtime::budget::Budget::new(1 << 40);
     let mut hooks = EchoHooks(crate::runtime::outbox::Outbox::new(
         limits.max_queue_bytes,
         limits.max_queue_messages,
         limits.overflow,
+        Some(budget.clone()),
     ));
     let mut driver = Driver::new(
         stream,
@@ -233,9 +236,17 @@ pub(crate) fn run_in_memory(input: &[u8], limits: &crate::Limits) -> Vec<u8> {
         session_config(limits),
         None,
         driver_config(limits),
+        Some(budget.clone()),
     );
     let _reason = async_io::block_on(driver.run(&mut hooks));
-    driver.into_io().output
+    drop(driver);
+    hooks.0.mark_closed();
+    assert_eq!(
+        budget.total(),
+        0,
+        "the session left bytes charged to the budget"
+    );
+    std::mem::take(&mut *crate::common::lock(&output))
 }
 
 /// An application that echoes every message through the session's queue.
@@ -260,7 +271,7 @@ impl crate::runtime::driver::SessionHooks for EchoHooks {
 struct MemStream {
     input: Vec<u8>,
     pos: usize,
-    output: Vec<u8>,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 impl crate::transport::Transport for MemStream {}
@@ -284,14 +295,15 @@ impl futures_lite::AsyncRead for MemStream {
 
 impl futures_lite::AsyncWrite for MemStream {
     fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         _cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.output.len() + buf.len() > MAX_SESSION_OUTPUT {
+        let mut output = crate::common::lock(&self.output);
+        if output.len() + buf.len() > MAX_SESSION_OUTPUT {
             return std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
         }
-        self.output.extend_from_slice(buf);
+        output.extend_from_slice(buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
 

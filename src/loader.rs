@@ -148,6 +148,9 @@ impl ConfigFile {
         if let Some(n) = self.raw.pumps {
             builder = builder.pumps(n);
         }
+        if let Some(budget) = self.raw.memory_budget {
+            builder = builder.memory_budget(budget);
+        }
         for v in &self.raw.vhost {
             builder = builder.vhost(self.build_raw_vhost(v, registry)?);
         }

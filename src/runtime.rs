@@ -7,6 +7,7 @@
 //! the layer above, and a session's messages go to its
 //! [`SessionHooks`](driver::SessionHooks).
 
+pub(crate) mod budget;
 pub(crate) mod connection;
 pub(crate) mod driver;
 pub(crate) mod listener;

@@ -180,6 +180,16 @@ fn metrics_match_the_generated_traffic_exactly() {
         ("wsgate_drain_sessions_total{result=\"clean\"}", 0),
         ("wsgate_drain_sessions_total{result=\"aborted\"}", 0),
         ("wsgate_drain_sessions_total{result=\"forced\"}", 0),
+        // The memory budget (the default, 512 MiB): nothing held once the
+        // sessions are gone, never under pressure.
+        ("wsgate_memory_budget_bytes", 512 << 20),
+        ("wsgate_memory_pressure", 0),
+        ("wsgate_buffered_bytes{kind=\"inbound\"}", 0),
+        ("wsgate_buffered_bytes{kind=\"outbound\"}", 0),
+        ("wsgate_buffered_bytes{kind=\"compression\"}", 0),
+        ("wsgate_budget_paused_total", 0),
+        ("wsgate_budget_shed_total", 0),
+        ("wsgate_budget_refused_total", 0),
     ];
     let expected: BTreeMap<String, u64> = expected
         .iter()

@@ -249,11 +249,19 @@ fn plain_message(message: &str) -> String {
     format!("expected {expected}, found {found}")
 }
 
+/// `memory_budget`, present (a size or `"off"`) or absent.
+fn memory_budget<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<usize>>, D::Error> {
+    super::limits::de::budget(d).map(Some)
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfig {
     pub(crate) max_connections: Option<usize>,
     pub(crate) pumps: Option<usize>,
+    /// `Some(None)`: `"off"`.
+    #[serde(default, deserialize_with = "memory_budget")]
+    pub(crate) memory_budget: Option<Option<usize>>,
     pub(crate) drain_timeout: Option<DurationValue>,
     pub(crate) threads: Option<ThreadsValue>,
     #[serde(default)]

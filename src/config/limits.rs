@@ -316,6 +316,27 @@ pub(crate) mod de {
         }
     }
 
+    /// A memory budget: a size, or `"off"` (`None`).
+    pub(crate) fn budget<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Str(s) if s.trim() == "off" => Ok(None),
+            Raw::Int(n) => usize::try_from(n)
+                .map(Some)
+                .map_err(|_| D::Error::custom("a size must not be negative")),
+            Raw::Str(s) => parse_size(&s).map(Some).ok_or_else(|| {
+                D::Error::custom(format!(
+                    "invalid memory budget {s:?} (expected bytes, a number with B, KiB, MiB or GiB, or \"off\")"
+                ))
+            }),
+        }
+    }
+
     /// A duration: a string with a unit (`"500ms"`, `"30s"`, `"5m"`, `"1h"`).
     pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d).map_err(|_: D::Error| {

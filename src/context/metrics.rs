@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::common::lock;
 use crate::proto::session::Tally;
+use crate::runtime::budget::Usage;
 
 /// The live counters; updated with relaxed atomics on the hot path (traffic
 /// once per session poll, not per message). Gauges (sessions and connections
@@ -109,6 +110,29 @@ pub struct Stats {
     /// Sessions ended, by close code (1006 for those that ended without a
     /// close handshake).
     pub close_codes: BTreeMap<u16, u64>,
+    /// Bytes held for peers now: unfinished inbound messages and bytes read
+    /// but not yet decoded (see [`ConfigBuilder::memory_budget`]).
+    ///
+    /// [`ConfigBuilder::memory_budget`]: crate::ConfigBuilder::memory_budget
+    pub buffered_inbound: u64,
+    /// Bytes queued for peers and encoded bytes waiting for their sockets.
+    pub buffered_outbound: u64,
+    /// Bytes negotiated extensions hold (compression state).
+    pub buffered_compression: u64,
+    /// The memory budget in bytes; 0 when not accounted.
+    pub memory_budget: u64,
+    /// Whether the budget is under pressure now: above its high-water mark
+    /// (90 %) and not yet back under its low-water mark (75 %).
+    pub memory_pressure: bool,
+    /// Times a session stopped reading because the budget was under
+    /// pressure.
+    pub budget_paused: u64,
+    /// Sessions closed (1013) to bring the budget back under its low-water
+    /// mark.
+    pub budget_shed: u64,
+    /// WebSocket handshakes refused (503) while the budget was under
+    /// pressure.
+    pub budget_refused: u64,
     /// Sessions closed cleanly, aborted and forced since teardown began.
     pub drain_clean: u64,
     /// See `drain_clean`.
@@ -147,6 +171,14 @@ impl Metrics {
             published: load(&self.published),
             topics: wide(topics),
             close_codes: lock(&self.close_codes).clone(),
+            buffered_inbound: 0,
+            buffered_outbound: 0,
+            buffered_compression: 0,
+            memory_budget: 0,
+            memory_pressure: false,
+            budget_paused: 0,
+            budget_shed: 0,
+            budget_refused: 0,
             drain_clean: wide(drain.0),
             drain_aborted: wide(drain.1),
             drain_forced: wide(drain.2),
@@ -155,6 +187,18 @@ impl Metrics {
 }
 
 impl Stats {
+    /// Fills in the memory budget's numbers.
+    pub(crate) fn set_budget(&mut self, u: Usage) {
+        self.buffered_inbound = u.inbound;
+        self.buffered_outbound = u.outbound;
+        self.buffered_compression = u.compression;
+        self.memory_budget = u.limit;
+        self.memory_pressure = u.pressure;
+        self.budget_paused = u.paused;
+        self.budget_shed = u.shed;
+        self.budget_refused = u.refused;
+    }
+
     /// The Prometheus text exposition format (version 0.0.4).
     pub fn prometheus(&self) -> String {
         let mut out = String::with_capacity(2048);
@@ -259,6 +303,50 @@ impl Stats {
             "counter",
             "Sessions ended, by close code.",
             &codes,
+        );
+        let buffered = [
+            ("{kind=\"inbound\"}".to_owned(), self.buffered_inbound),
+            ("{kind=\"outbound\"}".to_owned(), self.buffered_outbound),
+            (
+                "{kind=\"compression\"}".to_owned(),
+                self.buffered_compression,
+            ),
+        ];
+        metric(
+            "buffered_bytes",
+            "gauge",
+            "Bytes held for peers, by kind (counted against the memory budget).",
+            &buffered,
+        );
+        metric(
+            "memory_budget_bytes",
+            "gauge",
+            "The memory budget (0: not accounted).",
+            &one(self.memory_budget),
+        );
+        metric(
+            "memory_pressure",
+            "gauge",
+            "1 while the memory budget is above its high-water mark (until it is back under its low-water mark).",
+            &one(u64::from(self.memory_pressure)),
+        );
+        metric(
+            "budget_paused_total",
+            "counter",
+            "Times a session stopped reading because the memory budget was under pressure.",
+            &one(self.budget_paused),
+        );
+        metric(
+            "budget_shed_total",
+            "counter",
+            "Sessions closed with 1013 to bring the memory budget down.",
+            &one(self.budget_shed),
+        );
+        metric(
+            "budget_refused_total",
+            "counter",
+            "WebSocket handshakes refused with 503 while the memory budget was under pressure.",
+            &one(self.budget_refused),
         );
         let drain = [
             ("{result=\"clean\"}".to_owned(), self.drain_clean),

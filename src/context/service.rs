@@ -23,9 +23,9 @@ use crate::proto::admission::{Admission, Table, admit};
 use crate::proto::close::CloseReason;
 use crate::proto::extension;
 use crate::proto::http::{Refused, Request, Upgrade, switching_protocols};
-use crate::proto::session::{SessionConfig, Tally};
+use crate::proto::session::Tally;
 use crate::runtime::connection::{Answer, HeadLimits, Service, Upgraded};
-use crate::runtime::driver::{DriverConfig, SessionHooks};
+use crate::runtime::driver::{SessionHooks, driver_config};
 use crate::runtime::outbox::Outbox;
 use crate::runtime::tasks::Spawner;
 use crate::{Limits, Message};
@@ -199,6 +199,12 @@ fn open(
     if !ctx.is_running() || !vhost.is_serving() {
         return Err(Refused::ShuttingDown);
     }
+    if let Some(budget) = ctx.budget()
+        && budget.under_pressure()
+    {
+        budget.count_refusal();
+        return Err(Refused::MemoryExhausted);
+    }
     // Reserved before `open` and held until the session ends, so that
     // concurrent handshakes on several threads cannot overshoot the limits.
     let slot = vhost
@@ -242,6 +248,7 @@ fn open(
         response,
         session: vhost.session_config().clone(),
         driver: driver_config(limits),
+        budget: ctx.budget().cloned(),
         extension,
         hooks: Box::new(OpenSession {
             _slot: slot,
@@ -280,31 +287,6 @@ fn negotiate_extension(
         }
     }
     (None, None)
-}
-
-/// A session's timing and size limits, from its vhost's.
-pub(crate) fn session_config(limits: &Limits) -> Arc<SessionConfig> {
-    Arc::new(SessionConfig {
-        ping_interval: limits.ping_interval,
-        idle_timeout: limits.idle_timeout,
-        close_timeout: limits.close_timeout,
-        limits: crate::proto::frame::DecodeLimits {
-            max_frame_size: limits.max_frame_size,
-            max_message_size: limits.max_message_size,
-        },
-    })
-}
-
-/// How the driver schedules a session's I/O, from its vhost's limits.
-pub(crate) fn driver_config(limits: &Limits) -> DriverConfig {
-    // Below this a batch would be a frame or two.
-    const MIN_BATCH: usize = 1024;
-    let write_batch = limits.write_buffer_size.max(MIN_BATCH);
-    DriverConfig {
-        read_size: limits.read_buffer_size,
-        write_batch,
-        max_out: limits.max_queue_bytes.max(write_batch),
-    }
 }
 
 /// A session between registration and its end: its callbacks, and the

@@ -76,10 +76,12 @@ impl SessionHandle {
         spawner: Spawner,
     ) -> Self {
         let limits = vhost.limits();
+        let budget = vhost.context().and_then(|c| c.budget().cloned());
         let outbox = Outbox::new(
             limits.max_queue_bytes,
             limits.max_queue_messages,
             limits.overflow,
+            budget,
         );
         Self {
             shared: Arc::new(SessionShared {

@@ -87,7 +87,7 @@ impl Vhost {
             handlers,
             protocols,
             extensions: cfg.extensions,
-            session_config: super::service::session_config(&cfg.limits),
+            session_config: crate::runtime::driver::session_config(&cfg.limits),
             site,
             acceptor: cfg.acceptor,
             fingerprint,

@@ -415,6 +415,8 @@ pub(crate) enum Refused {
     NoVhost,
     /// The context is at `max_connections`.
     ServerBusy,
+    /// The context's memory budget is above its high-water mark.
+    MemoryExhausted,
     /// A handler or protocol panicked, or the configuration is inconsistent.
     Internal,
 }
@@ -441,7 +443,11 @@ impl Refused {
             Self::TooManyFromAddress => 429,
             Self::HeadTooLarge | Self::TooManyHeaders => 431,
             Self::Internal => 500,
-            Self::TooManySessions | Self::ShuttingDown | Self::NoVhost | Self::ServerBusy => 503,
+            Self::TooManySessions
+            | Self::ShuttingDown
+            | Self::NoVhost
+            | Self::ServerBusy
+            | Self::MemoryExhausted => 503,
             Self::VersionNotSupported => 505,
         }
     }
@@ -475,6 +481,7 @@ impl Refused {
             Self::ShuttingDown => "shutting down",
             Self::NoVhost => "no vhost serves this address",
             Self::ServerBusy => "server busy",
+            Self::MemoryExhausted => "memory budget exhausted, try again later",
             Self::Internal => "internal error",
         }
     }
@@ -487,6 +494,7 @@ impl Refused {
             Self::NotAnUpgrade => Some(("Upgrade", "websocket")),
             Self::UnsupportedVersion => Some(("Sec-WebSocket-Version", "13")),
             Self::TokenRequired => Some(("WWW-Authenticate", "Bearer")),
+            Self::MemoryExhausted => Some(("Retry-After", "1")),
             _ => None,
         }
     }

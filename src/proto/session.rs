@@ -305,6 +305,20 @@ impl Session {
         }
     }
 
+    /// Whether the session is ending because the peer broke the protocol
+    /// (or was aborted): our Close answers a peer that may still be sending,
+    /// so the driver reads and discards a little after it (see the driver's
+    /// linger) for the Close to be seen rather than reset away.
+    pub(crate) fn is_failing(&self) -> bool {
+        matches!(
+            self.state,
+            State::Ending {
+                why: Ending::Failed { .. },
+                ..
+            }
+        )
+    }
+
     /// Whether the session is open (no Close decided on either side).
     pub(crate) fn is_open(&self) -> bool {
         matches!(self.state, State::Open { .. })
@@ -488,10 +502,44 @@ impl Session {
         }
     }
 
-    /// Bytes held for an incomplete message or frame from the peer.
-    #[allow(dead_code, reason = "the memory budget's counter")]
+    /// Memory held for what the peer sent and the application has not been
+    /// given yet: the unfinished message and the undecoded bytes (their
+    /// buffers' capacities, what the allocator actually holds).
     pub(crate) fn buffered_in(&self) -> usize {
-        self.decoder.buffered() + self.rbuf.len()
+        self.decoder.held() + self.rbuf.capacity()
+    }
+
+    /// Whether the peer is in the middle of a message or frame (reading on
+    /// would grow what is held).
+    pub(crate) fn is_unfinished(&self) -> bool {
+        self.decoder.buffered() > 0 || !self.rbuf.is_empty()
+    }
+
+    /// Bytes the negotiated extension holds.
+    pub(crate) fn extension_memory(&self) -> usize {
+        self.extension.as_ref().map_or(0, |e| e.memory())
+    }
+
+    /// Ends the session from our side at once (the memory budget sheds it):
+    /// our Close with `frame` behind what is already encoded, nothing read
+    /// any more, and the unfinished message and read buffer freed now. The
+    /// peer is not waited for.
+    pub(crate) fn abort(&mut self, frame: CloseFrame, now: Instant) {
+        self.state = match std::mem::replace(&mut self.state, State::Done(placeholder())) {
+            State::Open { close_by, .. } => State::Ending {
+                why: Ending::Failed { sent: frame },
+                due: true,
+                deadline: close_by.unwrap_or(now + self.config.close_timeout),
+            },
+            State::Closing { sent, deadline } => State::Ending {
+                why: Ending::Failed { sent },
+                due: false,
+                deadline,
+            },
+            other => other,
+        };
+        self.decoder.clear();
+        self.rbuf = BytesMut::new();
     }
 
     /// The traffic since the last call.

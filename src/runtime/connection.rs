@@ -18,6 +18,7 @@ use event_listener::EventListener;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
 use tracing::Instrument;
 
+use super::budget::Budget;
 use super::driver::{Driver, DriverConfig, SessionHooks};
 use super::tasks::Spawner;
 use super::transport::Transport;
@@ -81,6 +82,8 @@ pub(crate) struct Upgraded {
     pub(crate) response: Vec<u8>,
     pub(crate) session: Arc<SessionConfig>,
     pub(crate) driver: DriverConfig,
+    /// The context's memory budget, when accounted.
+    pub(crate) budget: Option<Arc<Budget>>,
     pub(crate) extension: Option<Box<dyn Extension>>,
     /// The session's queue and callbacks.
     pub(crate) hooks: Box<dyn SessionHooks>,
@@ -163,6 +166,7 @@ async fn upgrade<S: Transport>(
         response,
         session,
         driver,
+        budget,
         extension,
         hooks,
         span,
@@ -186,7 +190,7 @@ async fn upgrade<S: Transport>(
         return;
     }
     span.in_scope(|| tracing::debug!("session open"));
-    let driver = Driver::new(stream, leftover, session, extension, driver);
+    let driver = Driver::new(stream, leftover, session, extension, driver, budget);
     // Sized for the session alone: the handshake's state (request, buffers,
     // timers) is freed with this task instead of living as long as the
     // connection.

@@ -29,13 +29,17 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
+use event_listener::EventListener;
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use super::budget::{Budget, HEAVY, Heavy, Kind};
 use super::outbox::{Outbox, Pop};
 use super::transport::Transport;
-use crate::proto::close::CloseReason;
+use crate::config::Limits;
+use crate::proto::close::{CloseReason, close_frame};
 use crate::proto::extension::Extension;
+use crate::proto::frame::DecodeLimits;
 use crate::proto::session::{Expired, Session, SessionConfig, Tally};
 
 /// How many frames a session handles per poll before yielding, so that one
@@ -50,6 +54,16 @@ pub(crate) const SCRATCH_SIZE: usize = 64 * 1024;
 
 /// Where an idle timer is parked until a new deadline is computed.
 const FAR: Duration = Duration::from_secs(86_400 * 365);
+
+/// After a failure's Close (a protocol error, a message over a limit, a
+/// session shed by the memory budget) the peer may still be sending.
+/// Closing a socket with unread input makes the kernel send a reset, and a
+/// reset makes the peer's kernel drop what the peer has not read yet: our
+/// Close. So the driver half-closes and reads and discards the peer's input
+/// for at most this long and this many bytes first (into the thread's read
+/// buffer; nothing is kept).
+const LINGER_TIME: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 1024 * 1024;
 
 thread_local! {
     /// Every session on a thread reads into this one buffer, zeroed once, and
@@ -86,6 +100,31 @@ pub(crate) struct DriverConfig {
     pub(crate) max_out: usize,
 }
 
+/// A session's timing and size limits, from its vhost's.
+pub(crate) fn session_config(limits: &Limits) -> Arc<SessionConfig> {
+    Arc::new(SessionConfig {
+        ping_interval: limits.ping_interval,
+        idle_timeout: limits.idle_timeout,
+        close_timeout: limits.close_timeout,
+        limits: DecodeLimits {
+            max_frame_size: limits.max_frame_size,
+            max_message_size: limits.max_message_size,
+        },
+    })
+}
+
+/// How the driver schedules a session's I/O, from its vhost's limits.
+pub(crate) fn driver_config(limits: &Limits) -> DriverConfig {
+    // Below this a batch would be a frame or two.
+    const MIN_BATCH: usize = 1024;
+    let write_batch = limits.write_buffer_size.max(MIN_BATCH);
+    DriverConfig {
+        read_size: limits.read_buffer_size,
+        write_batch,
+        max_out: limits.max_queue_bytes.max(write_batch),
+    }
+}
+
 /// The session task's state.
 pub(crate) struct Driver<S> {
     io: S,
@@ -103,6 +142,34 @@ pub(crate) struct Driver<S> {
     now: Instant,
     timer: Timer,
     timer_at: Instant,
+    /// The context's memory budget, and what this session has charged to it.
+    budget: Option<Arc<Budget>>,
+    charged: Charged,
+    /// This session's entry in the budget's shedding list, from the first
+    /// time it held an unfinished message of at least [`HEAVY`] bytes.
+    heavy: Option<Arc<Heavy>>,
+    /// Waiting for the budget's pressure to end before reading on.
+    paused: Option<EventListener>,
+    /// The session has ended in failure; the peer's input is being
+    /// discarded before the socket closes.
+    linger: Option<Box<Linger>>,
+}
+
+/// A failed session's last moments (see [`LINGER_TIME`]).
+struct Linger {
+    reason: CloseReason,
+    /// Bytes still to discard.
+    left: usize,
+    /// Our side is shut down (`poll_close` finished).
+    shut: bool,
+}
+
+/// What a session has charged to the memory budget, by kind.
+#[derive(Debug, Default)]
+struct Charged {
+    inbound: usize,
+    outbound: usize,
+    compression: usize,
 }
 
 impl<S: Transport> Driver<S> {
@@ -114,6 +181,7 @@ impl<S: Transport> Driver<S> {
         session: Arc<SessionConfig>,
         extension: Option<Box<dyn Extension>>,
         config: DriverConfig,
+        budget: Option<Arc<Budget>>,
     ) -> Self {
         let now = Instant::now();
         let session = Session::new(session, extension, leftover, now);
@@ -132,6 +200,11 @@ impl<S: Transport> Driver<S> {
             now,
             timer: Timer::at(timer_at),
             timer_at,
+            budget,
+            charged: Charged::default(),
+            heavy: None,
+            paused: None,
+            linger: None,
         }
     }
 
@@ -148,21 +221,60 @@ impl<S: Transport> Driver<S> {
         cx: &mut TaskContext<'_>,
         hooks: &mut dyn SessionHooks,
     ) -> Poll<CloseReason> {
+        if self.linger.is_some() {
+            return self.poll_linger(cx);
+        }
         let poll = self.poll_session(cx, hooks);
         let tally = self.session.take_tally();
         if tally != Tally::default() {
             hooks.traffic(tally);
         }
-        if poll.is_ready() {
-            hooks.outbox().mark_closed();
+        self.account(cx);
+        let Poll::Ready(reason) = poll else {
+            return Poll::Pending;
+        };
+        hooks.outbox().mark_closed();
+        if self.linger.is_some() {
+            // The session failed: its Close is out; discard what the peer
+            // still sends for a moment so the Close is not reset away.
+            return self.poll_linger(cx);
         }
-        poll
+        Poll::Ready(reason)
     }
 
-    /// The stream, once the session is over.
-    #[cfg(any(fuzzing, test))]
-    pub(crate) fn into_io(self) -> S {
-        self.io
+    /// Half-closes, then reads and discards until the peer closes too, the
+    /// byte allowance is used up, or the time is over.
+    fn poll_linger(&mut self, cx: &mut TaskContext<'_>) -> Poll<CloseReason> {
+        let Some(linger) = self.linger.as_mut() else {
+            return Poll::Ready(CloseReason::abnormal("session ended"));
+        };
+        let finished = loop {
+            if !linger.shut {
+                match Pin::new(&mut self.io).poll_close(cx) {
+                    Poll::Ready(Ok(())) => linger.shut = true,
+                    Poll::Ready(Err(_)) => break true,
+                    Poll::Pending => break false,
+                }
+            }
+            let io = &mut self.io;
+            let read = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+                Ok(mut scratch) => {
+                    let want = scratch.len().min(linger.left);
+                    Pin::new(io).poll_read(cx, &mut scratch[..want])
+                }
+                Err(_) => Poll::Ready(Err(io::Error::other("read buffer busy"))),
+            });
+            match read {
+                Poll::Ready(Ok(n)) if n > 0 && n < linger.left => linger.left -= n,
+                Poll::Ready(_) => break true,
+                Poll::Pending => break false,
+            }
+        };
+        if !finished && Pin::new(&mut self.timer).poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let reason = self.linger.take().map(|l| l.reason);
+        Poll::Ready(reason.unwrap_or_else(|| CloseReason::abnormal("session ended")))
     }
 
     fn poll_session(
@@ -181,8 +293,32 @@ impl<S: Transport> Driver<S> {
             }
             progress |= self.session.pending() < before;
             let flushed = self.session.pending() == 0 && !self.flush_pending;
+            let failing = self.session.is_failing();
             if let Some(reason) = self.session.poll_end(flushed) {
+                if failing {
+                    self.linger = Some(Box::new(Linger {
+                        reason: reason.clone(),
+                        left: LINGER_BYTES,
+                        shut: false,
+                    }));
+                    self.timer_at = Instant::now() + LINGER_TIME;
+                    self.timer.set_at(self.timer_at);
+                }
                 return Poll::Ready(reason);
+            }
+
+            // The memory budget picked this session to shed: close it with
+            // 1013 and free what it holds now.
+            if self.session.is_reading() && self.heavy.as_ref().is_some_and(|h| h.is_shed()) {
+                tracing::debug!("shed by the memory budget");
+                let frame = close_frame(CloseCode::Again, "memory budget exhausted");
+                self.session.abort(frame, Instant::now());
+                if let (Some(budget), Some(heavy)) = (&self.budget, &self.heavy) {
+                    // Before the buffers go back (`account`), so that the
+                    // shedder may look again when they do.
+                    budget.settle(heavy);
+                }
+                continue;
             }
 
             // Inbound, unless the queue is over its bound (keep reading while
@@ -193,7 +329,7 @@ impl<S: Transport> Driver<S> {
             {
                 if self.deliver(hooks, &mut budget) {
                     progress = true;
-                } else {
+                } else if self.may_read(cx) {
                     match self.poll_read(cx) {
                         Poll::Ready(Ok(0)) => {
                             self.session.on_eof(flushed);
@@ -290,6 +426,66 @@ impl<S: Transport> Driver<S> {
             delivered = true;
         }
         delivered || before != (self.session.is_reading(), self.session.pending())
+    }
+
+    /// Whether the memory budget lets this session read: always, unless the
+    /// budget is under pressure and the session holds an unfinished message
+    /// (which reading would grow). Then it waits, registered for the end of
+    /// the pressure, and TCP's flow control holds the peer.
+    fn may_read(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        let Some(budget) = &self.budget else {
+            return true;
+        };
+        if !budget.under_pressure() || !self.session.is_unfinished() {
+            self.paused = None;
+            return true;
+        }
+        if self.paused.is_none() {
+            budget.count_pause();
+        }
+        loop {
+            let relieved = self.paused.get_or_insert_with(|| budget.relieved());
+            if !budget.under_pressure() {
+                self.paused = None;
+                return true;
+            }
+            match Pin::new(relieved).poll(cx) {
+                Poll::Ready(()) => self.paused = None,
+                Poll::Pending => return false,
+            }
+        }
+    }
+
+    /// Brings what this session charges to the memory budget up to date (once
+    /// per poll: a session between messages holds nothing, so ping-pong
+    /// traffic never changes the count), and keeps its entry in the
+    /// shedding list while it holds an unfinished message worth shedding.
+    fn account(&mut self, cx: &TaskContext<'_>) {
+        let Some(budget) = &self.budget else {
+            return;
+        };
+        let held = self.session.buffered_in();
+        budget.reconcile(Kind::Inbound, &mut self.charged.inbound, held);
+        budget.reconcile(
+            Kind::Outbound,
+            &mut self.charged.outbound,
+            self.session.pending(),
+        );
+        let compression = self.session.extension_memory();
+        budget.reconcile(
+            Kind::Compression,
+            &mut self.charged.compression,
+            compression,
+        );
+        let unfinished = if self.session.is_reading() { held } else { 0 };
+        if unfinished >= HEAVY && self.heavy.is_none() {
+            let h = Heavy::new();
+            budget.enlist(&h);
+            self.heavy = Some(h);
+        }
+        if let Some(heavy) = &self.heavy {
+            heavy.update(unfinished, cx.waker());
+        }
     }
 
     /// Reads once into the thread's buffer and feeds the session; `Ok(0)` is
@@ -426,6 +622,20 @@ impl<S: Transport> Driver<S> {
     }
 }
 
+impl<S> Drop for Driver<S> {
+    fn drop(&mut self) {
+        // Whatever this session still charged goes back with it.
+        if let Some(budget) = &self.budget {
+            if let Some(heavy) = &self.heavy {
+                budget.settle(heavy);
+            }
+            budget.reconcile(Kind::Inbound, &mut self.charged.inbound, 0);
+            budget.reconcile(Kind::Outbound, &mut self.charged.outbound, 0);
+            budget.reconcile(Kind::Compression, &mut self.charged.compression, 0);
+        }
+    }
+}
+
 impl<S> fmt::Debug for Driver<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Driver")
@@ -433,3 +643,6 @@ impl<S> fmt::Debug for Driver<S> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,7 +16,7 @@
 //!   push from its own callbacks (an echo) costs no wake-up.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
 use event_listener::{Event, EventListener};
@@ -24,6 +24,7 @@ use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use super::budget::{Budget, Kind};
 use crate::common::lock;
 use crate::config::OverflowPolicy;
 use crate::error::SendError;
@@ -34,6 +35,8 @@ pub(crate) struct Outbox {
     max_bytes: usize,
     max_messages: usize,
     overflow: OverflowPolicy,
+    /// The context's memory budget, which counts every queued byte.
+    budget: Option<Arc<Budget>>,
     queue: Mutex<Queue>,
     /// Notified when room frees up or the session closes.
     room: Event,
@@ -85,11 +88,17 @@ pub(crate) struct Park {
 }
 
 impl Outbox {
-    pub(crate) fn new(max_bytes: usize, max_messages: usize, overflow: OverflowPolicy) -> Self {
+    pub(crate) fn new(
+        max_bytes: usize,
+        max_messages: usize,
+        overflow: OverflowPolicy,
+        budget: Option<Arc<Budget>>,
+    ) -> Self {
         Self {
             max_bytes,
             max_messages,
             overflow,
+            budget,
             queue: Mutex::new(Queue {
                 messages: VecDeque::new(),
                 bytes: 0,
@@ -129,9 +138,12 @@ impl Outbox {
         }
         // One message larger than the whole bound may still go out alone, or it
         // could never be sent at all; its size is the application's choice.
+        // The context's memory budget is a bound too: a message that would
+        // take it over finds the queue full, however empty the queue is.
         let full = |q: &Queue| {
-            !q.messages.is_empty()
-                && (q.bytes + size > self.max_bytes || q.messages.len() >= self.max_messages)
+            (!q.messages.is_empty()
+                && (q.bytes + size > self.max_bytes || q.messages.len() >= self.max_messages))
+                || self.budget.as_ref().is_some_and(|b| !b.fits(size))
         };
         let mut dropped = 0;
         if full(&q) {
@@ -173,11 +185,24 @@ impl Outbox {
                         };
                         q.bytes -= old.len();
                         dropped += 1;
+                        // What the budget gets back is room for this one.
+                        self.give_back(old.len());
+                    }
+                    if full(&q) {
+                        // Nothing left to drop and still over the budget:
+                        // this one goes instead.
+                        return Pushed {
+                            result: Err(SendError::Full(message)),
+                            dropped: dropped + 1,
+                        };
                     }
                 }
             }
         }
         q.bytes += size;
+        if let Some(b) = &self.budget {
+            b.add(Kind::Outbound, size);
+        }
         q.messages.push_back(message);
         let waker = if q.wants_data {
             q.wants_data = false;
@@ -219,6 +244,7 @@ impl Outbox {
         if let Some(m) = q.messages.pop_front() {
             q.bytes -= m.len();
             drop(q);
+            self.give_back(m.len());
             self.room.notify(usize::MAX);
             return Pop::Message(m);
         }
@@ -264,11 +290,21 @@ impl Outbox {
         let mut q = lock(&self.queue);
         q.state = QueueState::Closed;
         q.messages.clear();
-        q.bytes = 0;
+        let bytes = std::mem::take(&mut q.bytes);
         let waker = q.waker.take();
         drop(q);
+        self.give_back(bytes);
         drop(waker);
         self.room.notify(usize::MAX);
+    }
+}
+
+impl Outbox {
+    /// Gives `n` queued bytes back to the budget.
+    fn give_back(&self, n: usize) {
+        if let Some(b) = &self.budget {
+            b.sub(Kind::Outbound, n);
+        }
     }
 }
 

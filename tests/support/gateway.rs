@@ -26,9 +26,16 @@ impl Gateway {
     pub fn start_listening(args: &[&str], listeners: usize) -> (Self, Vec<SocketAddr>) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("WSGATE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(if std::env::var_os("WSGATE_TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("spawn wsgate");
         let stdout = child.stdout.take().unwrap();

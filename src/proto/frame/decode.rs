@@ -84,6 +84,22 @@ impl Decoder {
         self.message.len()
     }
 
+    /// The memory the message buffer holds (its capacity: what the
+    /// allocator gave, which grows ahead of what arrived).
+    pub(crate) fn held(&self) -> usize {
+        self.message.capacity()
+    }
+
+    /// Stops decoding and frees the message in progress (the session is
+    /// being shed): later calls consume nothing and return `Ok(None)`.
+    pub(crate) fn clear(&mut self) {
+        self.state = State::Done;
+        self.kind = None;
+        self.validated = 0;
+        self.rsv = 0;
+        self.message = BytesMut::new();
+    }
+
     /// Releases the spare capacity of the message buffer (when the connection
     /// goes idle); an incomplete message is kept, in a buffer of its size.
     pub(crate) fn shrink(&mut self) {
