@@ -230,6 +230,7 @@ pub(crate) fn run_in_memory(input: &[u8], limits: &crate::Limits) -> Vec<u8> {
         limits.overflow,
         Some(budget.clone()),
     ));
+    let reactor = crate::runtime::reactor::Reactor::new();
     let mut driver = Driver::new(
         stream,
         &[],
@@ -237,8 +238,13 @@ pub(crate) fn run_in_memory(input: &[u8], limits: &crate::Limits) -> Vec<u8> {
         None,
         driver_config(limits),
         Some(budget.clone()),
+        &reactor,
     );
-    let _reason = async_io::block_on(driver.run(&mut hooks));
+    // The reactor's task runs beside the session, for its deadlines.
+    let _reason = async_io::block_on(futures_lite::future::or(driver.run(&mut hooks), async {
+        reactor.drive().await;
+        crate::CloseReason::abnormal("reactor stopped")
+    }));
     drop(driver);
     hooks.0.mark_closed();
     assert_eq!(

@@ -12,6 +12,7 @@ pub(crate) mod connection;
 pub(crate) mod driver;
 pub(crate) mod listener;
 pub(crate) mod outbox;
+pub(crate) mod reactor;
 pub(crate) mod run;
 pub(crate) mod tasks;
 pub(crate) mod transport;

@@ -189,8 +189,15 @@ async fn upgrade<S: Transport>(
         hooks.finish(CloseReason::abnormal("handshake write failed"));
         return;
     }
+    let Some(reactor) = conn.spawner().reactor() else {
+        // The worker's task set is gone: nothing would run the session.
+        hooks.finish(CloseReason::abnormal("worker gone"));
+        return;
+    };
     span.in_scope(|| tracing::debug!("session open"));
-    let driver = Driver::new(stream, leftover, session, extension, driver, budget);
+    let driver = Driver::new(
+        stream, leftover, session, extension, driver, budget, &reactor,
+    );
     // Sized for the session alone: the handshake's state (request, buffers,
     // timers) is freed with this task instead of living as long as the
     // connection.

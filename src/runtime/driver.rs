@@ -15,10 +15,12 @@
 //!   so a peer that sends without reading is throttled by TCP, not buffered.
 //! - **Few system calls.** One read per message into a per-thread buffer;
 //!   after a short read, or one that would block, the driver waits for
-//!   readiness instead of reading again. The timer is re-armed lazily: traffic
-//!   only moves the deadline later, so reading a message never touches the
-//!   reactor's timers.
+//!   readiness instead of reading again. The deadline is re-armed lazily:
+//!   traffic only moves it later, so reading a message never touches the
+//!   worker's deadline heap (`runtime::reactor`).
 
+#[cfg(target_os = "linux")]
+use std::any::Any;
 use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
@@ -28,13 +30,13 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
 use event_listener::EventListener;
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::budget::{Budget, HEAVY, Heavy, Kind};
 use super::outbox::{Outbox, Pop};
+use super::reactor::{Reactor, Token};
 use super::transport::Transport;
 use crate::config::Limits;
 use crate::proto::close::{CloseReason, close_frame};
@@ -51,9 +53,6 @@ const MAX_IOV: usize = 32;
 
 /// The size of each thread's read buffer: the most one read call takes.
 pub(crate) const SCRATCH_SIZE: usize = 64 * 1024;
-
-/// Where an idle timer is parked until a new deadline is computed.
-const FAR: Duration = Duration::from_secs(86_400 * 365);
 
 /// After a failure's Close (a protocol error, a message over a limit, a
 /// session shed by the memory budget) the peer may still be sending.
@@ -140,7 +139,10 @@ pub(crate) struct Driver<S> {
     outbox_closed: bool,
     /// The time of the last read (what `poll_message` measures from).
     now: Instant,
-    timer: Timer,
+    /// The session's entry in its worker's reactor for its deadline, when
+    /// its stream has none of its own (see [`Driver::token`]).
+    timer: Option<Token>,
+    /// The deadline last armed (lazily: see [`Driver::poll_timer`]).
     timer_at: Instant,
     /// The context's memory budget, and what this session has charged to it.
     budget: Option<Arc<Budget>>,
@@ -162,6 +164,8 @@ struct Linger {
     left: usize,
     /// Our side is shut down (`poll_close` finished).
     shut: bool,
+    /// When to stop waiting for the peer.
+    until: Instant,
 }
 
 /// What a session has charged to the memory budget, by kind.
@@ -174,7 +178,8 @@ struct Charged {
 
 impl<S: Transport> Driver<S> {
     /// A driver for `io`, whose first bytes (`leftover`, read with the
-    /// request head) are already in hand.
+    /// request head) are already in hand; its deadlines go to `reactor`
+    /// (its worker's).
     pub(crate) fn new(
         io: S,
         leftover: &[u8],
@@ -182,10 +187,11 @@ impl<S: Transport> Driver<S> {
         extension: Option<Box<dyn Extension>>,
         config: DriverConfig,
         budget: Option<Arc<Budget>>,
+        reactor: &Arc<Reactor>,
     ) -> Self {
         let now = Instant::now();
         let session = Session::new(session, extension, leftover, now);
-        let timer_at = session.poll_timeout().unwrap_or(now + FAR);
+        let timer = registered(&io).is_none().then(|| reactor.deadline());
         Self {
             io,
             session,
@@ -198,8 +204,9 @@ impl<S: Transport> Driver<S> {
             flush_pending: false,
             outbox_closed: false,
             now,
-            timer: Timer::at(timer_at),
-            timer_at,
+            timer,
+            // Nothing armed yet: the first park arms the session's deadline.
+            timer_at: now,
             budget,
             charged: Charged::default(),
             heavy: None,
@@ -270,8 +277,12 @@ impl<S: Transport> Driver<S> {
                 Poll::Pending => break false,
             }
         };
-        if !finished && Pin::new(&mut self.timer).poll(cx).is_pending() {
-            return Poll::Pending;
+        if !finished {
+            let until = linger.until;
+            if Instant::now() < until {
+                self.arm(until, cx);
+                return Poll::Pending;
+            }
         }
         let reason = self.linger.take().map(|l| l.reason);
         Poll::Ready(reason.unwrap_or_else(|| CloseReason::abnormal("session ended")))
@@ -300,9 +311,8 @@ impl<S: Transport> Driver<S> {
                         reason: reason.clone(),
                         left: LINGER_BYTES,
                         shut: false,
+                        until: Instant::now() + LINGER_TIME,
                     }));
-                    self.timer_at = Instant::now() + LINGER_TIME;
-                    self.timer.set_at(self.timer_at);
                 }
                 return Poll::Ready(reason);
             }
@@ -581,30 +591,39 @@ impl<S: Transport> Driver<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// Polls the one timer; returns `true` if it fired and there may be new
-    /// work.
+    /// The session's entry in its worker's reactor: its stream's, when the
+    /// stream is registered there, or its own.
+    fn token(&self) -> Option<&Token> {
+        self.timer.as_ref().or_else(|| registered(&self.io))
+    }
+
+    /// Asks to be woken once `at` has passed.
+    fn arm(&self, at: Instant, cx: &TaskContext<'_>) {
+        if let Some(token) = self.token() {
+            token.arm(at, cx.waker());
+        }
+    }
+
+    /// Runs the session's timeout if its deadline has passed (returns `true`:
+    /// there may be new work), or makes sure it will be woken for it.
     fn poll_timer(&mut self, cx: &mut TaskContext<'_>, outbox: &Outbox) -> bool {
         let Some(target) = self.session.poll_timeout() else {
             return false;
         };
-        // Activity only moves the target later; the timer is re-armed lazily
-        // when it fires early, so reading a message never touches the reactor.
-        if target < self.timer_at {
-            self.timer.set_at(target);
-            self.timer_at = target;
-        }
-        if Pin::new(&mut self.timer).poll(cx).is_pending() {
-            return false;
-        }
         let now = Instant::now();
         if now < target {
-            self.timer.set_at(target);
-            self.timer_at = target;
-            return true;
+            // Activity only moves the target later. The armed deadline is
+            // left where it is (reading a message never touches the
+            // reactor) until it passes: the wake-up then re-arms at the
+            // target. An earlier target is armed at once.
+            if target < self.timer_at || now >= self.timer_at {
+                self.arm(target, cx);
+                self.timer_at = target;
+            }
+            return false;
         }
-        // Park the timer far out until a new target is computed.
-        self.timer_at = now + FAR;
-        self.timer.set_at(self.timer_at);
+        // Nothing armed until a new target is computed.
+        self.timer_at = now;
         if self.session.handle_timeout(now) == Expired::Idle {
             tracing::debug!("idle timeout");
             // Through the queue, behind what is already queued.
@@ -619,6 +638,22 @@ impl<S: Transport> Driver<S> {
         self.session
             .poll_end(false)
             .unwrap_or_else(|| CloseReason::abnormal("transport failed"))
+    }
+}
+
+/// The stream's own entry in its worker's reactor, if it is registered
+/// there (a plain TCP connection on Linux).
+fn registered<S: Transport>(io: &S) -> Option<&Token> {
+    #[cfg(target_os = "linux")]
+    {
+        (io as &dyn Any)
+            .downcast_ref::<super::reactor::Registered>()
+            .map(super::reactor::Registered::token)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = io;
+        None
     }
 }
 

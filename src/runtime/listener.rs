@@ -165,10 +165,15 @@ impl AcceptLoop {
             if listener.stopped.load(Ordering::Acquire) {
                 break;
             }
-            let accepted = future::or(async { Some(socket.accept().await) }, async {
-                stop.await;
-                None
-            })
+            // The accepted socket is not registered with async-io here: a
+            // plain connection is registered with its worker's reactor.
+            let accepted = future::or(
+                async { Some(socket.read_with(|l| l.accept()).await) },
+                async {
+                    stop.await;
+                    None
+                },
+            )
             .await;
             match accepted {
                 None => break,
@@ -184,8 +189,8 @@ impl AcceptLoop {
         tracing::debug!(local = %listener.local, "listener stopped");
     }
 
-    fn on_accept(&self, stream: Async<TcpStream>, peer: SocketAddr) {
-        let _ = stream.get_ref().set_nodelay(true);
+    fn on_accept(&self, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
         let Some(mut slot) = self.workers.try_connection() else {
             // Refusals are short and bounded (MAX_REFUSING); they stay on the
             // accepting worker.
@@ -193,6 +198,10 @@ impl AcceptLoop {
             let refusing = &self.listener.refusing;
             if refusing.fetch_add(1, Ordering::AcqRel) < MAX_REFUSING {
                 let refusing = refusing.clone();
+                let Ok(stream) = Async::new(stream) else {
+                    refusing.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                };
                 self.workers.first().spawn(async move {
                     refuse_busy(Tcp(stream)).await;
                     refusing.fetch_sub(1, Ordering::AcqRel);
@@ -210,9 +219,33 @@ impl AcceptLoop {
         let acceptor = lock(&self.listener.acceptor).clone();
         match acceptor {
             None => {
-                worker.spawn(serve(Tcp(stream), peer, service, slot));
+                // Edge-triggered in the worker's reactor where it has one
+                // (Linux); async-io's one-shot registration otherwise.
+                #[cfg(target_os = "linux")]
+                let stream = match worker.reactor().map(|r| r.register(stream)) {
+                    Some(Ok(registered)) => {
+                        worker.spawn(serve(registered, peer, service, slot));
+                        return;
+                    }
+                    Some(Err(stream)) => stream,
+                    // The worker's task set is gone (teardown).
+                    None => return,
+                };
+                match Async::new(stream) {
+                    Ok(stream) => {
+                        worker.spawn(serve(Tcp(stream), peer, service, slot));
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "cannot register connection"),
+                }
             }
             Some(acceptor) => {
+                let stream = match Async::new(stream) {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "cannot register connection");
+                        return;
+                    }
+                };
                 let accepting = acceptor.accept(stream, peer);
                 let limit = service.head_limits().handshake_timeout;
                 worker.spawn(async move {

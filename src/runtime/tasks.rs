@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 use async_executor::{Executor, LocalExecutor, Task};
 use event_listener::Event;
 
+use super::reactor::Reactor;
+
 /// The host's executor, as wsgate uses it: spawn the pumps, and tick it while
 /// draining. Implemented for `async_executor::Executor` and `LocalExecutor`.
 ///
@@ -109,11 +111,16 @@ async fn pump(exec: Arc<Executor<'static>>) {
 pub(crate) struct TaskSet {
     exec: Option<Arc<Executor<'static>>>,
     pumps: Vec<Task<()>>,
+    /// The worker's reactor; its task and the streams registered there
+    /// hold it too, so it goes (and its epoll descriptor closes) with the
+    /// last of them.
+    reactor: Option<Arc<Reactor>>,
 }
 
 impl TaskSet {
     /// A task set run by `pumps` pump tasks on `host`, counting its tasks in
-    /// `live` (shared by every worker of a context).
+    /// `live` (shared by every worker of a context), with its reactor and
+    /// the reactor's task.
     pub(crate) fn new(host: &dyn HostExecutor, pumps: usize, live: &Arc<Live>) -> (Self, Spawner) {
         let exec = Arc::new(Executor::new());
         let pumps = (0..pumps)
@@ -122,14 +129,26 @@ impl TaskSet {
                 host.spawn_pump(Box::pin(pump(exec)))
             })
             .collect();
+        let reactor = Reactor::new();
+        // Not counted as a live task: it serves the others and lives as
+        // long as the task set, so a drain does not wait for it.
+        let drive = futures_lite::FutureExt::catch_unwind(AssertUnwindSafe(reactor.drive()));
+        exec.spawn(async move {
+            if drive.await.is_err() {
+                tracing::error!("a worker's reactor task panicked; its sessions stall");
+            }
+        })
+        .detach();
         let spawner = Spawner {
             exec: Arc::downgrade(&exec),
             live: live.clone(),
+            reactor: Arc::downgrade(&reactor),
         };
         (
             Self {
                 exec: Some(exec),
                 pumps,
+                reactor: Some(reactor),
             },
             spawner,
         )
@@ -142,6 +161,7 @@ impl TaskSet {
         // Dropping a pump's `Task` cancels it; the executor drops the pump's
         // future (and with it the pump's reference) the next time it runs.
         self.pumps.clear();
+        self.reactor = None;
         self.exec
             .take()
             .map_or_else(Weak::new, |exec| Arc::downgrade(&exec))
@@ -200,6 +220,9 @@ pub(crate) fn force_all(
 pub(crate) struct Spawner {
     exec: Weak<Executor<'static>>,
     live: Arc<Live>,
+    /// The worker's reactor: its sockets' readiness and its sessions'
+    /// deadlines.
+    reactor: Weak<Reactor>,
 }
 
 /// The live-task count of a context, shared by every worker's spawner, and
@@ -310,6 +333,11 @@ impl Spawner {
             fut: futures_lite::FutureExt::catch_unwind(AssertUnwindSafe(fut)),
             guard: LiveGuard(self.live.clone()),
         }))
+    }
+
+    /// The worker's reactor; `None` once the task set is gone.
+    pub(crate) fn reactor(&self) -> Option<Arc<Reactor>> {
+        self.reactor.upgrade()
     }
 
     /// The context's live count and stall watch.

@@ -173,6 +173,7 @@ fn run(seed: u64) -> (bool, u64, u64) {
     // Small enough that eight sessions' unfinished messages and queues cross
     // both water marks again and again.
     let budget = Budget::new(256 * 1024);
+    let reactor = crate::runtime::reactor::Reactor::new();
     let waker = Waker::noop();
     let mut cx = TaskContext::from_waker(waker);
     let mut live: Vec<Live> = Vec::new();
@@ -197,6 +198,7 @@ fn run(seed: u64) -> (bool, u64, u64) {
                 None,
                 driver_config(&limits),
                 Some(budget.clone()),
+                &reactor,
             );
             live.push(Live {
                 pipe,
