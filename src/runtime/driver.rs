@@ -35,7 +35,7 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::budget::{Budget, HEAVY, Heavy, Kind};
-use super::outbox::{Outbox, Pop};
+use super::outbox::{Batch, Outbox};
 use super::reactor::{Reactor, Token};
 use super::transport::Transport;
 use crate::config::Limits;
@@ -395,19 +395,30 @@ impl<S: Transport> Driver<S> {
         if self.session.takes_messages() {
             // An empty queue is not over its bound; a full batch looks.
             self.over_bound = false;
+            let mut batch = Batch::new();
             loop {
-                if self.session.pending() >= self.config.write_batch {
+                let room = self
+                    .config
+                    .write_batch
+                    .saturating_sub(self.session.pending());
+                if room == 0 {
                     self.over_bound = outbox.over_bound();
                     break;
                 }
-                match outbox.pop() {
-                    Pop::Message(m) => self.session.send(&m),
-                    Pop::Close(frame) => {
-                        self.session.close(frame, Instant::now());
-                        progress = true;
-                        break;
-                    }
-                    Pop::Empty => break,
+                // Many messages per lock; the ones taken are encoded
+                // outside it.
+                if let Some(frame) = outbox.pop_batch(&mut batch, room) {
+                    self.session.close(frame, Instant::now());
+                    progress = true;
+                    break;
+                }
+                let mut taken = false;
+                for m in batch.drain() {
+                    self.session.send(&m);
+                    taken = true;
+                }
+                if !taken {
+                    break;
                 }
                 progress = true;
             }

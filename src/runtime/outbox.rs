@@ -51,6 +51,10 @@ struct Queue {
     /// Whether a push should wake the driver: only while it is parked
     /// waiting for messages.
     wants_data: bool,
+    /// A waiting sender found the queue full: the next pop tells `room`.
+    /// (Notifying an event nobody listens to still takes its lock, and the
+    /// first notification allocates its list.)
+    room_wanted: bool,
 }
 
 #[derive(Debug)]
@@ -72,11 +76,39 @@ pub(crate) struct Pushed {
     pub(crate) dropped: u64,
 }
 
-/// What the driver takes from the queue.
-pub(crate) enum Pop {
-    Message(Message),
-    Close(CloseFrame),
-    Empty,
+/// Messages [`Outbox::pop_batch`] takes at most at once.
+const BATCH: usize = 16;
+
+/// Messages taken from the queue in one go, on the driver's stack.
+pub(crate) struct Batch {
+    slots: [Option<Message>; BATCH],
+    len: usize,
+}
+
+impl Batch {
+    pub(crate) fn new() -> Self {
+        Self {
+            slots: Default::default(),
+            len: 0,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == BATCH
+    }
+
+    fn push(&mut self, m: Message) {
+        if let Some(slot) = self.slots.get_mut(self.len) {
+            *slot = Some(m);
+            self.len += 1;
+        }
+    }
+
+    /// The messages, in order; the batch is empty afterwards.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = Message> + '_ {
+        let len = std::mem::take(&mut self.len);
+        self.slots[..len].iter_mut().filter_map(Option::take)
+    }
 }
 
 /// What [`Outbox::park`] found.
@@ -105,6 +137,7 @@ impl Outbox {
                 state: QueueState::Open,
                 waker: None,
                 wants_data: false,
+                room_wanted: false,
             }),
             room: Event::new(),
         }
@@ -148,6 +181,8 @@ impl Outbox {
         let mut dropped = 0;
         if full(&q) {
             if !apply_policy {
+                // A waiting send: it listens to `room` and tries again.
+                q.room_wanted = true;
                 return Pushed {
                     result: Err(SendError::Full(message)),
                     dropped: 0,
@@ -236,23 +271,44 @@ impl Outbox {
         true
     }
 
-    /// Takes the next message for the writer (or the requested Close). The
-    /// driver is running, so pushes stop waking it until it parks again.
-    pub(crate) fn pop(&self) -> Pop {
+    /// Takes queued messages for the writer, in order, under one lock: as
+    /// many as `batch` holds, while their bytes stay under `max_bytes` (at
+    /// least one). With nothing queued, takes the requested Close instead,
+    /// if any. The driver is running, so pushes stop waking it until it
+    /// parks again.
+    pub(crate) fn pop_batch(&self, batch: &mut Batch, max_bytes: usize) -> Option<CloseFrame> {
         let mut q = lock(&self.queue);
         q.wants_data = false;
-        if let Some(m) = q.messages.pop_front() {
-            q.bytes -= m.len();
+        let mut taken = 0;
+        let mut count = 0;
+        while !batch.is_full() {
+            let Some(size) = q.messages.front().map(Message::len) else {
+                break;
+            };
+            if count > 0 && taken + size > max_bytes {
+                break;
+            }
+            if let Some(m) = q.messages.pop_front() {
+                batch.push(m);
+            }
+            taken += size;
+            count += 1;
+        }
+        if count > 0 {
+            q.bytes -= taken;
+            let notify = std::mem::take(&mut q.room_wanted);
             drop(q);
-            self.give_back(m.len());
-            self.room.notify(usize::MAX);
-            return Pop::Message(m);
+            self.give_back(taken);
+            if notify {
+                self.room.notify(usize::MAX);
+            }
+            return None;
         }
         match std::mem::replace(&mut q.state, QueueState::Closed) {
-            QueueState::Closing(frame) => Pop::Close(frame),
+            QueueState::Closing(frame) => Some(frame),
             other => {
                 q.state = other;
-                Pop::Empty
+                None
             }
         }
     }
@@ -311,5 +367,74 @@ impl Outbox {
 fn wake(waker: Option<Waker>) {
     if let Some(w) = waker {
         w.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    fn outbox(max_bytes: usize, max_messages: usize) -> Outbox {
+        Outbox::new(max_bytes, max_messages, OverflowPolicy::Reject, None)
+    }
+
+    fn texts(batch: &mut Batch) -> Vec<String> {
+        batch
+            .drain()
+            .map(|m| m.into_text().map(|t| t.to_string()).unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_takes_messages_in_order_up_to_its_size_then_the_close() {
+        let o = outbox(1 << 20, 1000);
+        for i in 0..20 {
+            assert!(o.push(Message::text(i.to_string()), true).result.is_ok());
+        }
+        assert!(o.request_close(CloseCode::Normal, "bye"));
+        let mut batch = Batch::new();
+        assert!(o.pop_batch(&mut batch, usize::MAX).is_none());
+        let first = texts(&mut batch);
+        assert_eq!(first, (0..16).map(|i| i.to_string()).collect::<Vec<_>>());
+        assert!(o.pop_batch(&mut batch, usize::MAX).is_none());
+        assert_eq!(texts(&mut batch), ["16", "17", "18", "19"]);
+        assert_eq!(o.queued_bytes(), 0);
+        let close = o.pop_batch(&mut batch, usize::MAX);
+        assert_eq!(close.map(|f| f.code), Some(CloseCode::Normal));
+        assert!(texts(&mut batch).is_empty());
+    }
+
+    #[test]
+    fn a_batch_stays_under_its_byte_room_but_takes_at_least_one() {
+        let o = outbox(1 << 20, 1000);
+        for s in ["aaaa", "bbbb", "cccc"] {
+            assert!(o.push(Message::text(s), true).result.is_ok());
+        }
+        let mut batch = Batch::new();
+        assert!(o.pop_batch(&mut batch, 1).is_none());
+        assert_eq!(texts(&mut batch), ["aaaa"]);
+        assert!(o.pop_batch(&mut batch, 8).is_none());
+        assert_eq!(texts(&mut batch), ["bbbb", "cccc"]);
+    }
+
+    #[test]
+    fn a_sender_waiting_for_room_is_woken_by_the_next_pop() {
+        let o = outbox(4, 1);
+        assert!(o.push(Message::text("full"), false).result.is_ok());
+        let listener = o.room();
+        assert!(matches!(
+            o.push(Message::text("more"), false).result,
+            Err(SendError::Full(_))
+        ));
+        let mut listener = pin!(listener);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(listener.as_mut().poll(&mut cx).is_pending());
+        let mut batch = Batch::new();
+        assert!(o.pop_batch(&mut batch, usize::MAX).is_none());
+        assert_eq!(listener.as_mut().poll(&mut cx), Poll::Ready(()));
+        assert!(o.push(Message::text("more"), false).result.is_ok());
     }
 }

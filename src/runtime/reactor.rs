@@ -56,7 +56,7 @@
 
 use std::future::Future;
 #[cfg(target_os = "linux")]
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 #[cfg(target_os = "linux")]
 use std::mem::MaybeUninit;
 #[cfg(target_os = "linux")]
@@ -620,7 +620,11 @@ impl AsyncRead for Registered {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let want = buf.len();
-        self.poll_io(cx, READ, want, |mut s| s.read(buf))
+        self.poll_io(cx, READ, want, |s| {
+            rustix::net::recv(s, &mut *buf, rustix::net::RecvFlags::empty())
+                .map(|(n, _)| n)
+                .map_err(io::Error::from)
+        })
     }
 }
 
@@ -631,7 +635,11 @@ impl AsyncWrite for Registered {
         cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_io(cx, WRITE, buf.len(), |mut s| s.write(buf))
+        // MSG_NOSIGNAL: a peer that reset the connection is an error, not
+        // a SIGPIPE for a host that does not ignore it.
+        self.poll_io(cx, WRITE, buf.len(), |s| {
+            rustix::net::send(s, buf, rustix::net::SendFlags::NOSIGNAL).map_err(io::Error::from)
+        })
     }
 
     fn poll_write_vectored(
@@ -640,7 +648,15 @@ impl AsyncWrite for Registered {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let want = bufs.iter().map(|b| b.len()).sum();
-        self.poll_io(cx, WRITE, want, |mut s| s.write_vectored(bufs))
+        self.poll_io(cx, WRITE, want, |s| {
+            rustix::net::sendmsg(
+                s,
+                bufs,
+                &mut rustix::net::SendAncillaryBuffer::default(),
+                rustix::net::SendFlags::NOSIGNAL,
+            )
+            .map_err(io::Error::from)
+        })
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
