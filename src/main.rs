@@ -179,7 +179,12 @@ fn read_config(path: Option<&Path>, listen: &[SocketAddr]) -> Result<ConfigFile,
         Some(path) => {
             let text =
                 std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            ConfigFile::parse(&text).map_err(|e| located(Some(path), &e))?
+            // Relative file names in it (TLS certificates) are relative to
+            // its folder, not to where wsgate was started.
+            let dir = path.parent().unwrap_or(Path::new("."));
+            ConfigFile::parse(&text)
+                .map_err(|e| located(Some(path), &e))?
+                .with_base_dir(dir)
         }
         None => ConfigFile::builtin(),
     };
