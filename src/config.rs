@@ -563,7 +563,10 @@ impl VhostBuilder {
     /// beside an [`acceptor`](Self::acceptor). A certificate outside its
     /// validity period is logged as a warning, not refused.
     pub fn build(self) -> Result<VhostConfig, ConfigError> {
-        #[cfg_attr(not(feature = "tls"), allow(unused_mut, reason = "loaded in place with tls"))]
+        #[cfg_attr(
+            not(feature = "tls"),
+            allow(unused_mut, reason = "loaded in place with tls")
+        )]
         let mut cfg = self.cfg;
         let prefix = format!("vhost.{}", cfg.name);
         if cfg.name.is_empty() {

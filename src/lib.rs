@@ -161,6 +161,7 @@ pub mod http {
     pub use crate::context::protocol::HttpHandler;
     pub use crate::handlers::{Health, Index};
     pub use crate::proto::http::{Request, Response, check_bearer};
+    pub use crate::proto::tls::{Certificate, TlsInfo};
 }
 
 /// Counters and gauges: [`Stats`](crate::metrics::Stats), as a snapshot and as Prometheus text.

@@ -346,8 +346,8 @@ impl ConfigFile {
         tls: &toml::Spanned<RawTls>,
         _name: &str,
     ) -> Result<crate::VhostBuilder, ConfigError> {
-        use crate::config::{ClientAuth, TlsConfig};
         use crate::config::file::ClientAuthValue;
+        use crate::config::{ClientAuth, TlsConfig};
         let t = tls.get_ref();
         let mut config = TlsConfig::from_pem_files(t.cert.get_ref(), t.key.get_ref());
         if let Some(ca) = &t.client_ca {

@@ -298,10 +298,7 @@ fn load_files(
             return Err(err(
                 "key",
                 key_path,
-                format!(
-                    "does not match the certificate in {}",
-                    cert_path.display()
-                ),
+                format!("does not match the certificate in {}", cert_path.display()),
             ));
         }
         Err(e) => {
@@ -327,7 +324,11 @@ fn load_files(
             let mut roots = RootCertStore::empty();
             for ca in certificates(&ca_pem).map_err(|p| err("client_ca", ca_path, p))? {
                 roots.add(ca).map_err(|e| {
-                    err("client_ca", ca_path, format!("not a usable CA certificate: {e}"))
+                    err(
+                        "client_ca",
+                        ca_path,
+                        format!("not a usable CA certificate: {e}"),
+                    )
                 })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider);

@@ -152,9 +152,9 @@ impl Registry {
     /// a listener share its acceptor.
     pub(crate) fn check_acceptor(&self, config: &VhostConfig) -> Result<(), Error> {
         let listeners = lock(&self.listeners);
-        let mixed = listeners.iter().find(|l| {
-            config.listen().contains(&l.listener.configured) && l.tls != config.is_tls()
-        });
+        let mixed = listeners
+            .iter()
+            .find(|l| config.listen().contains(&l.listener.configured) && l.tls != config.is_tls());
         if let Some(l) = mixed {
             return Err(Error::Config(ConfigError::new(
                 format!("vhost.{}.tls", config.name()),

@@ -348,7 +348,10 @@ mod tests {
             over(Some("unknown.example"), "other.example"),
             Admission::Upgrade { site: 1, .. }
         ));
-        assert!(matches!(over(None, "x"), Admission::Upgrade { site: 1, .. }));
+        assert!(matches!(
+            over(None, "x"),
+            Admission::Upgrade { site: 1, .. }
+        ));
         assert_eq!(
             over(Some("a.example"), "other.example"),
             Admission::Refuse(Refused::Misdirected)

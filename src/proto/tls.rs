@@ -303,7 +303,10 @@ mod tests {
         assert_eq!(pick_site(it(), Some("c.test")), Some(2));
         assert_eq!(pick_site(it(), None), Some(2));
         let named: Vec<Vec<String>> = vec![vec!["a".into()], vec!["b".into()]];
-        assert_eq!(pick_site(named.iter().map(Vec::as_slice), Some("z")), Some(0));
+        assert_eq!(
+            pick_site(named.iter().map(Vec::as_slice), Some("z")),
+            Some(0)
+        );
         let none: Vec<Vec<String>> = Vec::new();
         assert_eq!(pick_site(none.iter().map(Vec::as_slice), Some("z")), None);
     }
@@ -317,7 +320,12 @@ mod tests {
 
     #[test]
     fn garbage_reads_as_nothing() {
-        for bytes in [&b""[..], b"\x30", b"\x30\x84\xff\xff\xff\xff", b"\x30\x03\x30\x01"] {
+        for bytes in [
+            &b""[..],
+            b"\x30",
+            b"\x30\x84\xff\xff\xff\xff",
+            b"\x30\x03\x30\x01",
+        ] {
             let c = Certificate::from_der(bytes.to_vec());
             assert_eq!(c.serial(), None);
             assert_eq!(c.subject_common_name(), None);

@@ -119,7 +119,16 @@ pub(crate) async fn serve<S: Transport>(
         } else {
             Instant::now()
         };
-        let outcome = read_head(&mut stream, &mut buf, &limits, peer, teardown, since, served == 0).await;
+        let outcome = read_head(
+            &mut stream,
+            &mut buf,
+            &limits,
+            peer,
+            teardown,
+            since,
+            served == 0,
+        )
+        .await;
         let (mut req, head_len) = match outcome {
             HeadOutcome::Request(r, n) => (r, n),
             HeadOutcome::Refused(refused) => {

@@ -214,13 +214,15 @@ impl AcceptLoop {
                 worker.spawn(serve(Tcp(stream), peer, service, slot, accepted_at));
             }
             Some(acceptor) => {
-                let accepting = acceptor.accept(stream, peer);
+                let mut accepting = acceptor.accept(stream, peer);
                 // The acceptor's handshake (TLS) and the request head share
                 // one `handshake_timeout` from accept: a peer cannot take it
                 // twice by stalling in each.
                 let limit = service.head_limits().handshake_timeout;
                 worker.spawn(async move {
-                    let accepted = future::or(async { Some(accepting.await) }, async {
+                    // The handshake is borrowed, not moved, into the race: on
+                    // a timeout it is counted before its socket closes.
+                    let accepted = future::or(async { Some((&mut accepting).await) }, async {
                         Timer::at(accepted_at + limit).await;
                         None
                     })
@@ -234,6 +236,7 @@ impl AcceptLoop {
                         None => {
                             acceptor.timed_out(peer);
                             tracing::debug!(%peer, "acceptor timed out");
+                            drop(accepting);
                         }
                     }
                 });

@@ -121,7 +121,10 @@ async fn handshake(
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
         .await
         .map_err(|e| (classify(&e, true), e))?;
-    let sni = start.client_hello().server_name().map(str::to_ascii_lowercase);
+    let sni = start
+        .client_hello()
+        .server_name()
+        .map(str::to_ascii_lowercase);
     let site = pick_site(sites.iter().map(|s| s.hosts.as_slice()), sni.as_deref())
         .and_then(|i| sites.get(i))
         .ok_or_else(|| {
@@ -163,9 +166,7 @@ fn classify(e: &io::Error, hello: bool) -> TlsFailure {
         };
     };
     match tls {
-        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. }
-            if hello =>
-        {
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } if hello => {
             TlsFailure::NotTls
         }
         rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_) => {
