@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use support::tls::{Ca, client_config, serial_bytes, server_serial, temp_dir, tls_connect, wss};
 use support::{Server, run};
 use wsgate::config::{ClientAuth, TlsConfig};

@@ -42,6 +42,7 @@ impl Metrics {
     }
 
     /// A TLS handshake failed for `reason` (a metric label).
+    #[cfg(feature = "tls")]
     pub(crate) fn tls_failed(&self, reason: &'static str) {
         *lock(&self.tls_failures).entry(reason).or_insert(0) += 1;
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use async_io::Async;
 use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite;
 use async_tungstenite::tungstenite::client::IntoClientRequest;
 use futures_rustls::TlsConnector;
 use futures_rustls::client::TlsStream;
@@ -161,7 +162,7 @@ pub async fn wss(
     tls: Tls,
     host: &str,
     path: &str,
-) -> Result<Wss, async_tungstenite::tungstenite::Error> {
+) -> Result<Wss, tungstenite::Error> {
     let request = format!("wss://{host}{path}").into_client_request().unwrap();
     async_tungstenite::client_async(request, tls)
         .await
