@@ -488,3 +488,95 @@ fn a_listener_is_either_tls_or_plain() {
         "{e}"
     );
 }
+
+/// The binary: relative certificate paths are relative to the config
+/// file's folder; a key that does not match its certificate stops it at
+/// start with one line naming the vhost, the file and the problem; SIGHUP
+/// with a rotated certificate keeps the session and serves the new one.
+#[cfg(feature = "cli")]
+mod binary {
+    use std::process::Command;
+
+    use super::*;
+    use support::gateway::Gateway;
+
+    const TOML: &str = r#"[[vhost]]
+name = "a"
+listen = ["127.0.0.1:0"]
+hosts = ["a.test"]
+
+[vhost.tls]
+cert = "certs/a.pem"
+key = "certs/KEY.key"
+
+[[vhost.mount]]
+path = "/echo"
+protocol = "echo"
+"#;
+
+    fn setup(name: &str, key: &str) -> (std::path::PathBuf, Ca) {
+        let dir = temp_dir(name);
+        std::fs::create_dir_all(dir.join("certs")).unwrap();
+        let ca = Ca::new("test ca");
+        ca.server(&["a.test"], 1).write(&dir.join("certs"), "a");
+        ca.server(&["b.test"], 2).write(&dir.join("certs"), "b");
+        std::fs::write(dir.join("wsgate.toml"), TOML.replace("KEY", key)).unwrap();
+        (dir, ca)
+    }
+
+    #[test]
+    fn a_bad_key_at_start_is_one_line_naming_vhost_file_and_problem() {
+        let (dir, _ca) = setup("tls-bin-bad", "b");
+        // Started from elsewhere: the paths are the file's folder's.
+        let out = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+            .arg("--config")
+            .arg(dir.join("wsgate.toml"))
+            .current_dir(std::env::temp_dir())
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("line 8: vhost.a.tls.key: "), "{err}");
+        assert!(
+            err.contains("certs/b.key: does not match the certificate in"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sighup_with_a_rotated_certificate_keeps_the_session() {
+        let (dir, ca) = setup("tls-bin-hup", "a");
+        let config = dir.join("wsgate.toml");
+        let gw = Gateway::start(&["--config", config.to_str().unwrap()]);
+        let addr = gw.addr;
+        run(async {
+            let tls = tls_connect(addr, "a.test", &client_config(&ca, None))
+                .await
+                .unwrap();
+            assert_eq!(server_serial(&tls), serial_bytes(1));
+            let mut ws = wss(tls, "a.test", "/echo").await.unwrap();
+
+            // A broken key: the reload is refused, nothing changes.
+            std::fs::write(dir.join("certs/a.key"), "garbage\n").unwrap();
+            gw.signal("-HUP");
+            let line = gw.line("wsgate reload failed: ");
+            assert!(line.contains("vhost.a.tls.key"), "{line}");
+
+            ca.server(&["a.test"], 7).write(&dir.join("certs"), "a");
+            gw.signal("-HUP");
+            assert_eq!(gw.line("wsgate reloaded: "), "*vhost a certificates");
+
+            ws.send(Message::text("still here")).await.unwrap();
+            assert_eq!(
+                ws.next().await.unwrap().unwrap(),
+                Message::text("still here")
+            );
+            let tls = tls_connect(addr, "a.test", &client_config(&ca, None))
+                .await
+                .unwrap();
+            assert_eq!(server_serial(&tls), serial_bytes(7));
+        });
+    }
+}
