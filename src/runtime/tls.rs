@@ -183,6 +183,18 @@ pub(crate) struct TlsTransport {
 }
 
 impl Transport for TlsTransport {
+    /// Ready while rustls holds decrypted bytes not yet read; otherwise the
+    /// socket's readiness, so that a session waiting for its next message
+    /// makes no read call that can only say "would block" (as over plain
+    /// TCP).
+    fn poll_readable(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let (tcp, conn) = self.stream.get_mut();
+        if !conn.wants_read() {
+            return Poll::Ready(Ok(()));
+        }
+        tcp.0.poll_readable(cx)
+    }
+
     fn tls(&self) -> Option<Arc<TlsInfo>> {
         Some(self.info.clone())
     }
