@@ -158,11 +158,7 @@ pub fn server_serial(tls: &Tls) -> Vec<u8> {
 }
 
 /// A WebSocket handshake over `tls` for `wss://host/path`.
-pub async fn wss(
-    tls: Tls,
-    host: &str,
-    path: &str,
-) -> Result<Wss, tungstenite::Error> {
+pub async fn wss(tls: Tls, host: &str, path: &str) -> Result<Wss, tungstenite::Error> {
     let request = format!("wss://{host}{path}").into_client_request().unwrap();
     async_tungstenite::client_async(request, tls)
         .await
