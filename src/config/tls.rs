@@ -164,6 +164,7 @@ impl TlsConfig {
 
     /// The files this configuration reads, relative ones resolved against
     /// `dir` (the TOML loader's: the configuration file's folder).
+    #[cfg(feature = "toml-config")]
     #[must_use = "the changed settings are returned"]
     pub(crate) fn relative_to(mut self, dir: &Path) -> Self {
         if let Source::Files {
