@@ -546,6 +546,51 @@ protocol = "echo"
     }
 
     #[test]
+    fn an_expired_certificate_is_a_warning_naming_vhost_and_file() {
+        let (dir, ca) = setup("tls-bin-expired", "a");
+        ca.expired(&["a.test"]).write(&dir.join("certs"), "a");
+        // A second vhost with a bad key stops the binary after the warning.
+        let toml = format!(
+            "{TOML}\n[[vhost]]\nname = \"z\"\nlisten = [\"127.0.0.1:0\"]\n[vhost.tls]\ncert = \"certs/a.pem\"\nkey = \"certs/b.key\"\n"
+        );
+        std::fs::write(dir.join("wsgate.toml"), toml.replace("KEY", "a")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+            .arg("--config")
+            .arg(dir.join("wsgate.toml"))
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let warning = err
+            .lines()
+            .find(|l| l.contains("WARN"))
+            .unwrap_or_else(|| panic!("no warning in {err}"));
+        assert!(warning.contains("certificate expired"), "{warning}");
+        assert!(
+            warning.contains("vhost=\"a\"") || warning.contains("vhost=a"),
+            "{warning}"
+        );
+        assert!(warning.contains("certs/a.pem"), "{warning}");
+        assert!(err.contains("vhost.z.tls.key"), "{err}");
+    }
+
+    #[test]
+    fn toml_tls_keys_are_checked_with_key_and_line() {
+        let registry = wsgate::ProtocolRegistry::builtin();
+        let base = "[[vhost]]\nname = \"a\"\nlisten = [\"127.0.0.1:0\"]\n[vhost.tls]\ncert = \"a.pem\"\nkey = \"a.key\"\n";
+        let e = wsgate::load_toml(&format!("{base}client_auth = \"optional\"\n"), &registry)
+            .unwrap_err();
+        assert_eq!(e.key, "vhost.a.tls.client_auth");
+        assert!(e.reason.contains("only with client_ca"), "{e}");
+        let e = wsgate::load_toml(&format!("{base}client_auth = \"sometimes\"\n"), &registry)
+            .unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("vhost.tls.client_auth", Some(7)));
+        let e = wsgate::load_toml(&format!("{base}certs = \"x\"\n"), &registry).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
     fn sighup_with_a_rotated_certificate_keeps_the_session() {
         let (dir, ca) = setup("tls-bin-hup", "a");
         let config = dir.join("wsgate.toml");

@@ -65,12 +65,31 @@ impl Ca {
         )
     }
 
+    /// A server certificate for `names` that expired on 2001-01-01.
+    pub fn expired(&self, names: &[&str]) -> Leaf {
+        self.leaf_with(names, 9, names[0], false, |p| {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        })
+    }
+
     /// A client certificate whose subject's common name is `cn`.
     pub fn client(&self, cn: &str) -> Leaf {
         self.leaf(&[], 1, cn, true)
     }
 
     fn leaf(&self, names: &[&str], serial: u64, cn: &str, client: bool) -> Leaf {
+        self.leaf_with(names, serial, cn, client, |_| {})
+    }
+
+    fn leaf_with(
+        &self,
+        names: &[&str],
+        serial: u64,
+        cn: &str,
+        client: bool,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
         let mut params =
             CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
                 .unwrap();
@@ -81,6 +100,7 @@ impl Ca {
         } else {
             ExtendedKeyUsagePurpose::ServerAuth
         }];
+        edit(&mut params);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf {
