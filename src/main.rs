@@ -16,7 +16,9 @@
 //!   hands them to [`Context::reconfigure`], the library's reload: vhosts
 //!   whose configuration did not change keep running with their sessions
 //!   untouched; changed ones are replaced (their sessions get Close 1001);
-//!   new ones are added and removed ones removed. A configuration that does
+//!   new ones are added and removed ones removed; a vhost whose only change
+//!   is its TLS certificate files keeps its sessions and serves the new
+//!   certificate to new handshakes. A configuration that does
 //!   not parse, build or bind is logged, and the running one stays as it
 //!   was. Each reload prints one line, `wsgate reloaded: ...` or
 //!   `wsgate reload failed: ...`.
