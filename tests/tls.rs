@@ -215,9 +215,17 @@ fn hostile_peers_are_closed_within_the_handshake_timeout_and_delay_no_one() {
         "the good client waited {served:?}, as long as the handshake timeout"
     );
 
+    // Plain HTTP is told, in HTTP, to use TLS.
+    let mut answer = String::new();
+    plain.set_read_timeout(Some(timeout * 4)).unwrap();
+    let _ = plain.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n")
+            && answer.ends_with("\r\n\r\nthis port speaks TLS: use https:// or wss://\n"),
+        "{answer:?}"
+    );
     let limit = timeout * 4;
     for (what, s) in [
-        ("plain", plain),
         ("garbage", garbage),
         ("silent", silent),
         ("stalled", stalled),

@@ -114,10 +114,38 @@ impl Acceptor for TlsAcceptor {
     }
 }
 
+/// What a client speaking plain HTTP to a TLS port is told (as nginx
+/// does), instead of a TLS alert it cannot read.
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Length: 45\r\nConnection: close\r\n\r\n\
+this port speaks TLS: use https:// or wss://\n";
+
+/// The most of a plain-HTTP request read (and dropped) before the answer.
+const PLAIN_HTTP_DRAIN: usize = 16 * 1024;
+
 async fn handshake(
-    stream: Tcp,
+    mut stream: Tcp,
     sites: &[TlsSite],
 ) -> Result<TlsTransport, (TlsFailure, io::Error)> {
+    // A TLS connection starts with a handshake record (0x16). One that
+    // starts with a letter is plain HTTP sent to the TLS port: answer it in
+    // HTTP. Anything else goes to rustls, which refuses it.
+    let io = |e: io::Error| (TlsFailure::Io, e);
+    stream.0.readable().await.map_err(io)?;
+    let mut first = [0u8; 1];
+    match stream.0.get_ref().peek(&mut first).map_err(io)? {
+        0 => {
+            return Err((TlsFailure::Closed, io::ErrorKind::UnexpectedEof.into()));
+        }
+        _ if first[0].is_ascii_uppercase() => {
+            answer_plain_http(&mut stream).await;
+            return Err((
+                TlsFailure::NotTls,
+                io::Error::new(io::ErrorKind::InvalidData, "plain HTTP on a TLS port"),
+            ));
+        }
+        _ => {}
+    }
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
         .await
         .map_err(|e| (classify(&e, true), e))?;
@@ -151,6 +179,26 @@ async fn handshake(
         stream,
         info: Arc::new(info),
     })
+}
+
+/// Tells a plain-HTTP client to use TLS and closes. What it already sent
+/// (its request head, bounded) is read and dropped first, without waiting,
+/// so that closing does not reset the connection before it reads the answer.
+async fn answer_plain_http(stream: &mut Tcp) {
+    use std::io::Read;
+
+    use futures_lite::AsyncWriteExt;
+    let mut scratch = [0u8; 2048];
+    let mut total = 0;
+    while total < PLAIN_HTTP_DRAIN {
+        match stream.0.get_ref().read(&mut scratch) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+    if stream.write_all(PLAIN_HTTP_ANSWER).await.is_ok() {
+        let _ = stream.close().await;
+    }
 }
 
 /// The reason of a handshake error; `hello`: while reading the ClientHello.
@@ -233,5 +281,17 @@ impl AsyncWrite for TlsTransport {
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plain_http_answer_announces_its_length() {
+        let text = std::str::from_utf8(PLAIN_HTTP_ANSWER).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())));
     }
 }
