@@ -16,7 +16,9 @@ server CPU microseconds per message (per delivery for broadcast) with the
 idle scenario's bytes per connection and handshakes/s, then messages/s with
 latency p50 / p99.
 
-A server command must contain {port} and listen on 127.0.0.1:{port}. The
+A server command must contain {port} and listen on 127.0.0.1:{port}; a
+command written `wss:CMD` is measured over TLS (the load generator's
+wss:// mode: full handshakes, the certificate not verified). The
 anchors echo on every path and relay on /bcast (those that have no relay are
 left out of the broadcast scenarios); the measured server's paths are
 ECHO_PATH and BCAST_PATH.
@@ -60,6 +62,9 @@ SCENARIOS = {
     "bcast_m100": ["broadcast", "-m", "100", "-s", "32", "--window", "16"],
     "bcast_m1000": ["broadcast", "-m", "1000", "-s", "32", "--window", "4"],
 }
+
+# server name -> URL scheme ("ws", or "wss" for a server given as wss:CMD)
+SCHEMES = {}
 
 SERVER_CORE = os.environ.get("SERVER_CORE", "0")
 CLIENT_CORE = os.environ.get("CLIENT_CORE", "1")
@@ -124,7 +129,7 @@ def loadgen(scenario, port, pid, name, is_anchor, a):
     else:
         path = os.environ.get("BCAST_PATH", "/bcast") if kind == "broadcast" else os.environ.get("ECHO_PATH", "/")
     argv = ["taskset", "-c", CLIENT_CORE, LOADGEN] + args + [
-        "--url", f"ws://127.0.0.1:{port}{path}", "--label", name, "--pid", str(pid)]
+        "--url", f"{SCHEMES.get(name, 'ws')}://127.0.0.1:{port}{path}", "--label", name, "--pid", str(pid)]
     if kind != "idle":
         argv += ["-d", str(a.duration), "-w", str(a.warmup)]
     try:
@@ -160,6 +165,10 @@ def run(a):
         name, _, cmd = spec.partition("=")
         if "{port}" not in cmd:
             sys.exit(f"bench.py: --server needs NAME=CMD with {{port}}: {spec}")
+        scheme = "ws"
+        if cmd.startswith("wss:"):
+            scheme, cmd = "wss", cmd[len("wss:"):]
+        SCHEMES[name] = scheme
         servers[name] = (cmd, True, False)
     for name in filter(None, a.anchors.split(",")):
         if name not in ANCHORS:

@@ -15,12 +15,18 @@ use crate::proto::http::is_token_byte;
 #[cfg(feature = "toml-config")]
 pub(crate) mod file;
 mod limits;
+#[cfg(feature = "tls")]
+mod tls;
 
 #[cfg(feature = "toml-config")]
 pub use file::{ConfigFile, DEFAULT_TOML};
 #[cfg(feature = "toml-config")]
 pub use limits::parse_duration;
 pub use limits::{Limits, OverflowPolicy};
+#[cfg(feature = "tls")]
+pub(crate) use tls::LoadedTls;
+#[cfg(feature = "tls")]
+pub use tls::{ClientAuth, TlsConfig};
 
 /// The configuration of one context: its vhosts and context-wide limits.
 pub struct Config {
@@ -246,6 +252,18 @@ pub(crate) fn validate_vhosts(vhosts: &[VhostConfig]) -> Result<(), ConfigError>
             ));
         }
         for w in &vhosts[..i] {
+            if let Some(addr) = v.listen.iter().find(|a| w.listen.contains(a))
+                && v.is_tls() != w.is_tls()
+            {
+                let (tls, plain) = if v.is_tls() { (v, w) } else { (w, v) };
+                return Err(ConfigError::new(
+                    format!("vhost.{}.listen", v.name),
+                    format!(
+                        "listener {addr} is shared by TLS vhost {:?} and plain vhost {:?}: a listener is either TLS or plain; give them different addresses",
+                        tls.name, plain.name
+                    ),
+                ));
+            }
             if v.listen.iter().any(|a| w.listen.contains(a))
                 && !same_binding(&v.acceptor, &w.acceptor)
             {
@@ -355,6 +373,9 @@ pub struct VhostConfig {
     /// What turns the listeners' accepted TCP streams into transports (see
     /// [`VhostBuilder::acceptor`]); `None`: plain TCP.
     pub(crate) acceptor: Option<Binding>,
+    /// TLS settings, loaded by `build` (see [`VhostBuilder::tls`]).
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<TlsConfig>,
     pub(crate) limits: Limits,
     pub(crate) origins: Vec<String>,
     pub(crate) user_data: Option<Box<dyn Any + Send + Sync>>,
@@ -372,6 +393,8 @@ impl VhostConfig {
                 protocols: Vec::new(),
                 extensions: Vec::new(),
                 acceptor: None,
+                #[cfg(feature = "tls")]
+                tls: None,
                 limits: Limits::default(),
                 origins: Vec::new(),
                 user_data: None,
@@ -399,10 +422,38 @@ impl VhostConfig {
         &self.mounts
     }
 
+    /// Whether the vhost serves TLS (set with [`VhostBuilder::tls`]).
+    pub fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
+    /// The TLS settings as loaded (feature `tls`).
+    #[cfg(feature = "tls")]
+    pub(crate) fn loaded_tls(&self) -> Option<Arc<LoadedTls>> {
+        self.tls.as_ref().and_then(|t| t.loaded.clone())
+    }
+
+    /// What a reconfiguration compares of the TLS settings, apart from
+    /// [`fingerprint`](Self::fingerprint): the files' contents (hashed), so
+    /// that a certificate rotated under the same path counts as a change,
+    /// one that keeps the vhost and its sessions and swaps only the
+    /// listeners' certificates.
+    pub(crate) fn tls_fingerprint(&self) -> Option<String> {
+        #[cfg(feature = "tls")]
+        return self.loaded_tls().map(|t| t.fingerprint.clone());
+        #[cfg(not(feature = "tls"))]
+        None
+    }
+
     /// What decides whether a reconfiguration keeps a running vhost: every
     /// setting, the protocols by name and options, the HTTP handlers by
-    /// type, the extensions by their `Debug` form, the acceptor by identity.
-    /// User data is not compared (a kept vhost keeps its own).
+    /// type, the extensions by their `Debug` form, the acceptor by identity,
+    /// whether it serves TLS (its certificates are compared apart, by
+    /// [`tls_fingerprint`](Self::tls_fingerprint)). User data is not
+    /// compared (a kept vhost keeps its own).
     pub(crate) fn fingerprint(&self) -> String {
         let protocols: Vec<(&str, &Options)> = self
             .protocols
@@ -420,6 +471,7 @@ impl VhostConfig {
                 protocols,
                 &self.extensions,
                 acceptor,
+                self.is_tls(),
                 &self.limits,
                 &self.origins,
             )
@@ -444,6 +496,7 @@ impl fmt::Debug for VhostConfig {
             )
             .field("extensions", &self.extensions)
             .field("acceptor", &self.acceptor)
+            .field("tls", &self.tls_fingerprint())
             .field("limits", &self.limits)
             .field("origins", &self.origins)
             .field("user_data", &self.user_data.is_some())
@@ -486,6 +539,19 @@ impl VhostBuilder {
     /// ([`VhostBuilder::acceptor`]).
     pub(crate) fn acceptor_binding(mut self, acceptor: Binding) -> Self {
         self.cfg.acceptor = Some(acceptor);
+        self
+    }
+
+    /// Serves this vhost over TLS (`wss://`, `https://`) with these
+    /// certificates. Vhosts sharing a listen address are told apart by the
+    /// client's SNI name against their `Host` names (exact, then `*.`
+    /// wildcards; the vhost without names has the default certificate), and
+    /// a request whose `Host` names another vhost than SNI chose gets 421
+    /// Misdirected Request. A listener is either TLS or plain: every vhost
+    /// on it has TLS settings, or none has. Default: plain TCP.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.cfg.tls = Some(tls);
         self
     }
 
@@ -536,9 +602,17 @@ impl VhostBuilder {
     ///
     /// An empty name, no listen address, a mount path that does not start with
     /// `/` or appears twice, a mount naming an unregistered protocol, two
-    /// protocols with one name, or a limit out of range.
+    /// protocols with one name, or a limit out of range. With TLS: a
+    /// certificate or key file that cannot be read, is not PEM, or a key
+    /// that does not match its certificate (each naming the file), TLS
+    /// beside an [`acceptor`](Self::acceptor). A certificate outside its
+    /// validity period is logged as a warning, not refused.
     pub fn build(self) -> Result<VhostConfig, ConfigError> {
-        let cfg = self.cfg;
+        #[cfg_attr(
+            not(feature = "tls"),
+            allow(unused_mut, reason = "loaded in place with tls")
+        )]
+        let mut cfg = self.cfg;
         let prefix = format!("vhost.{}", cfg.name);
         if cfg.name.is_empty() {
             return Err(ConfigError::new("vhost.name", "must not be empty"));
@@ -593,6 +667,16 @@ impl VhostBuilder {
             }
         }
         cfg.limits.validate(&format!("{prefix}.limits"))?;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = cfg.tls.as_mut() {
+            if cfg.acceptor.is_some() {
+                return Err(ConfigError::new(
+                    format!("{prefix}.tls"),
+                    "TLS and an acceptor of the host's cannot both run on a vhost's listeners",
+                ));
+            }
+            tls.load(&prefix)?;
+        }
         Ok(cfg)
     }
 }

@@ -151,6 +151,10 @@ pub struct Reconfigured {
     pub removed: Vec<String>,
     /// Vhosts that kept running untouched.
     pub unchanged: Vec<String>,
+    /// Vhosts that kept running, with their sessions, while their TLS
+    /// certificates, keys or client CAs changed: new handshakes use the new
+    /// ones at once.
+    pub certificates: Vec<String>,
     /// The addresses the added and replaced vhosts listen on (port 0
     /// resolved).
     pub listening: Vec<(String, Vec<SocketAddr>)>,
@@ -159,12 +163,16 @@ pub struct Reconfigured {
 impl Reconfigured {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.replaced.is_empty() && self.removed.is_empty()
+        self.added.is_empty()
+            && self.replaced.is_empty()
+            && self.removed.is_empty()
+            && self.certificates.is_empty()
     }
 }
 
 /// One line: `+vhost NAME on ADDR...` per added vhost, `~vhost NAME on
-/// ADDR...` per replaced one, `-vhost NAME` per removed one, or `no changes`.
+/// ADDR...` per replaced one, `-vhost NAME` per removed one, `*vhost NAME
+/// certificates` per vhost whose certificates changed, or `no changes`.
 impl fmt::Display for Reconfigured {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_empty() {
@@ -192,6 +200,9 @@ impl fmt::Display for Reconfigured {
         }
         for n in &self.removed {
             parts.push(format!("-vhost {n}"));
+        }
+        for n in &self.certificates {
+            parts.push(format!("*vhost {n} certificates"));
         }
         f.write_str(&parts.join(", "))
     }
@@ -438,8 +449,11 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
     /// configuration of it is dropped). Unchanged means equal settings
     /// (listen addresses, `Host` names, mounts, limits, origins), the same
     /// protocols by name and options, HTTP handlers of the same types,
-    /// extensions with the same `Debug` form, and the same acceptor. A
-    /// changed vhost is replaced: the new one serves new connections at once,
+    /// extensions with the same `Debug` form, and the same acceptor. A vhost
+    /// whose only change is its TLS files' contents (a certificate rotated,
+    /// under the same paths or new ones) keeps running with its sessions too;
+    /// its listeners' acceptors are replaced, so new handshakes see the new
+    /// certificate at once. A changed vhost is replaced: the new one serves new connections at once,
     /// and the old one's sessions get Close 1001 "vhost replaced". Vhosts
     /// not named any more are removed the same way (1001 "vhost removed").
     /// New vhosts are added.
@@ -471,8 +485,14 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
         let mut fresh: Vec<&VhostConfig> = Vec::new();
         for cfg in &vhosts {
             match running.iter().find(|v| v.name() == cfg.name()) {
-                Some(v) if v.fingerprint() == cfg.fingerprint() => {
+                Some(v)
+                    if v.fingerprint() == cfg.fingerprint()
+                        && v.tls_fingerprint() == cfg.tls_fingerprint() =>
+                {
                     outcome.unchanged.push(cfg.name().to_owned());
+                }
+                Some(v) if v.fingerprint() == cfg.fingerprint() => {
+                    outcome.certificates.push(cfg.name().to_owned());
                 }
                 Some(_) => {
                     outcome.replaced.push(cfg.name().to_owned());
@@ -498,11 +518,23 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
             // As `attach` warns.
             tracing::warn!(vhost = %cfg.name(), "vhost has no mounts: requests to it get 404 (only /healthz answers)");
         }
+        let kept = |name: &str| {
+            outcome.unchanged.iter().any(|n| n == name)
+                || outcome.certificates.iter().any(|n| n == name)
+        };
         let next: Vec<Vhost> = vhosts
             .into_iter()
             .map(
                 |cfg| match running.iter().find(|v| v.name() == cfg.name()) {
-                    Some(v) if outcome.unchanged.iter().any(|n| n == v.name()) => v.clone(),
+                    Some(v) if kept(v.name()) => {
+                        // New certificates for a kept vhost: `apply` below
+                        // builds its listeners' acceptors from them.
+                        #[cfg(feature = "tls")]
+                        if outcome.certificates.iter().any(|n| n == v.name()) {
+                            v.set_tls(cfg.loaded_tls());
+                        }
+                        v.clone()
+                    }
                     _ => Vhost::new(cfg, Arc::downgrade(&self.shared)),
                 },
             )
@@ -519,7 +551,7 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
         }
         outcome.listening = next
             .iter()
-            .filter(|v| !outcome.unchanged.iter().any(|n| n == v.name()))
+            .filter(|v| !kept(v.name()))
             .map(|v| (v.name().to_owned(), v.local_addrs()))
             .collect();
         tracing::info!(%outcome, "reconfigured");
@@ -749,7 +781,11 @@ impl ContextHandle {
             Some(mut slot) => {
                 let worker = slot.hand_off();
                 worker.spawn(crate::runtime::connection::serve(
-                    stream, peer, service, slot,
+                    stream,
+                    peer,
+                    service,
+                    slot,
+                    std::time::Instant::now(),
                 ));
             }
             None => {

@@ -19,7 +19,7 @@
 //! # Data path
 //!
 //! ```text
-//! TCP accept ─► Acceptor ─► request head (httparse; size, count and time limits)
+//! TCP accept ─► Acceptor (plain | TLS) ─► request head (httparse; size, count and time limits)
 //!    ─► admission (pure): Host → vhost, path → mount, method, upgrade, Origin, subprotocol, token
 //!    ├─ HTTP mount: /healthz, index, handlers → response, keep-alive or close
 //!    └─ WebSocket mount: session places, extension, Protocol::open → 101 → session task
@@ -137,7 +137,16 @@
 //!   (`wsgate::load_toml`, `wsgate::ProtocolRegistry`).
 //! - `signals`: [`signals`] turns SIGINT/SIGTERM into a graceful shutdown
 //!   through signal-hook's self-pipe, on the host's request only.
-//! - `cli` (default): the `wsgate` binary (enables both of the above).
+//! - `tls`: `wss://` and `https://` with rustls (the *ring* provider, which
+//!   builds with a C compiler alone): [`VhostBuilder::tls`] with a
+//!   [`config::TlsConfig`] (PEM files or a ready `rustls::ServerConfig`).
+//!   Vhosts sharing a port are chosen by SNI, each with its certificate and
+//!   its client-certificate check; a `Host` that disagrees with SNI gets 421;
+//!   [`Request::peer_certificates`] shows `Protocol::open` the verified
+//!   client chain; [`Context::reconfigure`] swaps certificates without
+//!   dropping sessions. The TLS handshake runs in the listener's acceptor
+//!   (see [`transport`]); the session layer never knows.
+//! - `cli` (default): the `wsgate` binary (enables all of the above).
 
 mod common;
 pub mod config;
@@ -161,6 +170,7 @@ pub mod http {
     pub use crate::context::protocol::HttpHandler;
     pub use crate::handlers::{Health, Index};
     pub use crate::proto::http::{Request, Response, check_bearer};
+    pub use crate::proto::tls::{Certificate, TlsInfo};
 }
 
 /// Counters and gauges: [`Stats`](crate::metrics::Stats), as a snapshot and as Prometheus text.

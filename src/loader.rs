@@ -47,7 +47,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::HttpHandler;
-use crate::config::file::RawVhost;
+use crate::config::file::{RawTls, RawVhost};
 use crate::config::{Config, ConfigFile, Mount, Options, VhostConfig};
 use crate::context::protocol::{ErasedProtocol, Protocol, bind_handler_arc, bind_protocol, erase};
 use crate::error::ConfigError;
@@ -156,7 +156,22 @@ impl ConfigFile {
         }
         builder.build().map_err(|e| {
             let leaf = e.key.rsplit('.').next().unwrap_or_default().to_owned();
-            let line = self.find_key_line(&leaf, 0).unwrap_or(1);
+            // A key of one vhost (`vhost.NAME.listen`) is looked for from
+            // that vhost's table on.
+            let from = e
+                .key
+                .strip_prefix("vhost.")
+                .and_then(|rest| {
+                    self.raw
+                        .vhost
+                        .iter()
+                        .find(|v| rest.starts_with(&format!("{}.", v.name.get_ref())))
+                })
+                .map_or(0, |v| v.name.span().start);
+            let line = self
+                .find_key_line(&leaf, from)
+                .or_else(|| self.find_key_line(&leaf, 0))
+                .unwrap_or(1);
             e.at_line(line)
         })
     }
@@ -220,6 +235,9 @@ impl ConfigFile {
             b = b.origin(o.clone());
         }
         b = b.limits(v.limits.clone());
+        if let Some(tls) = &v.tls {
+            b = self.tls(b, tls, name)?;
+        }
         // Protocols used by mounts, instantiated once per vhost with its options.
         let mut used: Vec<String> = Vec::new();
         for m in &v.mount {
@@ -319,6 +337,50 @@ impl ConfigFile {
                 .unwrap_or_else(|| self.line(&v.name.span()));
             e.at_line(line)
         })
+    }
+}
+
+impl ConfigFile {
+    /// `[vhost.tls]`: the files, relative to the base folder.
+    #[cfg(feature = "tls")]
+    fn tls(
+        &self,
+        b: crate::VhostBuilder,
+        tls: &toml::Spanned<RawTls>,
+        _name: &str,
+    ) -> Result<crate::VhostBuilder, ConfigError> {
+        use crate::config::file::ClientAuthValue;
+        use crate::config::{ClientAuth, TlsConfig};
+        let t = tls.get_ref();
+        let mut config = TlsConfig::from_pem_files(t.cert.get_ref(), t.key.get_ref());
+        if let Some(ca) = &t.client_ca {
+            config = config.client_ca(ca.get_ref());
+        }
+        if let Some(auth) = &t.client_auth {
+            config = config.client_auth(match auth.get_ref() {
+                ClientAuthValue::Required => ClientAuth::Required,
+                ClientAuthValue::Optional => ClientAuth::Optional,
+            });
+        }
+        if let Some(dir) = self.base_dir() {
+            config = config.relative_to(dir);
+        }
+        Ok(b.tls(config))
+    }
+
+    /// Without the `tls` feature a `[vhost.tls]` table is an error.
+    #[cfg(not(feature = "tls"))]
+    fn tls(
+        &self,
+        _b: crate::VhostBuilder,
+        tls: &toml::Spanned<RawTls>,
+        name: &str,
+    ) -> Result<crate::VhostBuilder, ConfigError> {
+        Err(ConfigError::new(
+            format!("vhost.{name}.tls"),
+            "this build of wsgate has no TLS (cargo feature \"tls\")",
+        )
+        .at_line(self.line(&tls.span())))
     }
 }
 

@@ -14,3 +14,4 @@ pub(crate) mod extension;
 pub(crate) mod frame;
 pub(crate) mod http;
 pub(crate) mod session;
+pub(crate) mod tls;

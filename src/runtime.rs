@@ -14,5 +14,7 @@ pub(crate) mod listener;
 pub(crate) mod outbox;
 pub(crate) mod run;
 pub(crate) mod tasks;
+#[cfg(feature = "tls")]
+pub(crate) mod tls;
 pub(crate) mod transport;
 pub(crate) mod workers;

@@ -27,10 +27,22 @@
 //! path = "/healthz"
 //! http = "health"
 //! ```
+//!
+//! A vhost served over TLS (feature `tls`) names its files, relative to the
+//! configuration file's folder ([`ConfigFile::with_base_dir`]):
+//!
+//! ```toml
+//! [vhost.tls]
+//! cert = "certs/a.pem"               # PEM chain, leaf first
+//! key = "certs/a.key"                # PEM private key (PKCS#8, PKCS#1 or SEC1)
+//! client_ca = "certs/clients.pem"    # optional: mutual TLS
+//! client_auth = "required"           # or "optional"; only with client_ca
+//! ```
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -52,6 +64,8 @@ pub struct ConfigFile {
     /// The top-level keys other than `vhost`, as plain TOML values: what
     /// [`context_fingerprint`](Self::context_fingerprint) is computed from.
     context_table: toml::Table,
+    /// What relative file names (TLS certificates and keys) are relative to.
+    base_dir: Option<PathBuf>,
 }
 
 impl ConfigFile {
@@ -72,6 +86,7 @@ impl ConfigFile {
             text: text.to_owned(),
             raw,
             context_table,
+            base_dir: None,
         })
     }
 
@@ -82,7 +97,23 @@ impl ConfigFile {
             text: String::new(),
             raw: RawConfig::default(),
             context_table: toml::Table::new(),
+            base_dir: None,
         })
+    }
+
+    /// Resolves the file's relative file names (`[vhost.tls]` `cert`, `key`,
+    /// `client_ca`) against `dir`: the binary passes the configuration
+    /// file's folder. Default: the process's working directory.
+    #[must_use = "the changed file is returned"]
+    pub fn with_base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.base_dir = Some(dir.into());
+        self
+    }
+
+    /// What relative file names are relative to (see
+    /// [`with_base_dir`](Self::with_base_dir)).
+    pub fn base_dir(&self) -> Option<&Path> {
+        self.base_dir.as_deref()
     }
 
     /// Replaces the listen addresses of the first vhost (the binary's `--listen`).
@@ -283,6 +314,36 @@ pub(crate) struct RawVhost {
     pub(crate) options: BTreeMap<String, BTreeMap<String, OptionValue>>,
     #[serde(default)]
     pub(crate) mount: Vec<Spanned<RawMount>>,
+    pub(crate) tls: Option<Spanned<RawTls>>,
+}
+
+/// `[vhost.tls]`: the vhost's certificate files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub(crate) cert: Spanned<String>,
+    pub(crate) key: Spanned<String>,
+    pub(crate) client_ca: Option<Spanned<String>>,
+    pub(crate) client_auth: Option<Spanned<ClientAuthValue>>,
+}
+
+/// `client_auth`: `"required"` or `"optional"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientAuthValue {
+    Required,
+    Optional,
+}
+
+impl<'de> Deserialize<'de> for ClientAuthValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "required" => Ok(Self::Required),
+            "optional" => Ok(Self::Optional),
+            other => Err(de::Error::custom(format!(
+                "expected \"required\" or \"optional\", found {other:?}"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

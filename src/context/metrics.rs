@@ -26,6 +26,7 @@ pub(crate) struct Metrics {
     published: AtomicU64,
     rejected: Mutex<BTreeMap<u16, u64>>,
     close_codes: Mutex<BTreeMap<u16, u64>>,
+    tls_failures: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -39,6 +40,12 @@ impl Metrics {
     pub(crate) fn closed(&self, code: u16) {
         self.sessions_closed.fetch_add(1, Ordering::Relaxed);
         *lock(&self.close_codes).entry(code).or_insert(0) += 1;
+    }
+
+    /// A TLS handshake failed for `reason` (a metric label).
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_failed(&self, reason: &'static str) {
+        *lock(&self.tls_failures).entry(reason).or_insert(0) += 1;
     }
 
     /// A handshake accepted.
@@ -139,6 +146,11 @@ pub struct Stats {
     pub drain_aborted: u64,
     /// See `drain_clean`.
     pub drain_forced: u64,
+    /// TLS handshakes that failed, by reason: `timeout` (not done within
+    /// `handshake_timeout`), `closed` (the peer hung up), `not_tls` (plain
+    /// HTTP or garbage), `client_certificate` (mutual TLS refused),
+    /// `protocol` (any other TLS error), `io`.
+    pub tls_handshake_failures: BTreeMap<String, u64>,
 }
 
 impl Metrics {
@@ -182,6 +194,10 @@ impl Metrics {
             drain_clean: wide(drain.0),
             drain_aborted: wide(drain.1),
             drain_forced: wide(drain.2),
+            tls_handshake_failures: lock(&self.tls_failures)
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
         }
     }
 }
@@ -358,6 +374,17 @@ impl Stats {
             "counter",
             "Sessions ended during teardown, by result.",
             &drain,
+        );
+        let tls: Vec<(String, u64)> = self
+            .tls_handshake_failures
+            .iter()
+            .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), *n))
+            .collect();
+        metric(
+            "tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed, by reason.",
+            &tls,
         );
         out
     }

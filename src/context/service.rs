@@ -89,6 +89,11 @@ impl ListenerService {
         *lock(&self.routing) = Routing::of(vhosts);
     }
 
+    /// The vhosts, in order.
+    pub(crate) fn vhosts(&self) -> Vec<Vhost> {
+        self.routing().vhosts.clone()
+    }
+
     fn routing(&self) -> Arc<Routing> {
         lock(&self.routing).clone()
     }

@@ -9,6 +9,10 @@
 //
 //   node tests/browser/demo.mjs http://127.0.0.1:PORT/ target/demo-screenshot.png
 //
+// An https:// URL is the same page over TLS (wss:// panels); with
+// IGNORE_HTTPS_ERRORS=1 the browser contexts accept the test certificate
+// (and NODE_EXTRA_CA_CERTS lets this script's own fetches trust its CA).
+//
 // Exits 0 when every check passed, 1 with the failed step and what the page
 // showed otherwise, 2 on usage errors. Every wait is bounded (STEP_MS per
 // step, TOTAL_MS for the whole run). tests/browser.rs runs this against the
@@ -40,6 +44,11 @@ const FLAGS = [
   "--disable-sync",
 ];
 const PANELS = ["inc", "echo", "chat", "ps", "status"];
+// For the https variant: the test's certificate is not one Chromium trusts.
+const CONTEXT = {
+  viewport: { width: 1280, height: 900 },
+  ignoreHTTPSErrors: process.env.IGNORE_HTTPS_ERRORS === "1",
+};
 
 const [url, screenshot] = process.argv.slice(2);
 if (!url || !screenshot) {
@@ -147,9 +156,10 @@ try {
   });
 
   await step("endpoints panel: commands for this host", async () => {
-    const host = new URL(url).host;
+    const { host, protocol } = new URL(url);
+    const ws = protocol === "https:" ? "wss:" : "ws:";
     const commands = await a.$$eval("#try code", (codes) => codes.map((c) => c.textContent));
-    for (const want of [`curl http://${host}/healthz`, `websocat ws://${host}/echo`]) {
+    for (const want of [`curl ${protocol}//${host}/healthz`, `websocat ${ws}//${host}/echo`]) {
       if (!commands.includes(want)) throw new Error(`no ${JSON.stringify(want)} in ${JSON.stringify(commands)}`);
     }
     if (commands.some((c) => c.includes("HOST"))) throw new Error(`HOST left in ${JSON.stringify(commands)}`);
@@ -162,7 +172,7 @@ try {
     // listens: its sockets are refused, as when the gateway is down.
     const html = await (await fetch(url)).text();
     const dead = `http://127.0.0.1:${await closedPort()}/`;
-    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const context = await browser.newContext(CONTEXT);
     const page = await context.newPage();
     page.setDefaultTimeout(STEP_MS);
     page.on("pageerror", (e) => pageErrors.push(`unreachable page: ${e.message}`));
@@ -230,7 +240,7 @@ try {
 // socket is open.
 async function openDemo(name) {
   return step(`page ${name}: load ${url} and see every panel open`, async () => {
-    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const context = await browser.newContext(CONTEXT);
     const page = await context.newPage();
     page.setDefaultTimeout(STEP_MS);
     page.on("pageerror", (e) => pageErrors.push(`page ${name}: ${e.message}`));

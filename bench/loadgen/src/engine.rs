@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
@@ -65,7 +66,12 @@ impl Conn {
         }
         self.out.clear();
         self.out_pos = 0;
-        Ok(true)
+        // Over TLS, records a full socket left in rustls.
+        match self.stream.flush() {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(format!("flush: {e}")),
+        }
     }
 
     fn queue(&mut self, frame: &[u8], n: usize, now_ns: u64) {
@@ -79,6 +85,8 @@ impl Conn {
 /// The load generator's state: connections, counters, the latency histogram.
 pub(crate) struct Engine {
     addr: SocketAddr,
+    /// `wss://`: the client configuration and the SNI name.
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
     upgrade: Vec<u8>,
     frame: Vec<u8>,
     mode: Mode,
@@ -113,6 +121,7 @@ pub(crate) struct Engine {
 /// Everything the engine needs to know before it starts.
 pub(crate) struct Setup {
     pub(crate) addr: SocketAddr,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) host: String,
     pub(crate) path: String,
     pub(crate) frame: Vec<u8>,
@@ -127,8 +136,15 @@ impl Engine {
             Mode::Broadcast { .. } => setup.conns + 1,
             _ => setup.conns,
         };
+        let sni = setup
+            .host
+            .rsplit_once(':')
+            .map_or(setup.host.as_str(), |(h, _)| h)
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_owned();
         Ok(Self {
             addr: setup.addr,
+            tls: setup.tls.map(|c| (c, sni)),
             upgrade: upgrade_request(&setup.host, &setup.path),
             frame: setup.frame,
             mode: setup.mode,
@@ -286,7 +302,11 @@ impl Engine {
                 Err(e) if e.raw_os_error() == Some(115) => {} // EINPROGRESS
                 Err(e) => return Err(format!("connect to {}: {e}", self.addr)),
             }
-            let mut stream = Stream::Plain(mio::net::TcpStream::from_std(socket.into()));
+            let mut stream = Stream::new(
+                mio::net::TcpStream::from_std(socket.into()),
+                self.tls.as_ref(),
+            )
+            .map_err(|e| format!("tls: {e}"))?;
             self.poll
                 .registry()
                 .register(
@@ -362,7 +382,7 @@ impl Engine {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(format!("read: {e}")),
             };
-            let drained = n < self.read_buf.len();
+            let drained = n < self.read_buf.len() && c.stream.short_read_drains();
             if c.state == State::Handshake {
                 c.response.extend_from_slice(&self.read_buf[..n]);
                 let Some(end) = c.response.windows(4).position(|w| w == b"\r\n\r\n") else {

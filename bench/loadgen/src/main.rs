@@ -49,7 +49,9 @@ const HELP: &str = "\
 usage: loadgen <echo|idle|broadcast> [flags]
 
 common:
-  --url ws://HOST:PORT/PATH  the endpoint                                 [ws://127.0.0.1:7681/echo]
+  --url ws://HOST:PORT/PATH  the endpoint; wss:// for TLS (SNI: HOST; the
+                     server's certificate is not verified)          [ws://127.0.0.1:7681/echo]
+  --tls12            wss:// with TLS 1.2 (default: TLS 1.3)
   --pid PID          the server's pid: its CPU time and RSS from /proc
   --label NAME       copied into the JSON line
   --text             text frames (default: binary)
@@ -73,8 +75,8 @@ broadcast:
   --window W         messages the publisher keeps in flight                [16]
   -d, -w             as for echo
 
-Only ws:// for now: wss:// (TLS) and permessage-deflate are to come as
-modes of the same engine (see src/wire.rs).
+wss:// makes every connection a full TLS handshake (no resumption).
+permessage-deflate is to come as a mode of the same engine (see src/wire.rs).
 ";
 
 struct Args {
@@ -97,6 +99,8 @@ struct Args {
     warmup: f64,
     settle: f64,
     touch: bool,
+    tls: bool,
+    tls12: bool,
 }
 
 fn main() -> ExitCode {
@@ -163,6 +167,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         warmup: 1.0,
         settle: 2.0,
         touch: false,
+        tls: false,
+        tls12: false,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -176,6 +182,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--text" => a.text = true,
             "--busy" => a.busy = true,
             "--touch" => a.touch = true,
+            "--tls12" => a.tls12 = true,
             "--conc" => a.conc = num(&flag, value()?)?,
             "--connect-timeout" => a.connect_timeout = num(&flag, value()?)?,
             "-c" | "--conns" | "-n" | "-m" | "--subs" => a.conns = num(&flag, value()?)?,
@@ -192,17 +199,17 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
     if a.inflight == 0 || a.window == 0 || a.conc == 0 {
         return Err("--inflight, --window and --conc must be at least 1".into());
     }
-    (a.addr, a.host, a.path) = parse_url(&a.url)?;
+    (a.addr, a.host, a.path, a.tls) = parse_url(&a.url)?;
     Ok(Some(a))
 }
 
-/// `ws://HOST[:PORT][/PATH]` → the address (a name resolves to its first
-/// address), the Host header and the path.
-fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
-    let rest = match url.split_once("://") {
-        Some(("ws", rest)) => rest,
-        Some(("wss", _)) => return Err("wss:// is not supported yet (no TLS mode)".into()),
-        _ => return Err(format!("not a ws:// URL: {url}")),
+/// `ws://HOST[:PORT][/PATH]` (or `wss://`) → the address (a name resolves
+/// to its first address), the Host header, the path, and whether it is TLS.
+fn parse_url(url: &str) -> Result<(SocketAddr, String, String, bool), String> {
+    let (rest, tls) = match url.split_once("://") {
+        Some(("ws", rest)) => (rest, false),
+        Some(("wss", rest)) => (rest, true),
+        _ => return Err(format!("not a ws:// or wss:// URL: {url}")),
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -215,14 +222,14 @@ fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
     {
         authority.to_owned()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{}", if tls { 443 } else { 80 })
     };
     let addr = with_port
         .to_socket_addrs()
         .map_err(|e| format!("{authority}: {e}"))?
         .next()
         .ok_or_else(|| format!("{authority}: no address"))?;
-    Ok((addr, authority.to_owned(), path.to_owned()))
+    Ok((addr, authority.to_owned(), path.to_owned(), tls))
 }
 
 fn run(a: &Args, report: &mut Report) -> Result<(), String> {
@@ -246,8 +253,14 @@ fn run(a: &Args, report: &mut Report) -> Result<(), String> {
     } else {
         wire::OP_BINARY
     };
+    let tls = if a.tls {
+        Some(wire::tls_client(a.tls12)?)
+    } else {
+        None
+    };
     let mut engine = Engine::new(Setup {
         addr: a.addr,
+        tls,
         host: a.host.clone(),
         path: a.path.clone(),
         frame: wire::client_frame(opcode, &payload),
@@ -432,20 +445,18 @@ mod tests {
 
     #[test]
     fn urls() {
-        let (addr, host, path) = parse_url("ws://127.0.0.1:7681/echo").unwrap();
+        let (addr, host, path, tls) = parse_url("ws://127.0.0.1:7681/echo").unwrap();
+        assert!(!tls);
         assert_eq!(
             (addr.to_string(), host.as_str(), path.as_str()),
             ("127.0.0.1:7681".into(), "127.0.0.1:7681", "/echo")
         );
-        let (addr, _, path) = parse_url("ws://[::1]:9/").unwrap();
+        let (addr, _, path, _) = parse_url("ws://[::1]:9/").unwrap();
         assert_eq!((addr.to_string(), path.as_str()), ("[::1]:9".into(), "/"));
-        let (addr, _, path) = parse_url("ws://127.0.0.1").unwrap();
+        let (addr, _, path, _) = parse_url("ws://127.0.0.1").unwrap();
         assert_eq!((addr.port(), path.as_str()), (80, "/"));
-        assert!(
-            parse_url("wss://127.0.0.1:1/")
-                .unwrap_err()
-                .contains("not supported")
-        );
+        let (addr, host, _, tls) = parse_url("wss://localhost/echo").unwrap();
+        assert_eq!((addr.port(), host.as_str(), tls), (443, "localhost", true));
         assert!(parse_url("http://x/").is_err());
     }
 }
