@@ -172,7 +172,10 @@ pub mod metrics {
 /// Topics: publish from any thread, fan out to every subscriber's queue,
 /// through a [`Broker`](crate::pubsub::Broker).
 pub mod pubsub {
-    pub use crate::context::broker::{Broker, MemoryBroker, Presence, Published};
+    pub use crate::context::broker::{
+        Acknowledge, Broker, BrokerContext, BrokerFuture, BrokerStats, MAX_EPOCH_BYTES,
+        MemoryBroker, Position, Presence, Published, Recovery, Remote, Stamp, SubscribeRequest,
+    };
 }
 
 /// The per-message extension point (permessage-deflate and its kin): what a

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::common::lock;
+use crate::context::broker::BrokerStats;
 use crate::proto::session::Tally;
 
 /// The live counters; updated with relaxed atomics on the hot path (traffic
@@ -115,6 +116,9 @@ pub struct Stats {
     pub drain_aborted: u64,
     /// See `drain_clean`.
     pub drain_forced: u64,
+    /// The broker's state and counters (cluster bus errors, reconnects,
+    /// messages to and from other nodes).
+    pub broker: BrokerStats,
 }
 
 impl Metrics {
@@ -128,6 +132,7 @@ impl Metrics {
         per_thread: Vec<usize>,
         topics: usize,
         drain: (usize, usize, usize),
+        broker: BrokerStats,
     ) -> Stats {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let wide = |n: usize| n as u64;
@@ -150,6 +155,7 @@ impl Metrics {
             drain_clean: wide(drain.0),
             drain_aborted: wide(drain.1),
             drain_forced: wide(drain.2),
+            broker,
         }
     }
 }
@@ -270,6 +276,34 @@ impl Stats {
             "counter",
             "Sessions ended during teardown, by result.",
             &drain,
+        );
+        metric(
+            "broker_ready",
+            "gauge",
+            "1 while the broker can carry messages between nodes.",
+            &one(u64::from(self.broker.ready)),
+        );
+        metric(
+            "broker_errors_total",
+            "counter",
+            "Failed operations on the cluster bus.",
+            &one(self.broker.errors),
+        );
+        metric(
+            "broker_reconnects_total",
+            "counter",
+            "Connections to the cluster bus made again after one was lost.",
+            &one(self.broker.reconnects),
+        );
+        let cross = [
+            ("{direction=\"out\"}".to_owned(), self.broker.messages_out),
+            ("{direction=\"in\"}".to_owned(), self.broker.messages_in),
+        ];
+        metric(
+            "broker_messages_total",
+            "counter",
+            "Messages sent to and received from other nodes.",
+            &cross,
         );
         out
     }
