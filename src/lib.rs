@@ -139,6 +139,8 @@
 //!   through signal-hook's self-pipe, on the host's request only.
 //! - `cli` (default): the `wsgate` binary (enables both of the above).
 
+#[cfg(feature = "redis")]
+pub mod cluster;
 mod common;
 pub mod config;
 mod context;
@@ -175,6 +177,7 @@ pub mod pubsub {
     pub use crate::context::broker::{
         Acknowledge, Broker, BrokerContext, BrokerFuture, BrokerStats, MAX_EPOCH_BYTES,
         MemoryBroker, Position, Presence, Published, Recovery, Remote, Stamp, SubscribeRequest,
+        new_epoch,
     };
 }
 

@@ -195,9 +195,10 @@ impl Log {
     }
 }
 
-/// A new epoch: 16 hex digits that no earlier history of this process (or,
-/// with overwhelming likelihood, of another) used.
-pub(crate) fn new_epoch() -> String {
+/// A fresh epoch name for a history that starts: 16 hex digits that no
+/// earlier history of this process (or, with overwhelming likelihood, of
+/// another) used.
+pub fn new_epoch() -> String {
     static COUNT: AtomicU64 = AtomicU64::new(0);
     // RandomState's keys are random per process (and differ per instance),
     // so hashing the time and a counter gives an unpredictable, unique name.
