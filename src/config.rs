@@ -17,7 +17,7 @@ pub(crate) mod file;
 mod limits;
 
 #[cfg(feature = "toml-config")]
-pub use file::{ConfigFile, DEFAULT_TOML};
+pub use file::{BrokerKind, BrokerSettings, ConfigFile, DEFAULT_TOML};
 #[cfg(feature = "toml-config")]
 pub use limits::parse_duration;
 pub use limits::{Limits, OverflowPolicy};

@@ -161,7 +161,7 @@ pub mod signals;
 /// same ports).
 pub mod http {
     pub use crate::context::protocol::HttpHandler;
-    pub use crate::handlers::{Health, Index};
+    pub use crate::handlers::{Health, Index, Ready};
     pub use crate::proto::http::{Request, Response, check_bearer};
 }
 

@@ -48,11 +48,14 @@ use std::sync::Arc;
 
 use crate::HttpHandler;
 use crate::config::file::RawVhost;
-use crate::config::{Config, ConfigFile, Mount, Options, VhostConfig};
+use crate::config::{
+    BrokerKind, BrokerSettings, Config, ConfigBuilder, ConfigFile, Mount, Options, VhostConfig,
+};
 use crate::context::protocol::{ErasedProtocol, Protocol, bind_handler_arc, bind_protocol, erase};
 use crate::error::ConfigError;
-use crate::handlers::{Demo, Health, Index, MetricsHandler};
+use crate::handlers::{Demo, Health, Index, MetricsHandler, Ready};
 use crate::protocols::{Broadcast, Echo, Increment, Pubsub};
+use crate::pubsub::MemoryBroker;
 
 type ProtocolFactory = dyn Fn(&Options) -> Result<Arc<dyn ErasedProtocol>, String> + Send + Sync;
 
@@ -74,7 +77,7 @@ impl ProtocolRegistry {
 
     /// The built-in protocols ([`crate::protocols`]: `echo`, `broadcast`,
     /// `increment`, `pubsub`) and HTTP handlers ([`crate::handlers`]:
-    /// `demo`, `health`, `index`, `metrics`), under the names the
+    /// `demo`, `health`, `ready`, `index`, `metrics`), under the names the
     /// configuration file knows them by.
     pub fn builtin() -> Self {
         let mut r = Self::new();
@@ -84,6 +87,7 @@ impl ProtocolRegistry {
             .protocol("pubsub", Pubsub::from_options);
         r.http("demo", Demo)
             .http("health", Health)
+            .http("ready", Ready)
             .http("index", Index)
             .http("metrics", MetricsHandler);
         r
@@ -150,6 +154,9 @@ impl ConfigFile {
         }
         for v in &self.raw.vhost {
             builder = builder.vhost(self.build_raw_vhost(v, registry)?);
+        }
+        if let Some(b) = self.broker() {
+            builder = with_broker(builder, &b).map_err(|e| e.at_line(b.line))?;
         }
         builder.build().map_err(|e| {
             let leaf = e.key.rsplit('.').next().unwrap_or_default().to_owned();
@@ -319,6 +326,63 @@ impl ConfigFile {
     }
 }
 
+/// Most messages a topic's history may keep.
+const MAX_HISTORY_SIZE: usize = 1_000_000;
+
+/// The `[broker]` table, built: the in-process broker (with its history),
+/// or the Redis broker (feature `redis`).
+fn with_broker(builder: ConfigBuilder, b: &BrokerSettings) -> Result<ConfigBuilder, ConfigError> {
+    if b.history_size > MAX_HISTORY_SIZE {
+        return Err(ConfigError::new(
+            "broker.history_size",
+            format!("must be at most {MAX_HISTORY_SIZE}"),
+        ));
+    }
+    match b.kind {
+        BrokerKind::Redis => redis_broker(builder, b),
+        _ => {
+            let redis_only = [
+                ("url", b.url.is_some()),
+                ("node", b.node.is_some()),
+                ("prefix", b.prefix.is_some()),
+            ];
+            if let Some((key, _)) = redis_only.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::new(
+                    format!("broker.{key}"),
+                    "only for type = \"redis\"",
+                ));
+            }
+            Ok(builder.broker(MemoryBroker::with_history(b.history_size, b.history_ttl)))
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+fn redis_broker(builder: ConfigBuilder, b: &BrokerSettings) -> Result<ConfigBuilder, ConfigError> {
+    let url = b
+        .url
+        .as_ref()
+        .ok_or_else(|| ConfigError::new("broker.url", "required for type = \"redis\""))?;
+    let mut redis = crate::cluster::RedisBroker::builder(url)
+        .history(b.history_size, b.history_ttl)
+        .heartbeat(b.heartbeat);
+    if let Some(node) = &b.node {
+        redis = redis.node(node);
+    }
+    if let Some(prefix) = &b.prefix {
+        redis = redis.prefix(prefix);
+    }
+    Ok(builder.broker(redis.build()?))
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_broker(_: ConfigBuilder, _: &BrokerSettings) -> Result<ConfigBuilder, ConfigError> {
+    Err(ConfigError::new(
+        "broker.type",
+        "\"redis\" needs wsgate built with the `redis` feature",
+    ))
+}
+
 fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
     it.map(String::as_str).collect::<Vec<_>>().join(", ")
 }
@@ -375,6 +439,7 @@ protocol = "echo"
                 "/increment",
                 "/pubsub",
                 "/healthz",
+                "/readyz",
                 "/metrics"
             ]
         );

@@ -18,16 +18,16 @@ use event_listener::Event;
 use futures_lite::future;
 use redis::aio::MultiplexedConnection;
 use redis::{
-    AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushInfo,
-    PushKind, RedisConnectionInfo, RedisError, Value,
+    AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
+    RedisConnectionInfo, RedisError, Value,
 };
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use super::wire::{self, Keys};
 use crate::common::lock;
 use crate::pubsub::{
-    Broker, BrokerContext, BrokerFuture, BrokerStats, MemoryBroker, Position, Presence,
-    Published, Recovery, Remote, Stamp, SubscribeRequest, new_epoch,
+    Broker, BrokerContext, BrokerFuture, BrokerStats, MemoryBroker, Position, Presence, Published,
+    Recovery, Remote, Stamp, SubscribeRequest, new_epoch,
 };
 use crate::{ConfigError, Message, SessionHandle, SessionId};
 
@@ -292,7 +292,11 @@ fn default_node() -> String {
         })
         .take(48)
         .collect();
-    let host = if host.is_empty() { "wsgate".into() } else { host };
+    let host = if host.is_empty() {
+        "wsgate".into()
+    } else {
+        host
+    };
     format!("{host}-{}", std::process::id())
 }
 
@@ -455,7 +459,10 @@ impl Inner {
         };
         let Some(received) = wire::parse(payload) else {
             self.count_error();
-            tracing::debug!(topic, "a message not written by this wsgate version was ignored");
+            tracing::debug!(
+                topic,
+                "a message not written by this wsgate version was ignored"
+            );
             return;
         };
         let own = received.node == self.node;
@@ -612,14 +619,20 @@ impl Inner {
                     let (conn, driver) =
                         MultiplexedConnection::new_with_config(&self.info, stream.compat(), config)
                             .await?;
-                    Ok((conn, Box::pin(driver) as Pin<Box<dyn Future<Output = ()> + Send>>))
+                    Ok((
+                        conn,
+                        Box::pin(driver) as Pin<Box<dyn Future<Output = ()> + Send>>,
+                    ))
                 }
                 Addr::Unix(path) => {
                     let stream = Async::<UnixStream>::connect(path).await?;
                     let (conn, driver) =
                         MultiplexedConnection::new_with_config(&self.info, stream.compat(), config)
                             .await?;
-                    Ok((conn, Box::pin(driver) as Pin<Box<dyn Future<Output = ()> + Send>>))
+                    Ok((
+                        conn,
+                        Box::pin(driver) as Pin<Box<dyn Future<Output = ()> + Send>>,
+                    ))
                 }
             }
         };
@@ -934,13 +947,10 @@ async fn run(inner: Arc<Inner>) {
     let mut failures: u32 = 0;
     let mut connected_once = false;
     while !inner.is_stopping() {
-        let attempt = future::or(
-            async { Some(inner.connect().await) },
-            async {
-                inner.stopped().await;
-                None
-            },
-        )
+        let attempt = future::or(async { Some(inner.connect().await) }, async {
+            inner.stopped().await;
+            None
+        })
         .await;
         let Some(attempt) = attempt else {
             break;
@@ -998,9 +1008,7 @@ async fn run(inner: Arc<Inner>) {
 
 /// The delay before retry `n` (0-based): 50 ms doubling to 3 s, ±50 %.
 fn backoff(n: u32) -> Duration {
-    let base = BACKOFF_MIN
-        .saturating_mul(1 << n.min(16))
-        .min(BACKOFF_MAX);
+    let base = BACKOFF_MIN.saturating_mul(1 << n.min(16)).min(BACKOFF_MAX);
     let mut h = std::hash::RandomState::new().build_hasher();
     h.write_u32(n);
     // A factor in [0.5, 1.5).

@@ -131,7 +131,10 @@ pub(crate) fn parse(bytes: &[u8]) -> Option<Received<'_>> {
     let version = parts.next()?;
     let node = std::str::from_utf8(parts.next()?).ok()?;
     let ks = parts.next()?;
-    let offset = std::str::from_utf8(parts.next()?).ok()?.parse::<u64>().ok()?;
+    let offset = std::str::from_utf8(parts.next()?)
+        .ok()?
+        .parse::<u64>()
+        .ok()?;
     let epoch = std::str::from_utf8(parts.next()?).ok()?;
     let payload = parts.next()?;
     if version != VERSION.as_bytes() || ks.len() != 2 {
