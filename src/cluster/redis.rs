@@ -225,6 +225,8 @@ impl RedisBrokerBuilder {
                 stopping: AtomicBool::new(false),
                 started: AtomicBool::new(false),
                 link: Mutex::new(None),
+                inflight: Mutex::new(Vec::new()),
+                echoed: AtomicU64::new(0),
                 errors: AtomicU64::new(0),
                 reconnects: AtomicU64::new(0),
                 messages_out: AtomicU64::new(0),
@@ -344,6 +346,13 @@ struct Inner {
     /// The live connection and the presence script's hash, for
     /// `cluster_presence`; `None` while not connected.
     link: Mutex<Option<(MultiplexedConnection, String)>>,
+    /// The batch sent to Redis and not yet answered.
+    inflight: Mutex<Vec<Outgoing>>,
+    /// The highest publish number of this node's that came back from Redis:
+    /// Redis runs a connection's commands in order, so every earlier one
+    /// did too. Of a batch lost with its connection, those above it are
+    /// the ones to deliver locally.
+    echoed: AtomicU64,
     errors: AtomicU64,
     reconnects: AtomicU64,
     messages_out: AtomicU64,
@@ -368,6 +377,8 @@ struct Queue {
     ops: VecDeque<Op>,
     out: VecDeque<Outgoing>,
     out_bytes: usize,
+    /// The next publish number.
+    next_seq: u64,
     /// Topics whose local subscriber count changed.
     dirty: HashSet<Arc<str>>,
 }
@@ -381,6 +392,8 @@ struct Outgoing {
     topic: Arc<str>,
     message: Message,
     stamp: Stamp,
+    /// The node's publish number (see `Inner::echoed`).
+    seq: u64,
 }
 
 /// The scripts' hashes on the current connection.
@@ -466,6 +479,9 @@ impl Inner {
             return;
         };
         let own = received.node == self.node;
+        if own {
+            self.echoed.fetch_max(received.seq, Ordering::AcqRel);
+        }
         if own && received.position.is_none() {
             // Delivered here when it was published.
             return;
@@ -566,21 +582,31 @@ impl Inner {
     /// Publishes still queued reach local subscribers (those of topics with
     /// history were waiting for their offset); waiting subscriptions end.
     fn lost(&self) {
-        let out = {
+        {
+            // Under the queue lock, so that no direct local delivery of a
+            // newer publish comes before these older ones.
             let mut q = lock(&self.queue);
             q.ready = false;
             q.ops.clear();
             q.dirty.clear();
             q.out_bytes = 0;
-            std::mem::take(&mut q.out)
-        };
-        *lock(&self.link) = None;
-        if self.history > 0 {
-            for o in out {
-                self.deliver_local(&o.topic, &o.message, None);
+            let out = std::mem::take(&mut q.out);
+            let inflight = std::mem::take(&mut *lock(&self.inflight));
+            if self.history > 0 {
+                self.deliver_unechoed(inflight.iter().chain(&out));
             }
         }
+        *lock(&self.link) = None;
         self.finish_all();
+    }
+
+    /// Delivers locally the publishes of topics with history that did not
+    /// come back from Redis (their local delivery was to be the echo).
+    fn deliver_unechoed<'a>(&self, out: impl Iterator<Item = &'a Outgoing>) {
+        let echoed = self.echoed.load(Ordering::Acquire);
+        for o in out.filter(|o| o.seq > echoed) {
+            self.deliver_local(&o.topic, &o.message, None);
+        }
     }
 
     /// Connects and completes the handshake; returns the connection and its
@@ -820,53 +846,47 @@ impl Inner {
         let ttl_ms = u64::try_from(self.history_ttl.as_millis()).unwrap_or(u64::MAX);
         for o in &batch {
             if self.history > 0 {
-                let epoch = new_epoch();
                 pipe.cmd("EVALSHA")
                     .arg(&scripts.publish)
                     .arg(2)
                     .arg(self.keys.meta(&o.topic))
                     .arg(self.keys.history(&o.topic))
                     .arg(self.keys.channel(&o.topic))
-                    .arg(wire::head(&self.node, &o.message, o.stamp))
+                    .arg(wire::head(&self.node, o.seq, &o.message, o.stamp))
                     .arg(wire::payload(&o.message))
                     .arg(self.history)
                     .arg(ttl_ms)
-                    .arg(epoch);
+                    .arg(new_epoch());
             } else {
                 pipe.cmd("PUBLISH")
                     .arg(self.keys.channel(&o.topic))
-                    .arg(wire::plain(&self.node, &o.message));
+                    .arg(wire::plain(&self.node, o.seq, &o.message));
             }
         }
         pipe.ignore_errors();
-        match pipe.query_async::<Vec<Value>>(conn).await {
-            Ok(replies) => {
-                for (o, reply) in batch.iter().zip(&replies) {
-                    if matches!(reply, Value::ServerError(_)) {
-                        self.count_error();
-                        tracing::warn!(topic = %o.topic, ?reply, "Redis refused a publish");
-                        if self.history > 0 {
-                            // Its local delivery was to come back from Redis.
-                            self.deliver_local(&o.topic, &o.message, None);
-                        }
-                    } else {
-                        self.messages_out.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Ok(())
-            }
-            Err(e) => {
-                if self.history > 0 {
-                    // Unknown whether Redis ran them: local subscribers get
-                    // them now (rarely twice, if Redis did and its echo
-                    // arrived before the connection broke).
-                    for o in &batch {
-                        self.deliver_local(&o.topic, &o.message, None);
-                    }
-                }
-                Err(e)
+        // Kept where `lost` finds it should the connection go down (and
+        // this future be dropped) before Redis answers.
+        *lock(&self.inflight) = batch;
+        let replies = pipe.query_async::<Vec<Value>>(conn).await;
+        let batch = std::mem::take(&mut *lock(&self.inflight));
+        let replies = replies?;
+        let mut refused = Vec::new();
+        for (o, reply) in batch.into_iter().zip(&replies) {
+            if matches!(reply, Value::ServerError(_)) {
+                self.count_error();
+                tracing::warn!(topic = %o.topic, ?reply, "Redis refused a publish");
+                refused.push(o);
+            } else {
+                self.messages_out.fetch_add(1, Ordering::Relaxed);
             }
         }
+        if self.history > 0 {
+            // Their local delivery was to come back from Redis.
+            for o in refused {
+                self.deliver_local(&o.topic, &o.message, None);
+            }
+        }
+        Ok(())
     }
 
     /// The heartbeat: this node's key, and its whole presence.
@@ -1153,30 +1173,30 @@ impl Broker for RedisBroker {
 
     fn publish_stamped(&self, topic: &str, message: &Message, stamp: Stamp) -> Published {
         let inner = &self.inner;
-        let queued = {
+        {
             let mut q = lock(&inner.queue);
             let bytes = wire::payload(message).len();
             let room = q.out.len() < MAX_QUEUED && q.out_bytes + bytes <= MAX_QUEUED_BYTES;
-            if q.ready && room {
-                q.out.push_back(Outgoing {
-                    topic: Arc::from(topic),
-                    message: message.clone(),
-                    stamp,
-                });
-                q.out_bytes += bytes;
-                true
-            } else {
+            if !(q.ready && room) {
                 if q.ready {
                     // Redis does not keep up: this one stays local.
                     inner.count_error();
                 }
-                false
+                // Under the queue lock: after whatever `lost` delivers of
+                // the older publishes.
+                let mut p = inner.deliver_local(topic, message, None);
+                p.remote = Remote::Unavailable;
+                return p;
             }
-        };
-        if !queued {
-            let mut p = inner.deliver_local(topic, message, None);
-            p.remote = Remote::Unavailable;
-            return p;
+            q.next_seq += 1;
+            let seq = q.next_seq;
+            q.out.push_back(Outgoing {
+                topic: Arc::from(topic),
+                message: message.clone(),
+                stamp,
+                seq,
+            });
+            q.out_bytes += bytes;
         }
         inner.work.notify(1);
         if inner.history > 0 {
@@ -1335,7 +1355,7 @@ mod tests {
                 Value::BulkString(format!("{o}-1").into_bytes()),
                 Value::Array(vec![
                     Value::BulkString(b"h".to_vec()),
-                    Value::BulkString(b"v1|n|tj|".to_vec()),
+                    Value::BulkString(b"v1|n|1|tj|".to_vec()),
                     Value::BulkString(b"d".to_vec()),
                     Value::BulkString(data.as_bytes().to_vec()),
                 ]),

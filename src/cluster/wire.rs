@@ -12,10 +12,12 @@
 //! | `P:pres:T` | hash | node name → how many of its sessions subscribe to `T` |
 //! | `P:node:N` | string | node `N` is alive (expires `3 × heartbeat` after its last beat) |
 //!
-//! A message on a channel is `v1|NODE|KS|OFFSET|EPOCH|` followed by the
-//! payload: `K` is `t` (text) or `b` (binary), `S` is `j` (stamp the
-//! position into the JSON object) or `-`; `OFFSET` is 0 and `EPOCH` empty
-//! without history. Node names have no `|`.
+//! A message on a channel is `v1|NODE|SEQ|KS|OFFSET|EPOCH|` followed by the
+//! payload: `SEQ` numbers the node's publishes (so that a node knows which
+//! of its own came back before a connection broke), `K` is `t` (text) or
+//! `b` (binary), `S` is `j` (stamp the position into the JSON object) or
+//! `-`; `OFFSET` is 0 and `EPOCH` empty without history. Node names have no
+//! `|`.
 
 use crate::Message;
 use crate::pubsub::{Position, Stamp};
@@ -82,21 +84,21 @@ impl Keys {
     }
 }
 
-/// The header of a message from `node`, up to (not including) the offset:
-/// the publish script appends `OFFSET|EPOCH|` itself.
-pub(crate) fn head(node: &str, message: &Message, stamp: Stamp) -> String {
+/// The header of publish `seq` from `node`, up to (not including) the
+/// offset: the publish script appends `OFFSET|EPOCH|` itself.
+pub(crate) fn head(node: &str, seq: u64, message: &Message, stamp: Stamp) -> String {
     let kind = if matches!(message, Message::Binary(_)) {
         'b'
     } else {
         't'
     };
     let stamp = if stamp == Stamp::Json { 'j' } else { '-' };
-    format!("{VERSION}|{node}|{kind}{stamp}|")
+    format!("{VERSION}|{node}|{seq}|{kind}{stamp}|")
 }
 
 /// A whole message without history (offset 0, no epoch).
-pub(crate) fn plain(node: &str, message: &Message) -> Vec<u8> {
-    let head = head(node, message, Stamp::None);
+pub(crate) fn plain(node: &str, seq: u64, message: &Message) -> Vec<u8> {
+    let head = head(node, seq, message, Stamp::None);
     let payload = payload(message);
     let mut out = Vec::with_capacity(head.len() + 3 + payload.len());
     out.extend_from_slice(head.as_bytes());
@@ -118,6 +120,7 @@ pub(crate) fn payload(message: &Message) -> &[u8] {
 #[derive(Debug, PartialEq)]
 pub(crate) struct Received<'a> {
     pub(crate) node: &'a str,
+    pub(crate) seq: u64,
     /// The message as delivered: stamped when it asked to be and has a
     /// position.
     pub(crate) message: Message,
@@ -127,9 +130,13 @@ pub(crate) struct Received<'a> {
 /// Parses a whole channel message. `None` for anything not written by a
 /// wsgate of this version (or not valid UTF-8 where text is promised).
 pub(crate) fn parse(bytes: &[u8]) -> Option<Received<'_>> {
-    let mut parts = bytes.splitn(6, |&b| b == b'|');
+    let mut parts = bytes.splitn(7, |&b| b == b'|');
     let version = parts.next()?;
     let node = std::str::from_utf8(parts.next()?).ok()?;
+    let seq = std::str::from_utf8(parts.next()?)
+        .ok()?
+        .parse::<u64>()
+        .ok()?;
     let ks = parts.next()?;
     let offset = std::str::from_utf8(parts.next()?)
         .ok()?
@@ -152,6 +159,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Option<Received<'_>> {
     };
     Some(Received {
         node,
+        seq,
         message,
         position,
     })
@@ -200,21 +208,25 @@ return {epoch, last, entries}
 ";
 
 /// Counts a topic's subscribers over the live nodes, forgetting the fields
-/// of nodes whose heartbeat key expired. Returns `{count, nodes}`.
+/// of nodes whose heartbeat key expired. Returns `{count, nodes, mine}`,
+/// `mine` being what the asking node's field says.
 ///
-/// KEYS: presence hash. ARGV: node key prefix.
+/// KEYS: presence hash. ARGV: node key prefix, the asking node's name.
 pub(crate) const PRESENCE: &str = r"
 local all = redis.call('HGETALL', KEYS[1])
-local count, nodes = 0, 0
+local count, nodes, mine = 0, 0, 0
 for i = 1, #all, 2 do
   if redis.call('EXISTS', ARGV[1] .. all[i]) == 1 then
     count = count + tonumber(all[i + 1])
     nodes = nodes + 1
+    if all[i] == ARGV[2] then
+      mine = tonumber(all[i + 1])
+    end
   else
     redis.call('HDEL', KEYS[1], all[i])
   end
 end
-return {count, nodes}
+return {count, nodes, mine}
 ";
 
 /// Whether the recovered `entries` (offsets, ascending) cover everything
@@ -250,21 +262,22 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let m = Message::text("a|b");
-        let wire = plain("gw-1", &m);
-        assert_eq!(wire, b"v1|gw-1|t-|0||a|b");
+        let wire = plain("gw-1", 7, &m);
+        assert_eq!(wire, b"v1|gw-1|7|t-|0||a|b");
         assert_eq!(
             parse(&wire),
             Some(Received {
                 node: "gw-1",
+                seq: 7,
                 message: m,
                 position: None
             })
         );
         let b = Message::binary(vec![0, b'|', 255]);
-        assert_eq!(parse(&plain("n", &b)).unwrap().message, b);
+        assert_eq!(parse(&plain("n", 1, &b)).unwrap().message, b);
         // As the publish script writes it.
         let obj = Message::text(r#"{"op":"message"}"#);
-        let mut wire = head("n", &obj, Stamp::Json).into_bytes();
+        let mut wire = head("n", 2, &obj, Stamp::Json).into_bytes();
         wire.extend_from_slice(b"17|e1|");
         wire.extend_from_slice(payload(&obj));
         let r = parse(&wire).unwrap();
@@ -279,12 +292,13 @@ mod tests {
     fn foreign_messages_are_refused() {
         for bad in [
             &b""[..],
-            b"v2|n|t-|0||x",
-            b"v1|n|x-|0||x",
-            b"v1|n|t|0||x",
-            b"v1|n|t-|z||x",
-            b"v1|n|t-|0|",
-            b"v1|n|t-|0||\xff",
+            b"v2|n|1|t-|0||x",
+            b"v1|n|1|x-|0||x",
+            b"v1|n|1|t|0||x",
+            b"v1|n|1|t-|z||x",
+            b"v1|n|z|t-|0||x",
+            b"v1|n|1|t-|0|",
+            b"v1|n|1|t-|0||\xff",
         ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }

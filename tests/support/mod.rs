@@ -21,6 +21,7 @@ use wsgate::{Config, Context, ContextHandle, DrainReport};
 pub mod example;
 #[cfg(feature = "cli")]
 pub mod gateway;
+pub mod redis;
 
 /// A WebSocket client over a real TCP connection.
 pub type Ws = WebSocketStream<Async<TcpStream>>;
