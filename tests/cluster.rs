@@ -400,3 +400,80 @@ fn redis_down_keeps_local_delivery_and_cross_node_delivery_resumes() {
         "{stats:?}"
     );
 }
+
+#[test]
+fn a_cluster_broadcast_room_spans_the_nodes() {
+    let Some(redis) = Redis::start() else { return };
+    let room = |name: &str| {
+        let broker = RedisBroker::builder(redis.url())
+            .node(name)
+            .build()
+            .unwrap();
+        let vhost = VhostConfig::builder("default")
+            .listen("127.0.0.1:0".parse().unwrap())
+            .protocol(wsgate::protocols::Broadcast::cluster())
+            .mount(Mount::websocket("/room", ["broadcast"]))
+            .build()
+            .unwrap();
+        let server = Server::start(
+            Config::builder()
+                .vhost(vhost)
+                .broker(broker)
+                .build()
+                .unwrap(),
+        );
+        wait_until(Duration::from_secs(10), "node ready", || {
+            server.handle.is_ready()
+        });
+        server
+    };
+    let (a, b) = (room("a"), room("b"));
+    run(async {
+        let mut on_a = connect(a.addr(), "/room").await;
+        let mut on_b = connect(b.addr(), "/room").await;
+        // Each node writes its presence after its subscription took effect
+        // in Redis: two members counted means both hear the room.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a
+            .handle
+            .cluster_presence("broadcast:default:/room")
+            .await
+            .unwrap()
+            .count
+            != 2
+        {
+            assert!(Instant::now() < deadline, "the members never met");
+        }
+        on_a.send(Message::text("hello")).await.unwrap();
+        for ws in [&mut on_a, &mut on_b] {
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+        }
+        on_b.send(Message::text("from b")).await.unwrap();
+        for ws in [&mut on_a, &mut on_b] {
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("from b"));
+        }
+    });
+    assert_eq!(a.handle.topics().unwrap(), ["broadcast:default:/room"]);
+}
+
+#[test]
+fn teardown_says_goodbye_and_ends_the_broker_tasks_even_while_redis_is_down() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let a = node(&redis, "a", 10, Duration::from_secs(60));
+    let b = node(&redis, "b", 10, Duration::from_secs(60));
+    assert_eq!(redis.command("EXISTS wsgate:node:a"), ":1\r\n");
+    // Up: the drain waits for the goodbye, which removes the node at once.
+    let report = a.shutdown();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(redis.command("EXISTS wsgate:node:a"), ":0\r\n");
+    // Down: the reconnect loop ends at teardown, the drain does not wait
+    // for Redis.
+    redis.stop();
+    wait_until(Duration::from_secs(10), "b notices", || {
+        !b.handle.is_ready()
+    });
+    let report = b.shutdown();
+    assert!(report.is_clean(), "{report:?}");
+}

@@ -985,14 +985,22 @@ async fn run(inner: Arc<Inner>) {
                 }
                 connected_once = true;
                 failures = 0;
-                let served = future::or(inner.serve(conn), async {
+                let closed = async {
                     driver.await;
                     Err(RedisError::from(std::io::Error::new(
                         std::io::ErrorKind::ConnectionAborted,
                         "the connection to Redis closed",
                     )))
-                })
-                .await;
+                };
+                // On stop, `serve` says goodbye and returns; should Redis
+                // hang, teardown waits one second more, not a response
+                // timeout.
+                let hung = async {
+                    inner.stopped().await;
+                    Timer::after(Duration::from_secs(1)).await;
+                    Ok(())
+                };
+                let served = future::or(future::or(inner.serve(conn), closed), hung).await;
                 inner.lost();
                 if let Err(e) = served
                     && !inner.is_stopping()
