@@ -259,7 +259,9 @@ fn a_client_that_reconnects_recovers_what_it_missed_on_another_node() {
         let mut reader = client(b.addr()).await;
         let ack = subscribe(&mut reader, "news", Some(since)).await;
         assert_eq!(ack["recovered"], true, "{ack}");
-        assert_eq!(ack["offset"], last["offset"].as_u64().unwrap() + 5);
+        // The publishes above and this subscription travel on different
+        // connections: whichever reached Redis first, the messages come
+        // once each, in order, after the acknowledgement.
         for n in 5..10 {
             let m = next(&mut reader).await;
             assert_eq!(m["data"], n, "{m}");

@@ -374,7 +374,9 @@ struct Queue {
     /// Whether the link is up: publishes and subscriptions go through it
     /// only then. Changed under this lock.
     ready: bool,
-    ops: VecDeque<Op>,
+    /// Subscription work, each with the number of the last publish queued
+    /// before it: it runs after that publish was sent.
+    ops: VecDeque<(u64, Op)>,
     out: VecDeque<Outgoing>,
     out_bytes: usize,
     /// The next publish number.
@@ -430,7 +432,8 @@ impl Inner {
         }
         q.dirty.insert(dirty.clone());
         if let Some(op) = op {
-            q.ops.push_back(op);
+            let after = q.next_seq;
+            q.ops.push_back((after, op));
         }
         drop(q);
         self.work.notify(1);
@@ -699,7 +702,9 @@ impl Inner {
         let waiting: Vec<Arc<str>> = lock(&self.pending).keys().cloned().collect();
         {
             let mut q = lock(&self.queue);
-            q.ops.extend(waiting.into_iter().map(Op::Subscribe));
+            let after = q.next_seq;
+            q.ops
+                .extend(waiting.into_iter().map(|t| (after, Op::Subscribe(t))));
         }
         let mut next_beat = Instant::now() + self.heartbeat;
         loop {
@@ -710,9 +715,17 @@ impl Inner {
             }
             let (ops, batch, dirty) = {
                 let mut q = lock(&self.queue);
-                let ops: Vec<Op> = q.ops.drain(..).collect();
                 let n = q.out.len().min(BATCH);
                 let batch: Vec<Outgoing> = q.out.drain(..n).collect();
+                // The ops whose earlier publishes are all in this batch (or
+                // sent before it).
+                let sent = if q.out.is_empty() {
+                    u64::MAX
+                } else {
+                    batch.last().map_or(0, |o| o.seq)
+                };
+                let ready = q.ops.iter().take_while(|(after, _)| *after <= sent).count();
+                let ops: Vec<Op> = q.ops.drain(..ready).map(|(_, op)| op).collect();
                 let bytes: usize = batch.iter().map(|o| wire::payload(&o.message).len()).sum();
                 q.out_bytes = q.out_bytes.saturating_sub(bytes);
                 let dirty: Vec<Arc<str>> = q.dirty.drain().collect();
@@ -729,6 +742,12 @@ impl Inner {
             if now >= next_beat {
                 self.beat(&mut conn).await?;
                 next_beat = now + self.heartbeat;
+            }
+            // Publishes first: a subscription asked for after a publish on
+            // this node sees it in its recovery (the ops taken wait for no
+            // later publish).
+            if !batch.is_empty() {
+                self.send(&mut conn, batch, &scripts).await?;
             }
             for op in ops {
                 match op {
@@ -752,9 +771,6 @@ impl Inner {
                     })
                     .collect();
                 self.write_presence(&mut conn, &counts).await?;
-            }
-            if !batch.is_empty() {
-                self.send(&mut conn, batch, &scripts).await?;
             }
         }
     }
