@@ -10,7 +10,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::{Server, Ws, connect, run};
 use wsgate::protocols::Pubsub;

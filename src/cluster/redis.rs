@@ -71,15 +71,21 @@ use crate::{ConfigError, Message, SessionHandle, SessionId};
 ///
 /// ```
 /// use std::time::Duration;
-/// use wsgate::Config;
 /// use wsgate::cluster::RedisBroker;
+/// use wsgate::{Config, Mount, VhostConfig, protocols::Pubsub};
 ///
 /// # fn main() -> Result<(), wsgate::ConfigError> {
 /// let broker = RedisBroker::builder("redis://127.0.0.1:6379/0")
 ///     .node("gw-1")
 ///     .history(100, Duration::from_secs(300))
 ///     .build()?;
-/// let config = Config::builder().broker(broker).build()?;
+/// let vhost = VhostConfig::builder("default")
+///     .listen("127.0.0.1:0".parse().unwrap())
+///     .protocol(Pubsub::default())
+///     .mount(Mount::websocket("/pubsub", ["pubsub"]))
+///     .build()?;
+/// // Connects to Redis when a context attaches this configuration.
+/// let config = Config::builder().vhost(vhost).broker(broker).build()?;
 /// # drop(config);
 /// # Ok(())
 /// # }

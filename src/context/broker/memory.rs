@@ -26,11 +26,17 @@ use crate::context::session::{SessionHandle, SessionId};
 ///
 /// ```
 /// use std::time::Duration;
-/// use wsgate::Config;
 /// use wsgate::pubsub::MemoryBroker;
+/// use wsgate::{Config, Mount, VhostConfig, protocols::Pubsub};
 ///
 /// # fn main() -> Result<(), wsgate::ConfigError> {
+/// let vhost = VhostConfig::builder("default")
+///     .listen("127.0.0.1:0".parse().unwrap())
+///     .protocol(Pubsub::default())
+///     .mount(Mount::websocket("/pubsub", ["pubsub"]))
+///     .build()?;
 /// let config = Config::builder()
+///     .vhost(vhost)
 ///     .broker(MemoryBroker::with_history(100, Duration::from_secs(300)))
 ///     .build()?;
 /// # drop(config);
