@@ -644,4 +644,54 @@ protocol = "echo"
         assert_eq!(e.reason, "must not be empty", "{e}");
         assert_eq!(e.line, Some(5), "{e}");
     }
+
+    const VHOST: &str = "\n[[vhost]]\nname = \"a\"\nlisten = [\"127.0.0.1:0\"]\n";
+
+    #[test]
+    fn the_broker_table_is_built_or_refused_at_its_line() {
+        let ok = |broker: &str| load(&format!("{broker}{VHOST}")).map(|_| ());
+        ok("[broker]\nhistory_size = 10\nhistory_ttl = \"30s\"\n").unwrap();
+        ok("[broker]\ntype = \"memory\"\n").unwrap();
+        let err = |broker: &str| load(&format!("{broker}{VHOST}")).unwrap_err();
+        let e = err("\n[broker]\ntype = \"memory\"\nurl = \"redis://h\"\n");
+        assert_eq!((e.key.as_str(), e.line), ("broker.url", Some(2)), "{e}");
+        let e = err("[broker]\nhistory_size = 2000000\n");
+        assert_eq!(e.key, "broker.history_size", "{e}");
+        let e = err("[broker]\ntype = \"nats\"\n");
+        assert!(e.to_string().contains("unknown variant"), "{e}");
+        let e = err("[broker]\nhistroy_size = 1\n");
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = err("[broker]\nhistory_ttl = \"soon\"\n");
+        assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_redis_broker_needs_a_usable_url() {
+        let load_broker = |broker: &str| load(&format!("{broker}{VHOST}")).map(|_| ());
+        load_broker("[broker]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\nnode = \"gw-1\"\nheartbeat = \"1s\"\n").unwrap();
+        load_broker("[broker]\ntype = \"redis\"\nurl = \"unix:///run/redis.sock\"\n").unwrap();
+        for (broker, key) in [
+            ("[broker]\ntype = \"redis\"\n", "broker.url"),
+            (
+                "[broker]\ntype = \"redis\"\nurl = \"rediss://h:1\"\n",
+                "broker.url",
+            ),
+            (
+                "[broker]\ntype = \"redis\"\nurl = \"ftp://h\"\n",
+                "broker.url",
+            ),
+            (
+                "[broker]\ntype = \"redis\"\nurl = \"redis://h\"\nnode = \"a b\"\n",
+                "broker.node",
+            ),
+            (
+                "[broker]\ntype = \"redis\"\nurl = \"redis://h\"\nheartbeat = \"1ms\"\n",
+                "broker.heartbeat",
+            ),
+        ] {
+            let e = load_broker(broker).unwrap_err();
+            assert_eq!((e.key.as_str(), e.line), (key, Some(1)), "{broker}: {e}");
+        }
+    }
 }

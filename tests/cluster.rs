@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
 use futures_util::StreamExt;
+use futures_util::future::join_all;
 use serde_json::{Value, json};
 use support::redis::Redis;
 use support::{Server, Ws, block_on_timeout, connect, raw_http, run, wait_until};
