@@ -32,7 +32,9 @@
 //! that drives the core over sockets and the host's executors, and the
 //! context that applications see. The seams are public: [`transport`]
 //! (streams and acceptors), [`extension`] (per-message extensions) and
-//! [`pubsub::Broker`] (where topics live).
+//! [`pubsub::Broker`] (where topics live: in this process, with an optional
+//! history for recovery, or across gateways through Redis with the `redis`
+//! feature).
 //!
 //! # Lifecycle
 //!
@@ -137,7 +139,13 @@
 //!   (`wsgate::load_toml`, `wsgate::ProtocolRegistry`).
 //! - `signals`: [`signals`] turns SIGINT/SIGTERM into a graceful shutdown
 //!   through signal-hook's self-pipe, on the host's request only.
-//! - `cli` (default): the `wsgate` binary (enables both of the above).
+//! - `redis`: `cluster::RedisBroker`, topics, presence and history shared by
+//!   every gateway on the same Redis (several wsgate processes behind a load
+//!   balancer act as one). It runs on the context's own task set: no
+//!   thread, no runtime; it compiles in redis-rs, `smol` (its executor
+//!   unused) and tokio's `sync` types (no tokio runtime). See the `cluster`
+//!   module.
+//! - `cli` (default): the `wsgate` binary (enables all of the above).
 
 #[cfg(feature = "redis")]
 pub mod cluster;
@@ -172,7 +180,9 @@ pub mod metrics {
 }
 
 /// Topics: publish from any thread, fan out to every subscriber's queue,
-/// through a [`Broker`](crate::pubsub::Broker).
+/// through a [`Broker`](crate::pubsub::Broker); history and recovery
+/// ([`Position`](crate::pubsub::Position),
+/// [`SubscribeRequest`](crate::pubsub::SubscribeRequest)).
 pub mod pubsub {
     pub use crate::context::broker::{
         Acknowledge, Broker, BrokerContext, BrokerFuture, BrokerStats, MAX_EPOCH_BYTES,
