@@ -71,7 +71,9 @@ redis-server --port 0 --unixsocket "$work/redis.sock" --unixsocketperm 700 \
 pids+=($!)
 for _ in $(seq 1 200); do [[ -S "$work/redis.sock" ]] && break; sleep 0.05; done
 
-# node NAME PORT BROKER_TOML: writes its config, starts it, prints its pid.
+# node NAME PORT BROKER_TOML: writes its config, starts it; its pid is in
+# $node_pid (not printed: a command substitution would start it in a
+# subshell, out of reach of the cleanup).
 node() {
   local name=$1 port=$2 broker=$3
   cat >"$work/$name.toml" <<EOF
@@ -89,8 +91,8 @@ protocol = "broadcast"
 cluster = true
 EOF
   "$WSGATE" --config "$work/$name.toml" --stats-interval 0s >/dev/null 2>&1 &
-  pids+=($!)
-  echo $!
+  node_pid=$!
+  pids+=("$node_pid")
 }
 
 redis_broker() {
@@ -99,9 +101,9 @@ redis_broker() {
 }
 
 port_a=$(free_port); port_b=$(free_port); port_c=$(free_port)
-pid_a=$(node a "$port_a" "$(redis_broker a)")
-pid_b=$(node b "$port_b" "$(redis_broker b)")
-pid_c=$(node c "$port_c" "")
+node a "$port_a" "$(redis_broker a)"; pid_a=$node_pid
+node b "$port_b" "$(redis_broker b)"; pid_b=$node_pid
+node c "$port_c" ""; pid_c=$node_pid
 for port in "$port_a" "$port_b" "$port_c"; do
   for _ in $(seq 1 200); do
     python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null && break
