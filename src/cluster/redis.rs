@@ -225,6 +225,7 @@ impl RedisBrokerBuilder {
                 stop: Event::new(),
                 stopping: AtomicBool::new(false),
                 started: AtomicBool::new(false),
+                up: AtomicBool::new(false),
                 link: Mutex::new(None),
                 inflight: Mutex::new(Vec::new()),
                 echoed: AtomicU64::new(0),
@@ -332,6 +333,8 @@ struct Inner {
     stop: Event,
     stopping: AtomicBool,
     started: AtomicBool,
+    /// `queue.ready`, readable without the lock.
+    up: AtomicBool,
     /// The live connection and the presence script's hash, for
     /// `cluster_presence`; `None` while not connected.
     link: Mutex<Option<(MultiplexedConnection, String)>>,
@@ -396,8 +399,18 @@ impl Inner {
         self.stopping.load(Ordering::Acquire)
     }
 
+    /// Whether the link is up, read without a lock (the queue's `ready`
+    /// mirrored): `subscribe_with` reads it under the pending lock, and
+    /// the queue lock may be held by a publish that waits for the pending
+    /// lock.
     fn is_ready(&self) -> bool {
-        lock(&self.queue).ready
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Marks the link up or down (under the queue lock).
+    fn set_ready(&self, q: &mut Queue, ready: bool) {
+        q.ready = ready;
+        self.up.store(ready, Ordering::Release);
     }
 
     /// Queues work for the link and wakes it.
@@ -565,7 +578,7 @@ impl Inner {
             // Under the queue lock, so that no direct local delivery of a
             // newer publish comes before these older ones.
             let mut q = lock(&self.queue);
-            q.ready = false;
+            self.set_ready(&mut q, false);
             q.ops.clear();
             q.dirty.clear();
             q.out_bytes = 0;

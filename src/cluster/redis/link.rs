@@ -134,7 +134,10 @@ impl Inner {
         }
         self.beat(&mut conn).await?;
         *lock(&self.link) = Some((conn.clone(), presence));
-        lock(&self.queue).ready = true;
+        {
+            let mut q = lock(&self.queue);
+            self.set_ready(&mut q, true);
+        }
         // Those who subscribed while the link was down were served
         // locally; the channels above cover them. Anyone waiting now gets
         // a Subscribe op from here on.
