@@ -222,7 +222,7 @@ fn reload(
         let done = ctx.reconfigure(vhosts).map_err(|e| error_chain(&e))?;
         if next.context_fingerprint() != started.context_fingerprint() {
             tracing::warn!(
-                "max_connections, pumps and threads only change on restart; the running values stay"
+                "max_connections, pumps, threads and [broker] only change on restart; the running values stay"
             );
         }
         Ok((done, next.drain_timeout()))
