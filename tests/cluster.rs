@@ -191,6 +191,20 @@ fn without_history_a_publish_reaches_local_subscribers_at_once_and_the_others_in
             }
         }
     });
+    // The Redis connections ran on the contexts' own task sets: no runtime
+    // or executor of the client's started a thread (smol's global
+    // executor, the blocking pool, tokio).
+    let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    for prefix in ["smol", "blocking", "tokio", "async-global"] {
+        assert!(
+            !names.iter().any(|n| n.starts_with(prefix)),
+            "a {prefix} thread runs: {names:?}"
+        );
+    }
 }
 
 #[test]
