@@ -20,7 +20,9 @@ use crate::context::session::{SessionHandle, SessionId};
 /// Without history (the default) it keeps nothing of a message once it is in
 /// the subscribers' queues. With [`with_history`](Self::with_history) each
 /// topic keeps its last `size` messages for `ttl` after the last publish, and
-/// every message gets a [`Position`].
+/// every message gets a [`Position`]. Topics that only publishers use (no
+/// subscriber) keep their history too, at most [`MAX_HISTORY_TOPICS`] of
+/// them at a time.
 ///
 /// # Examples
 ///
@@ -85,6 +87,11 @@ struct Log {
 /// topic, so it runs once per this many publishes.
 const SWEEP_EVERY: u64 = 4096;
 
+/// Topics a publish may create to keep their history while nobody
+/// subscribes (publishers choose topic names, so this is bounded): beyond
+/// it, a publish to a topic nobody subscribes to keeps no history.
+pub const MAX_HISTORY_TOPICS: usize = 100_000;
+
 impl MemoryBroker {
     /// An empty broker without history.
     pub fn new() -> Self {
@@ -105,13 +112,18 @@ impl MemoryBroker {
         }
     }
 
-    /// The topic called `topic`, created if `create`.
+    /// The topic called `topic`, created if `create` (and, for a publish,
+    /// `within` the number of topics).
     fn topic(&self, topic: &str, create: bool) -> Option<Arc<Topic>> {
+        self.topic_within(topic, create, usize::MAX)
+    }
+
+    fn topic_within(&self, topic: &str, create: bool, within: usize) -> Option<Arc<Topic>> {
         let mut map = lock(&self.map);
         if let Some(t) = map.get(topic) {
             return Some(t.clone());
         }
-        if !create {
+        if !create || map.len() >= within {
             return None;
         }
         let t = Arc::new(Topic::default());
@@ -289,8 +301,17 @@ impl Broker for MemoryBroker {
             self.since_sweep.store(0, Ordering::Relaxed);
             self.sweep(now);
         }
-        let Some(t) = self.topic(topic, true) else {
-            return Published::default();
+        let t = match self.topic_within(topic, true, MAX_HISTORY_TOPICS) {
+            Some(t) => t,
+            None => {
+                // Too many topics: sweep, and if that does not make room,
+                // this topic (which nobody subscribes to) keeps no history.
+                self.sweep(now);
+                match self.topic_within(topic, true, MAX_HISTORY_TOPICS) {
+                    Some(t) => t,
+                    None => return Published::default(),
+                }
+            }
         };
         let mut state = lock(&t.state);
         if state.live_log(now).is_none() {
@@ -386,4 +407,16 @@ mod tests {
         assert_ne!(new_epoch(), new_epoch());
         assert_eq!(new_epoch().len(), 16);
     }
+
+    #[test]
+    fn publishers_cannot_grow_the_topics_without_bound() {
+        let b = MemoryBroker::with_history(1, Duration::from_secs(60));
+        let m = Message::text("x");
+        for n in 0..=MAX_HISTORY_TOPICS {
+            b.publish(&format!("t{n}"), &m);
+        }
+        assert_eq!(lock(&b.map).len(), MAX_HISTORY_TOPICS);
+        assert!(!lock(&b.map).contains_key(format!("t{MAX_HISTORY_TOPICS}").as_str()));
+    }
+
 }
