@@ -418,5 +418,4 @@ mod tests {
         assert_eq!(lock(&b.map).len(), MAX_HISTORY_TOPICS);
         assert!(!lock(&b.map).contains_key(format!("t{MAX_HISTORY_TOPICS}").as_str()));
     }
-
 }
