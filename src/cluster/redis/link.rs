@@ -325,9 +325,10 @@ impl Inner {
         // Kept where `lost` finds it should the connection go down (and
         // this future be dropped) before Redis answers.
         *lock(&self.inflight) = batch;
-        let replies = pipe.query_async::<Vec<Value>>(conn).await;
+        // On an error the batch stays in `inflight`: `lost` delivers locally
+        // the ones whose echo did not come back.
+        let replies = pipe.query_async::<Vec<Value>>(conn).await?;
         let batch = std::mem::take(&mut *lock(&self.inflight));
-        let replies = replies?;
         let mut refused = Vec::new();
         for (o, reply) in batch.into_iter().zip(&replies) {
             if matches!(reply, Value::ServerError(_)) {
