@@ -19,7 +19,7 @@ mod limits;
 mod tls;
 
 #[cfg(feature = "toml-config")]
-pub use file::{ConfigFile, DEFAULT_TOML};
+pub use file::{BrokerKind, BrokerSettings, ConfigFile, DEFAULT_TOML};
 #[cfg(feature = "toml-config")]
 pub use limits::parse_duration;
 pub use limits::{Limits, OverflowPolicy};

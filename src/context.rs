@@ -26,7 +26,7 @@ pub(crate) mod service;
 pub(crate) mod session;
 pub(crate) mod vhost;
 
-use broker::{MemoryBroker, Presence, Published, Topics};
+use broker::{MemoryBroker, Presence, Published, Stamp, Topics};
 use lifecycle::{Drain, Lifecycle};
 use metrics::{Metrics, Stats};
 use protocol::Wake;
@@ -378,6 +378,9 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
             metrics: Metrics::default(),
             budget: memory_budget.map(Budget::new),
         });
+        // The broker's tasks (a cluster bus connection) run on worker 0, as
+        // the context's own; its `stop` at teardown ends them.
+        shared.topics.start(shared.spawner.clone());
         for cfg in vhosts {
             if cfg.mounts().is_empty() {
                 // Legal (a vhost may be filled in later, or only hold an
@@ -666,13 +669,52 @@ impl ContextHandle {
     /// # Errors
     ///
     /// [`Error::Closed`] after teardown began.
+    ///
+    /// With a broker that spans several nodes the message also goes to the
+    /// subscribers of every other node, in publish order;
+    /// [`Published::remote`](crate::pubsub::Published::remote) says whether
+    /// it could.
     pub fn publish(&self, topic: &str, message: Message) -> Result<Published, Error> {
-        self.check()?;
-        self.shared.metrics.count_published();
-        Ok(self.shared.topics.broker().publish(topic, &message))
+        self.publish_stamped(topic, message, Stamp::None)
     }
 
-    /// Who is subscribed to `topic`.
+    /// Publishes like [`publish`](Self::publish), and on a topic with
+    /// history lets the broker write the message's position into it as
+    /// `stamp` says ([`Stamp::Json`]: `"offset"` and `"epoch"` fields in a
+    /// JSON object, as the `pubsub` protocol's messages carry them).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn demo(handle: &wsgate::ContextHandle) -> Result<(), wsgate::Error> {
+    /// use wsgate::Message;
+    /// use wsgate::pubsub::Stamp;
+    ///
+    /// let text = r#"{"op":"message","topic":"news","data":"hello"}"#;
+    /// handle.publish_stamped("news", Message::text(text), Stamp::Json)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after teardown began.
+    pub fn publish_stamped(
+        &self,
+        topic: &str,
+        message: Message,
+        stamp: Stamp,
+    ) -> Result<Published, Error> {
+        self.check()?;
+        self.shared.metrics.count_published();
+        Ok(self
+            .shared
+            .topics
+            .broker()
+            .publish_stamped(topic, &message, stamp))
+    }
+
+    /// Who is subscribed to `topic` in this context (this node).
     ///
     /// # Errors
     ///
@@ -680,6 +722,31 @@ impl ContextHandle {
     pub fn presence(&self, topic: &str) -> Result<Presence, Error> {
         self.check()?;
         Ok(self.shared.topics.broker().presence(topic))
+    }
+
+    /// Who is subscribed to `topic` on every node of the cluster (with the
+    /// in-process broker: the same as [`presence`](Self::presence)). A node
+    /// that stopped without saying goodbye drops out within the broker's
+    /// stated bound; if the other nodes cannot be asked, the answer is this
+    /// node's, marked [`partial`](crate::pubsub::Presence::partial).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after teardown began.
+    pub async fn cluster_presence(&self, topic: &str) -> Result<Presence, Error> {
+        self.check()?;
+        let mut presence = self.shared.topics.broker().cluster_presence(topic).await;
+        // The broker knows the ids of this node's subscribers only.
+        if presence.sessions.is_empty() {
+            presence.sessions = self.shared.topics.broker().presence(topic).sessions;
+        }
+        Ok(presence)
+    }
+
+    /// Whether the context serves and its broker can do its whole job (a
+    /// cluster broker: its bus is reachable): what `/readyz` answers.
+    pub fn is_ready(&self) -> bool {
+        self.shared.is_running() && self.shared.topics.broker().is_ready()
     }
 
     /// The topics that have subscribers, sorted.
@@ -851,6 +918,7 @@ impl ContextShared {
             self.workers.loads(),
             self.topics.broker().topics().len(),
             self.lifecycle.ends(),
+            self.topics.broker().stats(),
         );
         if let Some(b) = &self.budget {
             stats.set_budget(b.usage());
@@ -894,6 +962,8 @@ impl ContextShared {
         for vhost in self.registry.vhosts() {
             vhost.retire();
         }
+        // The broker ends its tasks (the drain waits for them).
+        self.topics.broker().stop();
         tracing::info!(why, closing, "teardown begun");
         true
     }

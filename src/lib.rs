@@ -32,7 +32,9 @@
 //! that drives the core over sockets and the host's executors, and the
 //! context that applications see. The seams are public: [`transport`]
 //! (streams and acceptors), [`extension`] (per-message extensions) and
-//! [`pubsub::Broker`] (where topics live).
+//! [`pubsub::Broker`] (where topics live: in this process, with an optional
+//! history for recovery, or across gateways through Redis with the `redis`
+//! feature).
 //!
 //! # Lifecycle
 //!
@@ -146,8 +148,16 @@
 //!   client chain; [`Context::reconfigure`] swaps certificates without
 //!   dropping sessions. The TLS handshake runs in the listener's acceptor
 //!   (see [`transport`]); the session layer never knows.
+//! - `redis`: `cluster::RedisBroker`, topics, presence and history shared by
+//!   every gateway on the same Redis (several wsgate processes behind a load
+//!   balancer act as one). It runs on the context's own task set: no
+//!   thread, no runtime; it compiles in redis-rs, `smol` (its executor
+//!   unused) and tokio's `sync` types (no tokio runtime). See the `cluster`
+//!   module.
 //! - `cli` (default): the `wsgate` binary (enables all of the above).
 
+#[cfg(feature = "redis")]
+pub mod cluster;
 mod common;
 pub mod config;
 mod context;
@@ -168,7 +178,7 @@ pub mod signals;
 /// same ports).
 pub mod http {
     pub use crate::context::protocol::HttpHandler;
-    pub use crate::handlers::{Health, Index};
+    pub use crate::handlers::{Health, Index, Ready};
     pub use crate::proto::http::{Request, Response, check_bearer};
     pub use crate::proto::tls::{Certificate, TlsInfo};
 }
@@ -180,9 +190,15 @@ pub mod metrics {
 }
 
 /// Topics: publish from any thread, fan out to every subscriber's queue,
-/// through a [`Broker`](crate::pubsub::Broker).
+/// through a [`Broker`](crate::pubsub::Broker); history and recovery
+/// ([`Position`](crate::pubsub::Position),
+/// [`SubscribeRequest`](crate::pubsub::SubscribeRequest)).
 pub mod pubsub {
-    pub use crate::context::broker::{Broker, MemoryBroker, Presence, Published};
+    pub use crate::context::broker::{
+        Acknowledge, Broker, BrokerContext, BrokerFuture, BrokerStats, MAX_EPOCH_BYTES,
+        MAX_HISTORY_TOPICS, MemoryBroker, Position, Presence, Published, Recovery, Remote, Stamp,
+        SubscribeRequest, new_epoch,
+    };
 }
 
 /// The per-message extension point (permessage-deflate and its kin): what a

@@ -48,11 +48,14 @@ use std::sync::Arc;
 
 use crate::HttpHandler;
 use crate::config::file::{RawTls, RawVhost};
-use crate::config::{Config, ConfigFile, Mount, Options, VhostConfig};
+use crate::config::{
+    BrokerKind, BrokerSettings, Config, ConfigBuilder, ConfigFile, Mount, Options, VhostConfig,
+};
 use crate::context::protocol::{ErasedProtocol, Protocol, bind_handler_arc, bind_protocol, erase};
 use crate::error::ConfigError;
-use crate::handlers::{Demo, Health, Index, MetricsHandler};
+use crate::handlers::{Demo, Health, Index, MetricsHandler, Ready};
 use crate::protocols::{Broadcast, Echo, Increment, Pubsub};
+use crate::pubsub::MemoryBroker;
 
 type ProtocolFactory = dyn Fn(&Options) -> Result<Arc<dyn ErasedProtocol>, String> + Send + Sync;
 
@@ -74,7 +77,7 @@ impl ProtocolRegistry {
 
     /// The built-in protocols ([`crate::protocols`]: `echo`, `broadcast`,
     /// `increment`, `pubsub`) and HTTP handlers ([`crate::handlers`]:
-    /// `demo`, `health`, `index`, `metrics`), under the names the
+    /// `demo`, `health`, `ready`, `index`, `metrics`), under the names the
     /// configuration file knows them by.
     pub fn builtin() -> Self {
         let mut r = Self::new();
@@ -84,6 +87,7 @@ impl ProtocolRegistry {
             .protocol("pubsub", Pubsub::from_options);
         r.http("demo", Demo)
             .http("health", Health)
+            .http("ready", Ready)
             .http("index", Index)
             .http("metrics", MetricsHandler);
         r
@@ -153,6 +157,9 @@ impl ConfigFile {
         }
         for v in &self.raw.vhost {
             builder = builder.vhost(self.build_raw_vhost(v, registry)?);
+        }
+        if let Some(b) = self.broker() {
+            builder = with_broker(builder, &b).map_err(|e| e.at_line(b.line))?;
         }
         builder.build().map_err(|e| {
             let leaf = e.key.rsplit('.').next().unwrap_or_default().to_owned();
@@ -384,6 +391,63 @@ impl ConfigFile {
     }
 }
 
+/// Most messages a topic's history may keep.
+const MAX_HISTORY_SIZE: usize = 1_000_000;
+
+/// The `[broker]` table, built: the in-process broker (with its history),
+/// or the Redis broker (feature `redis`).
+fn with_broker(builder: ConfigBuilder, b: &BrokerSettings) -> Result<ConfigBuilder, ConfigError> {
+    if b.history_size > MAX_HISTORY_SIZE {
+        return Err(ConfigError::new(
+            "broker.history_size",
+            format!("must be at most {MAX_HISTORY_SIZE}"),
+        ));
+    }
+    match b.kind {
+        BrokerKind::Redis => redis_broker(builder, b),
+        _ => {
+            let redis_only = [
+                ("url", b.url.is_some()),
+                ("node", b.node.is_some()),
+                ("prefix", b.prefix.is_some()),
+            ];
+            if let Some((key, _)) = redis_only.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::new(
+                    format!("broker.{key}"),
+                    "only for type = \"redis\"",
+                ));
+            }
+            Ok(builder.broker(MemoryBroker::with_history(b.history_size, b.history_ttl)))
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+fn redis_broker(builder: ConfigBuilder, b: &BrokerSettings) -> Result<ConfigBuilder, ConfigError> {
+    let url = b
+        .url
+        .as_ref()
+        .ok_or_else(|| ConfigError::new("broker.url", "required for type = \"redis\""))?;
+    let mut redis = crate::cluster::RedisBroker::builder(url)
+        .history(b.history_size, b.history_ttl)
+        .heartbeat(b.heartbeat);
+    if let Some(node) = &b.node {
+        redis = redis.node(node);
+    }
+    if let Some(prefix) = &b.prefix {
+        redis = redis.prefix(prefix);
+    }
+    Ok(builder.broker(redis.build()?))
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_broker(_: ConfigBuilder, _: &BrokerSettings) -> Result<ConfigBuilder, ConfigError> {
+    Err(ConfigError::new(
+        "broker.type",
+        "\"redis\" needs wsgate built with the `redis` feature",
+    ))
+}
+
 fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
     it.map(String::as_str).collect::<Vec<_>>().join(", ")
 }
@@ -440,6 +504,7 @@ protocol = "echo"
                 "/increment",
                 "/pubsub",
                 "/healthz",
+                "/readyz",
                 "/metrics"
             ]
         );
@@ -643,5 +708,55 @@ protocol = "echo"
         assert_eq!(e.key, "vhost.a.options.echo.token", "{e}");
         assert_eq!(e.reason, "must not be empty", "{e}");
         assert_eq!(e.line, Some(5), "{e}");
+    }
+
+    const VHOST: &str = "\n[[vhost]]\nname = \"a\"\nlisten = [\"127.0.0.1:0\"]\n";
+
+    #[test]
+    fn the_broker_table_is_built_or_refused_at_its_line() {
+        let ok = |broker: &str| load(&format!("{broker}{VHOST}")).map(|_| ());
+        ok("[broker]\nhistory_size = 10\nhistory_ttl = \"30s\"\n").unwrap();
+        ok("[broker]\ntype = \"memory\"\n").unwrap();
+        let err = |broker: &str| load(&format!("{broker}{VHOST}")).unwrap_err();
+        let e = err("\n[broker]\ntype = \"memory\"\nurl = \"redis://h\"\n");
+        assert_eq!((e.key.as_str(), e.line), ("broker.url", Some(2)), "{e}");
+        let e = err("[broker]\nhistory_size = 2000000\n");
+        assert_eq!(e.key, "broker.history_size", "{e}");
+        let e = err("[broker]\ntype = \"nats\"\n");
+        assert!(e.to_string().contains("unknown variant"), "{e}");
+        let e = err("[broker]\nhistroy_size = 1\n");
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = err("[broker]\nhistory_ttl = \"soon\"\n");
+        assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_redis_broker_needs_a_usable_url() {
+        let load_broker = |broker: &str| load(&format!("{broker}{VHOST}")).map(|_| ());
+        load_broker("[broker]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\nnode = \"gw-1\"\nheartbeat = \"1s\"\n").unwrap();
+        load_broker("[broker]\ntype = \"redis\"\nurl = \"unix:///run/redis.sock\"\n").unwrap();
+        for (broker, key) in [
+            ("[broker]\ntype = \"redis\"\n", "broker.url"),
+            (
+                "[broker]\ntype = \"redis\"\nurl = \"rediss://h:1\"\n",
+                "broker.url",
+            ),
+            (
+                "[broker]\ntype = \"redis\"\nurl = \"ftp://h\"\n",
+                "broker.url",
+            ),
+            (
+                "[broker]\ntype = \"redis\"\nurl = \"redis://h\"\nnode = \"a b\"\n",
+                "broker.node",
+            ),
+            (
+                "[broker]\ntype = \"redis\"\nurl = \"redis://h\"\nheartbeat = \"1ms\"\n",
+                "broker.heartbeat",
+            ),
+        ] {
+            let e = load_broker(broker).unwrap_err();
+            assert_eq!((e.key.as_str(), e.line), (key, Some(1)), "{broker}: {e}");
+        }
     }
 }

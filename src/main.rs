@@ -229,7 +229,7 @@ fn reload(
         let done = ctx.reconfigure(vhosts).map_err(|e| error_chain(&e))?;
         if next.context_fingerprint() != started.context_fingerprint() {
             tracing::warn!(
-                "max_connections, memory_budget, pumps, threads and the broker only change on restart; the running values stay"
+                "max_connections, memory_budget, pumps, threads and [broker] only change on restart; the running values stay"
             );
         }
         Ok((done, next.drain_timeout()))

@@ -156,6 +156,23 @@ impl ConfigFile {
             .map_or(Duration::from_secs(10), |d| d.0)
     }
 
+    /// The `[broker]` table, if the file has one (none: the in-process
+    /// broker without history).
+    pub fn broker(&self) -> Option<BrokerSettings> {
+        let raw = self.raw.broker.as_ref()?;
+        let b = raw.get_ref();
+        Some(BrokerSettings {
+            kind: b.kind,
+            url: b.url.clone(),
+            node: b.node.clone(),
+            history_size: b.history_size,
+            history_ttl: b.history_ttl.map_or(Duration::from_secs(300), |d| d.0),
+            heartbeat: b.heartbeat.map_or(Duration::from_secs(5), |d| d.0),
+            prefix: b.prefix.clone(),
+            line: self.line(&raw.span()),
+        })
+    }
+
     /// The index of the first vhost called `name`.
     pub(crate) fn vhost_index(&self, name: &str) -> Option<usize> {
         self.raw.vhost.iter().position(|v| v.name.get_ref() == name)
@@ -295,6 +312,7 @@ pub(crate) struct RawConfig {
     pub(crate) memory_budget: Option<Option<usize>>,
     pub(crate) drain_timeout: Option<DurationValue>,
     pub(crate) threads: Option<ThreadsValue>,
+    pub(crate) broker: Option<Spanned<RawBroker>>,
     #[serde(default)]
     pub(crate) vhost: Vec<RawVhost>,
 }
@@ -355,6 +373,70 @@ pub(crate) struct RawMount {
     pub(crate) http: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) prefix: bool,
+}
+
+/// The `[broker]` table: where topics live.
+///
+/// ```toml
+/// [broker]
+/// type = "redis"                    # or "memory" (the default)
+/// url = "redis://127.0.0.1:6379/0"  # or unix:///run/redis.sock (redis only)
+/// node = "gw-1"                     # this node's name (redis only; default: host name + pid)
+/// history_size = 100                # messages kept per topic for recovery (0 = no history)
+/// history_ttl = "5m"                # how long after a topic's last publish
+/// heartbeat = "5s"                  # a dead node leaves presence after 3 of these (redis only)
+/// prefix = "wsgate"                 # of every Redis key and channel (redis only)
+/// ```
+///
+/// The loader builds the broker ([`crate::loader`]); this layer only reads
+/// the settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerSettings {
+    /// `type`. Default: `memory`.
+    pub kind: BrokerKind,
+    /// `url`: the Redis to use (required for `redis`). Default: none.
+    pub url: Option<String>,
+    /// `node`: this node's name. Default: the host name and the process id.
+    pub node: Option<String>,
+    /// `history_size`: messages each topic keeps for recovery, 0 for no
+    /// history. Default: 0.
+    pub history_size: usize,
+    /// `history_ttl`: how long a topic's history lives after its last
+    /// publish. Default: 5 minutes.
+    pub history_ttl: Duration,
+    /// `heartbeat`: how often a node tells Redis it is alive. Default: 5 s.
+    pub heartbeat: Duration,
+    /// `prefix` of the Redis keys. Default: `wsgate`.
+    pub prefix: Option<String>,
+    /// The line of the `[broker]` table, for errors.
+    pub line: usize,
+}
+
+/// `type` of the `[broker]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum BrokerKind {
+    /// In-process topics ([`MemoryBroker`](crate::pubsub::MemoryBroker)).
+    #[default]
+    Memory,
+    /// Topics shared by every node on the same Redis (feature `redis`).
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBroker {
+    #[serde(rename = "type", default)]
+    kind: BrokerKind,
+    url: Option<String>,
+    node: Option<String>,
+    #[serde(default)]
+    history_size: usize,
+    history_ttl: Option<DurationValue>,
+    heartbeat: Option<DurationValue>,
+    prefix: Option<String>,
 }
 
 /// A socket address written as a string.

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::common::lock;
+use crate::context::broker::BrokerStats;
 use crate::proto::session::Tally;
 use crate::runtime::budget::Usage;
 
@@ -151,6 +152,9 @@ pub struct Stats {
     /// HTTP or garbage), `client_certificate` (mutual TLS refused),
     /// `protocol` (any other TLS error), `io`.
     pub tls_handshake_failures: BTreeMap<String, u64>,
+    /// The broker's state and counters (cluster bus errors, reconnects,
+    /// messages to and from other nodes).
+    pub broker: BrokerStats,
 }
 
 impl Metrics {
@@ -164,6 +168,7 @@ impl Metrics {
         per_thread: Vec<usize>,
         topics: usize,
         drain: (usize, usize, usize),
+        broker: BrokerStats,
     ) -> Stats {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let wide = |n: usize| n as u64;
@@ -198,6 +203,7 @@ impl Metrics {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), *v))
                 .collect(),
+            broker,
         }
     }
 }
@@ -385,6 +391,34 @@ impl Stats {
             "counter",
             "TLS handshakes that failed, by reason.",
             &tls,
+        );
+        metric(
+            "broker_ready",
+            "gauge",
+            "1 while the broker can carry messages between nodes.",
+            &one(u64::from(self.broker.ready)),
+        );
+        metric(
+            "broker_errors_total",
+            "counter",
+            "Failed operations on the cluster bus.",
+            &one(self.broker.errors),
+        );
+        metric(
+            "broker_reconnects_total",
+            "counter",
+            "Connections to the cluster bus made again after one was lost.",
+            &one(self.broker.reconnects),
+        );
+        let cross = [
+            ("{direction=\"out\"}".to_owned(), self.broker.messages_out),
+            ("{direction=\"in\"}".to_owned(), self.broker.messages_in),
+        ];
+        metric(
+            "broker_messages_total",
+            "counter",
+            "Messages sent to and received from other nodes.",
+            &cross,
         );
         out
     }

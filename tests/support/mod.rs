@@ -21,6 +21,7 @@ use wsgate::{Config, Context, ContextHandle, DrainReport};
 pub mod example;
 #[cfg(feature = "cli")]
 pub mod gateway;
+pub mod redis;
 #[cfg(feature = "tls")]
 pub mod tls;
 

@@ -50,6 +50,9 @@ struct Conn {
     frames: Frames,
     /// Send times (ns since the engine's start) of the messages in flight.
     sent_at: VecDeque<u64>,
+    /// Broadcast: messages this subscriber has received (the index of the
+    /// next one in the publisher's send times).
+    received: u64,
 }
 
 impl Conn {
@@ -111,7 +114,15 @@ pub(crate) struct Engine {
     pub(crate) latency: Histogram,
     // Broadcast.
     pub(crate) published: u64,
+    /// Publishes made inside the measured window.
+    pub(crate) published_counted: u64,
     delivered: u64,
+    /// When each message was published (ns), for the subscribers' latency:
+    /// a subscriber's k-th message is the publisher's k-th.
+    pub_sent: Vec<u64>,
+    /// Where the publisher (connection 0) connects, when not to `addr`.
+    pub_addr: Option<SocketAddr>,
+    pub_upgrade: Option<Vec<u8>>,
     // Idle with touch: connections whose round trip came back.
     pub(crate) touched: usize,
     /// Nanoseconds spent in polls that found nothing: the client's headroom.
@@ -128,6 +139,9 @@ pub(crate) struct Setup {
     pub(crate) mode: Mode,
     pub(crate) conns: usize,
     pub(crate) max_connecting: usize,
+    /// Broadcast: the publisher's own endpoint (address, Host, path), for a
+    /// publisher on another node of a cluster than its subscribers.
+    pub(crate) publisher: Option<(SocketAddr, String, String)>,
 }
 
 impl Engine {
@@ -165,7 +179,14 @@ impl Engine {
             counted: 0,
             latency: Histogram::new(),
             published: 0,
+            published_counted: 0,
             delivered: 0,
+            pub_sent: Vec::new(),
+            pub_addr: setup.publisher.as_ref().map(|p| p.0),
+            pub_upgrade: setup
+                .publisher
+                .as_ref()
+                .map(|(_, host, path)| upgrade_request(host, path)),
             touched: 0,
             idle_ns: 0,
         })
@@ -289,18 +310,22 @@ impl Engine {
     fn start_connects(&mut self) -> Result<(), String> {
         while self.conns.len() < self.total && self.connecting < self.max_connecting {
             let i = self.conns.len();
+            let addr = match (i, self.pub_addr) {
+                (0, Some(a)) if matches!(self.mode, Mode::Broadcast { .. }) => a,
+                _ => self.addr,
+            };
             let socket = socket2::Socket::new(
-                socket2::Domain::for_address(self.addr),
+                socket2::Domain::for_address(addr),
                 socket2::Type::STREAM,
                 None,
             )
             .map_err(|e| format!("socket: {e} (raise ulimit -n?)"))?;
             socket.set_nonblocking(true).map_err(|e| e.to_string())?;
             socket.set_tcp_nodelay(true).map_err(|e| e.to_string())?;
-            match socket.connect(&self.addr.into()) {
+            match socket.connect(&addr.into()) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(115) => {} // EINPROGRESS
-                Err(e) => return Err(format!("connect to {}: {e}", self.addr)),
+                Err(e) => return Err(format!("connect to {addr}: {e}")),
             }
             let mut stream = Stream::new(
                 mio::net::TcpStream::from_std(socket.into()),
@@ -323,6 +348,7 @@ impl Engine {
                 out_pos: 0,
                 frames: Frames::new(),
                 sent_at: VecDeque::new(),
+                received: 0,
             });
             self.connecting += 1;
         }
@@ -358,7 +384,11 @@ impl Engine {
                     Err(e) => return Err(format!("connect: {e}")),
                 }
                 c.state = State::Handshake;
-                c.out.extend_from_slice(&self.upgrade);
+                let upgrade = match (&self.pub_upgrade, i, self.mode) {
+                    (Some(u), 0, Mode::Broadcast { .. }) => u,
+                    _ => &self.upgrade,
+                };
+                c.out.extend_from_slice(upgrade);
             }
             State::Handshake | State::Open => {}
         }
@@ -463,9 +493,16 @@ impl Engine {
             Mode::Broadcast { .. } if i == 0 => {}
             Mode::Broadcast { .. } => {
                 self.delivered += messages;
+                let c = &mut self.conns[i];
                 if counting {
                     self.counted += messages;
+                    for k in c.received..c.received + messages {
+                        if let Some(&sent) = self.pub_sent.get(k as usize) {
+                            self.latency.record(now_ns.saturating_sub(sent));
+                        }
+                    }
                 }
+                c.received += messages;
             }
         }
     }
@@ -480,11 +517,17 @@ impl Engine {
             return;
         }
         let subscribers = (self.total - 1) as u64;
+        let now_ns = self.ns(Instant::now());
+        let counting = (self.window_start..self.window_end).contains(&now_ns);
         let c = &mut self.conns[0];
         let before = self.published;
         while self.published * subscribers < self.delivered + window as u64 * subscribers {
             c.out.extend_from_slice(&self.frame);
             self.published += 1;
+            self.pub_sent.push(now_ns);
+            if counting {
+                self.published_counted += 1;
+            }
         }
         if self.published > before
             && let Err(e) = c.flush()

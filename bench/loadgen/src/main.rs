@@ -16,10 +16,12 @@
 //!   (K = 1 is ping-pong): messages/s, latency p50/p99/p99.9/max.
 //! - `idle`: N connections opened at most `--conc` at a time, then left
 //!   idle: handshakes/s and, with `--pid`, the server's RSS per connection.
-//! - `broadcast`: one publisher and M subscribers on one URL; the server
+//! - `broadcast`: one publisher and M subscribers on one URL (or the
+//!   publisher on `--pub-url`: another node of a cluster); the server
 //!   relays each message of the publisher to every subscriber; the publisher
 //!   stays at most W messages ahead of the average subscriber:
-//!   deliveries/s.
+//!   deliveries/s, and the latency from publish to each delivery
+//!   (p50/p99). With `--pub-pid`, the publishing node's CPU per publish.
 //!
 //! With `--pid`, the server's CPU time over the measured window (all its
 //! threads, from /proc) gives server CPU per message, the number that stays
@@ -74,6 +76,11 @@ broadcast:
   -s, --size S       payload bytes                                         [32]
   --window W         messages the publisher keeps in flight                [16]
   -d, -w             as for echo
+  --pub-url URL      the publisher's endpoint (default: --url), e.g. another
+                     node of a cluster
+  --pub-pid PID      the publisher's server: its CPU per publish
+  --settle S         seconds between the last handshake and the first publish
+                     (a cluster's subscriptions take effect)               [0]
 
 wss:// makes every connection a full TLS handshake (no resumption).
 permessage-deflate is to come as a mode of the same engine (see src/wire.rs).
@@ -101,6 +108,8 @@ struct Args {
     touch: bool,
     tls: bool,
     tls12: bool,
+    pub_url: Option<String>,
+    pub_pid: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -169,7 +178,10 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         touch: false,
         tls: false,
         tls12: false,
+        pub_url: None,
+        pub_pid: None,
     };
+    let mut settle_given = false;
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
@@ -191,10 +203,18 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--window" => a.window = num(&flag, value()?)?,
             "-d" | "--duration" => a.duration = num(&flag, value()?)?,
             "-w" | "--warmup" => a.warmup = num(&flag, value()?)?,
-            "--settle" => a.settle = num(&flag, value()?)?,
+            "--settle" => {
+                a.settle = num(&flag, value()?)?;
+                settle_given = true;
+            }
+            "--pub-url" => a.pub_url = Some(value()?),
+            "--pub-pid" => a.pub_pid = Some(num(&flag, value()?)?),
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown flag {other}")),
         }
+    }
+    if a.scenario == "broadcast" && !settle_given {
+        a.settle = 0.0;
     }
     if a.inflight == 0 || a.window == 0 || a.conc == 0 {
         return Err("--inflight, --window and --conc must be at least 1".into());
@@ -267,6 +287,11 @@ fn run(a: &Args, report: &mut Report) -> Result<(), String> {
         mode,
         conns: a.conns,
         max_connecting: a.conc,
+        publisher: a
+            .pub_url
+            .as_deref()
+            .map(|u| parse_url(u).map(|(addr, host, path, _tls)| (addr, host, path)))
+            .transpose()?,
     })?;
     let mut events = Events::with_capacity(4096);
     let rss_before = a.pid.and_then(procfs::rss_kib);
@@ -310,12 +335,20 @@ fn measured(
         Duration::from_secs_f64(a.warmup),
         Duration::from_secs_f64(a.duration),
     );
+    if a.settle > 0.0 && matches!(mode, Mode::Broadcast { .. }) {
+        engine.run_until(
+            events,
+            Instant::now() + Duration::from_secs_f64(a.settle),
+            false,
+        )?;
+    }
     let start = Instant::now();
     engine.start_run(warmup, duration);
     engine.run_until(events, start + warmup, a.busy)?;
 
     let me = std::process::id();
     let cpu0 = (procfs::cpu_seconds(me), a.pid.and_then(procfs::cpu_seconds));
+    let pub_cpu0 = a.pub_pid.and_then(procfs::cpu_seconds);
     let switches0 = (
         procfs::involuntary_switches(me),
         a.pid.and_then(procfs::involuntary_switches),
@@ -324,6 +357,7 @@ fn measured(
     engine.idle_ns = 0;
     engine.run_until(events, start + warmup + duration, a.busy)?;
     let cpu1 = (procfs::cpu_seconds(me), a.pid.and_then(procfs::cpu_seconds));
+    let pub_cpu1 = a.pub_pid.and_then(procfs::cpu_seconds);
     let switches1 = (
         procfs::involuntary_switches(me),
         a.pid.and_then(procfs::involuntary_switches),
@@ -362,6 +396,14 @@ fn measured(
                 .num("lat_us_max", us(h.max()), 1);
         }
         _ => {
+            let us = |ns: u64| ns as f64 / 1000.0;
+            let h = &engine.latency;
+            let per_publish = match (pub_cpu0, pub_cpu1) {
+                (Some(x), Some(y)) if engine.published_counted > 0 => {
+                    Some((y - x) / engine.published_counted as f64 * 1e6)
+                }
+                _ => None,
+            };
             report
                 .int("subs", a.conns as u64)
                 .int("size", a.size as u64)
@@ -370,7 +412,13 @@ fn measured(
                 .num("duration_s", d, 1)
                 .int("deliveries", engine.counted)
                 .num("deliveries_per_s", rate, 0)
-                .int("published", engine.published);
+                .int("published", engine.published)
+                .num("published_per_s", engine.published_counted as f64 / d, 0)
+                .num("lat_us_p50", us(h.percentile(50.0)), 1)
+                .num("lat_us_p99", us(h.percentile(99.0)), 1)
+                .num("lat_us_max", us(h.max()), 1)
+                .num("pub_server_cpu_pct", pct(pub_cpu0, pub_cpu1), 1)
+                .num("pub_server_cpu_us_per_publish", per_publish, 2);
         }
     }
     report
