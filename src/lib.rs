@@ -178,6 +178,7 @@ pub mod pubsub {
 /// The per-message extension point (permessage-deflate and its kin): what a
 /// vhost offers with [`VhostBuilder::extension`](crate::VhostBuilder::extension).
 pub mod extension {
+    pub use crate::proto::deflate::PermessageDeflate;
     pub use crate::proto::extension::{
         Extension, ExtensionError, ExtensionNegotiator, ExtensionOffer,
     };
@@ -190,8 +191,8 @@ pub mod transport {
 }
 
 pub use config::{
-    Config, ConfigBuilder, HttpTarget, Limits, Mount, MountTarget, Options, OverflowPolicy,
-    VhostBuilder, VhostConfig,
+    Compression, CompressionBuilder, CompressionMode, Config, ConfigBuilder, HttpTarget, Limits,
+    Mount, MountTarget, Options, OverflowPolicy, VhostBuilder, VhostConfig,
 };
 pub use context::lifecycle::{Drain, DrainReport, Executors};
 pub use context::protocol::{HttpHandler, Protocol, Wake};
