@@ -165,7 +165,7 @@ pub mod http {
 
 /// Counters and gauges: [`Stats`](crate::metrics::Stats), as a snapshot and as Prometheus text.
 pub mod metrics {
-    pub use crate::context::metrics::Stats;
+    pub use crate::context::metrics::{CompressionStats, Stats};
     pub use crate::handlers::MetricsHandler;
 }
 
