@@ -471,6 +471,7 @@ pub(crate) mod testing {
     }
 
     /// Inflates one message on its own.
+    #[cfg(test)]
     pub(crate) fn inflate(data: &[u8]) -> Vec<u8> {
         inflater(15)(data).unwrap_or_default()
     }

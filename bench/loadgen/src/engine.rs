@@ -68,9 +68,11 @@ impl Conn {
         Ok(true)
     }
 
-    fn queue(&mut self, frame: &[u8], n: usize, now_ns: u64) {
+    /// Queues `n` messages, taking the pre-built frames in turn from `next`.
+    fn queue(&mut self, frames: &[Vec<u8>], next: &mut usize, n: usize, now_ns: u64) {
         for _ in 0..n {
-            self.out.extend_from_slice(frame);
+            self.out.extend_from_slice(&frames[*next % frames.len()]);
+            *next = next.wrapping_add(1);
             self.sent_at.push_back(now_ns);
         }
     }
@@ -80,7 +82,10 @@ impl Conn {
 pub(crate) struct Engine {
     addr: SocketAddr,
     upgrade: Vec<u8>,
-    frame: Vec<u8>,
+    /// The pre-built message frames, sent in turn (one, or several distinct
+    /// JSON messages).
+    frames: Vec<Vec<u8>>,
+    next_frame: usize,
     mode: Mode,
     total: usize,
     max_connecting: usize,
@@ -100,6 +105,11 @@ pub(crate) struct Engine {
     window_start: u64,
     window_end: u64,
     pub(crate) counted: u64,
+    /// Payload bytes of the counted messages as they came over the wire
+    /// (compressed, with permessage-deflate).
+    pub(crate) wire_bytes: u64,
+    /// The first 101's `Sec-WebSocket-Extensions`, if any.
+    pub(crate) extensions: Option<String>,
     pub(crate) latency: Histogram,
     // Broadcast.
     pub(crate) published: u64,
@@ -115,7 +125,10 @@ pub(crate) struct Setup {
     pub(crate) addr: SocketAddr,
     pub(crate) host: String,
     pub(crate) path: String,
-    pub(crate) frame: Vec<u8>,
+    /// The message frames, sent in turn.
+    pub(crate) frames: Vec<Vec<u8>>,
+    /// The `Sec-WebSocket-Extensions` to offer, if any.
+    pub(crate) offer: Option<String>,
     pub(crate) mode: Mode,
     pub(crate) conns: usize,
     pub(crate) max_connecting: usize,
@@ -129,8 +142,9 @@ impl Engine {
         };
         Ok(Self {
             addr: setup.addr,
-            upgrade: upgrade_request(&setup.host, &setup.path),
-            frame: setup.frame,
+            upgrade: upgrade_request(&setup.host, &setup.path, setup.offer.as_deref()),
+            frames: setup.frames,
+            next_frame: 0,
             mode: setup.mode,
             total,
             max_connecting: setup.max_connecting,
@@ -147,6 +161,8 @@ impl Engine {
             window_start: u64::MAX,
             window_end: u64::MAX,
             counted: 0,
+            wire_bytes: 0,
+            extensions: None,
             latency: Histogram::new(),
             published: 0,
             delivered: 0,
@@ -201,7 +217,7 @@ impl Engine {
                 let now_ns = self.ns(now);
                 for i in 0..self.conns.len() {
                     let c = &mut self.conns[i];
-                    c.queue(&self.frame, inflight, now_ns);
+                    c.queue(&self.frames, &mut self.next_frame, inflight, now_ns);
                     if let Err(e) = c.flush() {
                         self.kill(i, e);
                     }
@@ -381,6 +397,14 @@ impl Engine {
                         status.lines().next().unwrap_or("")
                     ));
                 }
+                if self.extensions.is_none() {
+                    let head = String::from_utf8_lossy(&c.response[..end]);
+                    self.extensions = head.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("sec-websocket-extensions")
+                            .then(|| v.trim().to_owned())
+                    });
+                }
                 // Bytes after the head are the first frames.
                 let early = c.response.split_off(end + 4);
                 c.response = Vec::new();
@@ -391,7 +415,14 @@ impl Engine {
                     self.on_messages(i, messages, now);
                 }
             } else {
+                let before = c.frames.data_bytes;
                 let messages = c.frames.feed(&self.read_buf[..n], &mut c.out)?;
+                let wire = c.frames.data_bytes - before;
+                let now_ns = self.ns(now);
+                let publisher = i == 0 && matches!(self.mode, Mode::Broadcast { .. });
+                if (self.window_start..self.window_end).contains(&now_ns) && !publisher {
+                    self.wire_bytes += wire;
+                }
                 if messages > 0 {
                     self.on_messages(i, messages, now);
                 }
@@ -408,7 +439,7 @@ impl Engine {
         self.last_open_at = Some(now);
         if self.mode == (Mode::Idle { touch: true }) {
             let now_ns = self.ns(now);
-            self.conns[i].queue(&self.frame, 1, now_ns);
+            self.conns[i].queue(&self.frames, &mut self.next_frame, 1, now_ns);
         }
     }
 
@@ -428,7 +459,7 @@ impl Engine {
                     self.counted += m as u64;
                 }
                 if self.running {
-                    c.queue(&self.frame, m, now_ns);
+                    c.queue(&self.frames, &mut self.next_frame, m, now_ns);
                 }
             }
             Mode::Idle { .. } => {
@@ -463,7 +494,8 @@ impl Engine {
         let c = &mut self.conns[0];
         let before = self.published;
         while self.published * subscribers < self.delivered + window as u64 * subscribers {
-            c.out.extend_from_slice(&self.frame);
+            c.out.extend_from_slice(&self.frames[self.next_frame % self.frames.len()]);
+            self.next_frame = self.next_frame.wrapping_add(1);
             self.published += 1;
         }
         if self.published > before
