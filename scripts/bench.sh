@@ -21,6 +21,14 @@
 #   BASELINE        another wsgate binary (an earlier build) measured in the
 #                   same interleaved run, for before/after tables
 #   BASELINE_NAME [wsgate-before]  label of its rows
+#   SERVERS         more servers in the same run, "NAME=CMD;NAME=CMD" (CMD with
+#                   {port}, serving ECHO_PATH and BCAST_PATH like wsgate):
+#                   wsgate with another --config, or a server built elsewhere
+#   WSGATE_ARGS     extra arguments of wsgate's command (e.g. --config FILE)
+#
+# The permessage-deflate scenarios (echo_c100_deflate, bcast_m1000_deflate and
+# their plain _json twins) are not in the default list; docs/BENCHMARKS.md
+# shows the run that compares wsgate's modes with uWebSockets'.
 #
 # The libwebsockets anchor needs `apt-get install libwebsockets-dev
 # pkg-config` and is skipped, with a warning, without it. Needs python3,
@@ -31,7 +39,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH="$ROOT/bench"
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 
@@ -81,11 +89,15 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 echo "bench.sh: scenarios=$SCENARIOS reps=$REPS anchors=${anchors:-none} out=$OUT" >&2
-servers=(--server "$NAME=$ROOT/target/release/wsgate --listen 127.0.0.1:{port} --stats-interval 0s")
+servers=(--server "$NAME=$ROOT/target/release/wsgate ${WSGATE_ARGS:-} --listen 127.0.0.1:{port} --stats-interval 0s")
 if [[ -n "${BASELINE:-}" ]]; then
   [[ -x "$BASELINE" ]] || { echo "bench.sh: BASELINE $BASELINE is not an executable" >&2; exit 1; }
   servers+=(--server "${BASELINE_NAME:-wsgate-before}=$BASELINE --listen 127.0.0.1:{port} --stats-interval 0s")
 fi
+IFS=';' read -r -a extra <<<"${SERVERS:-}"
+for spec in "${extra[@]}"; do
+  [[ -n "$spec" ]] && servers+=(--server "$spec")
+done
 rc=0
 python3 "$BENCH/bench.py" run --reps "$REPS" --duration "$DURATION" --warmup "$WARMUP" \
   --scenarios "$SCENARIOS" --anchors "$anchors" --out "$OUT" "${servers[@]}" || rc=$?
