@@ -174,12 +174,13 @@ impl Inflater {
                         InflateFlush::SyncFlush,
                     )
                     .map_err(|e| {
-                        ExtensionError::Invalid(d.error_message().unwrap_or_else(|| match e {
+                        let fallback = match e {
                             zlib_rs::InflateError::NeedDict { .. } => {
                                 "compressed data needs a dictionary"
                             }
                             _ => "invalid compressed data",
-                        }))
+                        };
+                        ExtensionError::Invalid(d.error_message().unwrap_or(fallback))
                     })?;
                 let took = usize::try_from(d.total_in() - in0).unwrap_or(usize::MAX);
                 let gave = usize::try_from(d.total_out() - out0).unwrap_or(usize::MAX);
