@@ -462,8 +462,8 @@ impl VhostBuilder {
     /// [`CompressionMode::Dedicated`] keeps each session's context for a
     /// better ratio at [`Compression::dedicated_memory`] bytes per session.
     /// The same as `.extension(PermessageDeflate::new(compression))`
-    /// ([`PermessageDeflate`](crate::extension::PermessageDeflate)), in the
-    /// order of the vhost's extensions. Default: off.
+    /// ([`crate::extension::PermessageDeflate`]), in the order of the
+    /// vhost's extensions. Default: off.
     ///
     /// # Examples
     ///

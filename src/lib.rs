@@ -80,6 +80,10 @@
 //! Per-thread memory: each thread that reads for a session holds one 64 KiB
 //! read buffer (thread-local, allocated on its first read, freed when the
 //! thread exits); a session itself keeps no read buffer between messages.
+//! With permessage-deflate ([`Compression`]), each thread that compresses or
+//! inflates a message without context takeover also holds one compressor
+//! (about 330 KiB at window 15) and one decompressor (about 40 KiB), made on
+//! first use, so that sessions in shared mode hold none of their own.
 //!
 //! A single-threaded host whose loop is an `async_executor::LocalExecutor`
 //! attaches with [`Context::attach_local`].

@@ -384,12 +384,13 @@ impl Extension for Deflate {
         if !self.agreed.client_takeover {
             return codec::inflate_shared(&payload, max_size).map(Bytes::from);
         }
-        let inflater = self
-            .inflater
-            .get_or_insert_with(|| Inflater::new(self.agreed.client_window.max(9)));
+        let window = self.agreed.client_window;
         if std::mem::take(&mut self.reset_inflater) {
-            inflater.reset();
+            // A new stream (the client ended its last one), with the same
+            // window: a fresh decompressor.
+            self.inflater = None;
         }
+        let inflater = self.inflater.get_or_insert_with(|| Inflater::new(window));
         let (out, ended) = inflater.inflate(&payload, max_size)?;
         self.reset_inflater = ended;
         Ok(Bytes::from(out))
