@@ -49,6 +49,11 @@ struct Conn {
     frames: Frames,
     /// Send times (ns since the engine's start) of the messages in flight.
     sent_at: VecDeque<u64>,
+    /// The next of the pre-built frames this connection sends: each
+    /// connection goes through all of them in turn, from its own start, so
+    /// that its stream repeats a message only after all the others (as a
+    /// compressor with context takeover would see real traffic).
+    next: usize,
 }
 
 impl Conn {
@@ -68,11 +73,11 @@ impl Conn {
         Ok(true)
     }
 
-    /// Queues `n` messages, taking the pre-built frames in turn from `next`.
-    fn queue(&mut self, frames: &[Vec<u8>], next: &mut usize, n: usize, now_ns: u64) {
+    /// Queues `n` messages, the connection's next pre-built frames in turn.
+    fn queue(&mut self, frames: &[Vec<u8>], n: usize, now_ns: u64) {
         for _ in 0..n {
-            self.out.extend_from_slice(&frames[*next % frames.len()]);
-            *next = next.wrapping_add(1);
+            self.out.extend_from_slice(&frames[self.next % frames.len()]);
+            self.next = self.next.wrapping_add(1);
             self.sent_at.push_back(now_ns);
         }
     }
@@ -85,7 +90,6 @@ pub(crate) struct Engine {
     /// The pre-built message frames, sent in turn (one, or several distinct
     /// JSON messages).
     frames: Vec<Vec<u8>>,
-    next_frame: usize,
     mode: Mode,
     total: usize,
     max_connecting: usize,
@@ -144,7 +148,6 @@ impl Engine {
             addr: setup.addr,
             upgrade: upgrade_request(&setup.host, &setup.path, setup.offer.as_deref()),
             frames: setup.frames,
-            next_frame: 0,
             mode: setup.mode,
             total,
             max_connecting: setup.max_connecting,
@@ -217,7 +220,7 @@ impl Engine {
                 let now_ns = self.ns(now);
                 for i in 0..self.conns.len() {
                     let c = &mut self.conns[i];
-                    c.queue(&self.frames, &mut self.next_frame, inflight, now_ns);
+                    c.queue(&self.frames, inflight, now_ns);
                     if let Err(e) = c.flush() {
                         self.kill(i, e);
                     }
@@ -319,6 +322,7 @@ impl Engine {
                 out_pos: 0,
                 frames: Frames::new(),
                 sent_at: VecDeque::new(),
+                next: i,
             });
             self.connecting += 1;
         }
@@ -439,7 +443,7 @@ impl Engine {
         self.last_open_at = Some(now);
         if self.mode == (Mode::Idle { touch: true }) {
             let now_ns = self.ns(now);
-            self.conns[i].queue(&self.frames, &mut self.next_frame, 1, now_ns);
+            self.conns[i].queue(&self.frames, 1, now_ns);
         }
     }
 
@@ -459,7 +463,7 @@ impl Engine {
                     self.counted += m as u64;
                 }
                 if self.running {
-                    c.queue(&self.frames, &mut self.next_frame, m, now_ns);
+                    c.queue(&self.frames, m, now_ns);
                 }
             }
             Mode::Idle { .. } => {
@@ -494,8 +498,8 @@ impl Engine {
         let c = &mut self.conns[0];
         let before = self.published;
         while self.published * subscribers < self.delivered + window as u64 * subscribers {
-            c.out.extend_from_slice(&self.frames[self.next_frame % self.frames.len()]);
-            self.next_frame = self.next_frame.wrapping_add(1);
+            c.out.extend_from_slice(&self.frames[c.next % self.frames.len()]);
+            c.next = c.next.wrapping_add(1);
             self.published += 1;
         }
         if self.published > before
