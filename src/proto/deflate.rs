@@ -137,7 +137,11 @@ impl Compression {
         CompressionBuilder {
             c: Self {
                 mode,
-                level: if mode == CompressionMode::Dedicated { 1 } else { 6 },
+                level: if mode == CompressionMode::Dedicated {
+                    1
+                } else {
+                    6
+                },
                 ..Self::off()
             },
         }
@@ -185,8 +189,10 @@ impl Compression {
     /// window (2 × 2^window_bits), its chain (2 × 2^window_bits), its hash
     /// table (128 KiB in zlib-rs, whatever the window) and its symbol buffer
     /// (4 × 2^(mem_level+6)); the decompressor's window (2^window_bits, at
-    /// least 2^9) and state (about 7 KiB). About 327 KiB at the defaults
-    /// (window 15, memLevel 8), 201 KiB at window 10. Shared mode: 0.
+    /// least 2^9) and state (about 7 KiB). 365 KiB at the defaults (window
+    /// 15, memLevel 8), 210 KiB at window 10, 64 KiB less at memLevel 1.
+    /// Measured RSS per session after one message each way: 334 KiB and
+    /// 210 KiB (docs/BENCHMARKS.md). Shared mode: 0.
     pub fn dedicated_memory(&self) -> usize {
         if self.mode != CompressionMode::Dedicated {
             return 0;

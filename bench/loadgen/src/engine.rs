@@ -76,7 +76,8 @@ impl Conn {
     /// Queues `n` messages, the connection's next pre-built frames in turn.
     fn queue(&mut self, frames: &[Vec<u8>], n: usize, now_ns: u64) {
         for _ in 0..n {
-            self.out.extend_from_slice(&frames[self.next % frames.len()]);
+            self.out
+                .extend_from_slice(&frames[self.next % frames.len()]);
             self.next = self.next.wrapping_add(1);
             self.sent_at.push_back(now_ns);
         }
@@ -498,7 +499,8 @@ impl Engine {
         let c = &mut self.conns[0];
         let before = self.published;
         while self.published * subscribers < self.delivered + window as u64 * subscribers {
-            c.out.extend_from_slice(&self.frames[c.next % self.frames.len()]);
+            c.out
+                .extend_from_slice(&self.frames[c.next % self.frames.len()]);
             c.next = c.next.wrapping_add(1);
             self.published += 1;
         }
