@@ -61,6 +61,14 @@ SCENARIOS = {
     "idle_10k_touch": ["idle", "-n", "10000", "--touch"],
     "bcast_m100": ["broadcast", "-m", "100", "-s", "32", "--window", "16"],
     "bcast_m1000": ["broadcast", "-m", "1000", "-s", "32", "--window", "4"],
+    # permessage-deflate (docs/BENCHMARKS.md): 1 KiB JSON messages (64 distinct
+    # ones in turn), plain (_json) or compressed by the client, with the
+    # browser's offer (_deflate). The server's compression mode is its own
+    # configuration's.
+    "echo_c100_json": ["echo", "-c", "100", "-s", "1024", "--json"],
+    "echo_c100_deflate": ["echo", "-c", "100", "-s", "1024", "--deflate"],
+    "bcast_m1000_json": ["broadcast", "-m", "1000", "-s", "1024", "--window", "4", "--json"],
+    "bcast_m1000_deflate": ["broadcast", "-m", "1000", "-s", "1024", "--window", "4", "--deflate"],
 }
 
 # server name -> URL scheme ("ws", or "wss" for a server given as wss:CMD)
@@ -281,6 +289,16 @@ def table(paths):
             p50, p99 = med(s, c, "lat_us_p50"), med(s, c, "lat_us_p99")
             return text + (f" ({p50 / 1000:.2f} / {p99 / 1000:.1f})" if p50 is not None else "")
         out += grid(traffic, lambda s: [rate(s, c) for c in traffic])
+    deflated = [c for c in traffic if any(r.get("deflate") for r in by.get((s, c), []) for s in servers)]
+    if deflated:
+        out += ["", "permessage-deflate: compression ratio of what the server sent (payload bytes "
+                "before / on the wire) and the extension it agreed to.", ""]
+
+        def ratio(s, c):
+            v = med(s, c, "ratio_server_to_client")
+            agreed = next((r.get("deflate_agreed") for r in by.get((s, c), []) if r.get("deflate_agreed")), "")
+            return "–" if v is None else f"{v:.2f} (`{agreed}`)"
+        out += grid(deflated, lambda s: [ratio(s, c) for c in deflated])
     noise = [r["noise_pct"] for r in rows if r.get("noise_pct") is not None]
     if noise:
         out += ["", f"Noise (CPU on the two cores used by other processes): median {statistics.median(noise):.1f} %, "

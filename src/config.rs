@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::error::ConfigError;
+use crate::proto::deflate::PermessageDeflate;
 use crate::proto::extension::ExtensionNegotiator;
 use crate::proto::http::is_token_byte;
 
@@ -27,6 +28,8 @@ pub use limits::{Limits, OverflowPolicy};
 pub(crate) use tls::LoadedTls;
 #[cfg(feature = "tls")]
 pub use tls::{ClientAuth, TlsConfig};
+
+pub use crate::proto::deflate::{Compression, CompressionBuilder, CompressionMode};
 
 /// The configuration of one context: its vhosts and context-wide limits.
 pub struct Config {
@@ -562,6 +565,33 @@ impl VhostBuilder {
     pub fn extension(mut self, negotiator: impl ExtensionNegotiator) -> Self {
         self.cfg.extensions.push(Arc::new(negotiator));
         self
+    }
+
+    /// Compresses messages with permessage-deflate (RFC 7692) for the clients
+    /// that offer it (every browser does): [`CompressionMode::Shared`] keeps
+    /// nothing per session and compresses a broadcast once,
+    /// [`CompressionMode::Dedicated`] keeps each session's context for a
+    /// better ratio at [`Compression::dedicated_memory`] bytes per session.
+    /// The same as `.extension(PermessageDeflate::new(compression))`
+    /// ([`crate::extension::PermessageDeflate`]), in the order of the
+    /// vhost's extensions. Default: off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use wsgate::{Compression, CompressionMode, VhostConfig};
+    ///
+    /// let vhost = VhostConfig::builder("default")
+    ///     .listen("127.0.0.1:0".parse()?)
+    ///     .compression(Compression::builder(CompressionMode::Shared).build()?)
+    ///     .build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn compression(self, compression: Compression) -> Self {
+        if compression.mode() == CompressionMode::Off {
+            return self;
+        }
+        self.extension(PermessageDeflate::new(compression))
     }
 
     /// Adds a mount. Default: none.

@@ -49,7 +49,8 @@ use std::sync::Arc;
 use crate::HttpHandler;
 use crate::config::file::{RawTls, RawVhost};
 use crate::config::{
-    BrokerKind, BrokerSettings, Config, ConfigBuilder, ConfigFile, Mount, Options, VhostConfig,
+    BrokerKind, BrokerSettings, Compression, Config, ConfigBuilder, ConfigFile, Mount, Options,
+    VhostConfig,
 };
 use crate::context::protocol::{ErasedProtocol, Protocol, bind_handler_arc, bind_protocol, erase};
 use crate::error::ConfigError;
@@ -244,6 +245,31 @@ impl ConfigFile {
         b = b.limits(v.limits.clone());
         if let Some(tls) = &v.tls {
             b = self.tls(b, tls, name)?;
+        }
+        if let Some(c) = &v.compression {
+            let span = c.span();
+            let raw = c.get_ref();
+            let mut builder = Compression::builder(raw.mode.0);
+            if let Some(w) = raw.window_bits {
+                builder = builder.window_bits(w);
+            }
+            if let Some(m) = raw.mem_level {
+                builder = builder.mem_level(m);
+            }
+            if let Some(l) = raw.level {
+                builder = builder.level(l);
+            }
+            if let Some(t) = raw.threshold {
+                builder = builder.threshold(t.0);
+            }
+            let compression = builder.build().map_err(|e| {
+                let leaf = e.key.rsplit('.').next().unwrap_or_default();
+                let line = self
+                    .find_key_line(leaf, span.start)
+                    .unwrap_or_else(|| self.line(&span));
+                ConfigError::new(format!("vhost.{name}.{}", e.key), e.reason).at_line(line)
+            })?;
+            b = b.compression(compression);
         }
         // Protocols used by mounts, instantiated once per vhost with its options.
         let mut used: Vec<String> = Vec::new();
@@ -508,6 +534,35 @@ protocol = "echo"
                 "/metrics"
             ]
         );
+    }
+
+    #[test]
+    fn vhost_compression_builds_and_its_errors_name_key_and_line() {
+        let base = "[[vhost]]\nname = \"a\"\nlisten = [\"127.0.0.1:0\"]\n[vhost.compression]\n";
+        let build = |rest: &str| {
+            ConfigFile::parse(&format!("{base}{rest}"))
+                .and_then(|f| f.build_vhost("a", &ProtocolRegistry::builtin()))
+        };
+        let v = build("mode = \"dedicated\"\nwindow_bits = 10\nmem_level = 4\nlevel = 1\nthreshold = \"1KiB\"\n")
+            .unwrap();
+        let debug = format!("{v:?}");
+        assert!(
+            debug.contains(
+                "Compression { mode: Dedicated, window_bits: 10, mem_level: 4, level: 1, threshold: 1024 }"
+            ),
+            "{debug}"
+        );
+        // Off (also the default mode) offers nothing.
+        let v = build("threshold = 10\n").unwrap();
+        assert!(!format!("{v:?}").contains("PermessageDeflate"));
+        let e = build("mode = \"shared\"\nwindow_bits = 8\n").unwrap_err();
+        assert_eq!(e.key, "vhost.a.compression.window_bits", "{e}");
+        assert_eq!(e.line, Some(6), "{e}");
+        let e = build("mode = \"fast\"\n").unwrap_err();
+        assert!(e.reason.contains("unknown compression mode"), "{e}");
+        assert_eq!(e.line, Some(5), "{e}");
+        let e = build("mode = \"shared\"\nwindow = 10\n").unwrap_err();
+        assert_eq!(e.line, Some(6), "{e}");
     }
 
     #[test]

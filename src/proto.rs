@@ -10,6 +10,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod close;
+pub(crate) mod deflate;
 pub(crate) mod extension;
 pub(crate) mod frame;
 pub(crate) mod http;

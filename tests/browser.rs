@@ -3,10 +3,13 @@
 //! headless Chromium through Playwright to use every panel (increment and
 //! Reset, echo, broadcast chat between two browser contexts, pub/sub, live
 //! status, the endpoints panel) and the page's "server unreachable" state,
-//! and saves a full-page screenshot to `target/demo-screenshot.png`. A
-//! second test serves the page over https from `examples/wsgate-tls.toml`
-//! (a certificate for localhost made with rcgen at test time) and uses its
-//! `wss://` panels (`target/demo-https-screenshot.png`).
+//! checks that Chromium negotiated permessage-deflate (a socket's
+//! `extensions`, and the server's compression counters in `/metrics`: the
+//! built-in configuration compresses in shared mode), and saves a full-page
+//! screenshot to `target/demo-screenshot.png`. A second test serves the page
+//! over https from `examples/wsgate-tls.toml` (a certificate for localhost
+//! made with rcgen at test time) and uses its `wss://` panels
+//! (`target/demo-https-screenshot.png`).
 //!
 //! Needs `/usr/bin/chromium`, `node`, and `tests/browser/node_modules`
 //! (`.ci/browser.sh` installs all three), so it is `#[ignore]`d: a plain

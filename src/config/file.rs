@@ -328,6 +328,8 @@ pub(crate) struct RawVhost {
     pub(crate) origins: Vec<String>,
     #[serde(default)]
     pub(crate) limits: Limits,
+    /// `[vhost.compression]`: permessage-deflate (absent: off).
+    pub(crate) compression: Option<Spanned<RawCompression>>,
     #[serde(default)]
     pub(crate) options: BTreeMap<String, BTreeMap<String, OptionValue>>,
     #[serde(default)]
@@ -437,6 +439,49 @@ pub(crate) struct RawBroker {
     history_ttl: Option<DurationValue>,
     heartbeat: Option<DurationValue>,
     prefix: Option<String>,
+}
+
+/// `[vhost.compression]`, checked by [`Compression`](super::Compression)'s
+/// builder when the loader builds the vhost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCompression {
+    #[serde(default)]
+    pub(crate) mode: ModeValue,
+    pub(crate) window_bits: Option<u8>,
+    pub(crate) mem_level: Option<u8>,
+    pub(crate) level: Option<u8>,
+    pub(crate) threshold: Option<SizeValue>,
+}
+
+/// `"off"`, `"shared"` or `"dedicated"`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ModeValue(pub(crate) super::CompressionMode);
+
+impl<'de> Deserialize<'de> for ModeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use super::CompressionMode as M;
+        let s = String::deserialize(d)?;
+        [M::Off, M::Shared, M::Dedicated]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .map(ModeValue)
+            .ok_or_else(|| {
+                de::Error::custom(format!(
+                    "unknown compression mode {s:?} (expected \"off\", \"shared\" or \"dedicated\")"
+                ))
+            })
+    }
+}
+
+/// A byte count: a whole number, or a string with a unit (`"64B"`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SizeValue(pub(crate) usize);
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        super::limits::de::size(d).map(SizeValue)
+    }
 }
 
 /// A socket address written as a string.

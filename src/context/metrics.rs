@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::common::lock;
 use crate::context::broker::BrokerStats;
-use crate::proto::session::Tally;
+use crate::proto::session::{ExtensionTally, Tally};
 use crate::runtime::budget::Usage;
 
 /// The live counters; updated with relaxed atomics on the hot path (traffic
@@ -28,6 +28,40 @@ pub(crate) struct Metrics {
     rejected: Mutex<BTreeMap<u16, u64>>,
     close_codes: Mutex<BTreeMap<u16, u64>>,
     tls_failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// permessage-deflate, by vhost name.
+    compression: Mutex<BTreeMap<String, Arc<CompressionCounters>>>,
+}
+
+/// One vhost's permessage-deflate counters, held by each of its sessions
+/// that negotiated it (so a report is relaxed atomics, no lock).
+#[derive(Debug, Default)]
+pub(crate) struct CompressionCounters {
+    sessions: AtomicU64,
+    compressed_in: AtomicU64,
+    uncompressed_in: AtomicU64,
+    compressed_out: AtomicU64,
+    uncompressed_out: AtomicU64,
+}
+
+impl CompressionCounters {
+    /// A session's compressed traffic since its last report.
+    pub(crate) fn add(&self, t: ExtensionTally) {
+        Metrics::add(&self.compressed_in, t.wire_in.into());
+        Metrics::add(&self.uncompressed_in, t.plain_in.into());
+        Metrics::add(&self.compressed_out, t.wire_out.into());
+        Metrics::add(&self.uncompressed_out, t.plain_out.into());
+    }
+
+    fn snapshot(&self) -> CompressionStats {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CompressionStats {
+            sessions: load(&self.sessions),
+            compressed_bytes_in: load(&self.compressed_in),
+            uncompressed_bytes_in: load(&self.uncompressed_in),
+            compressed_bytes_out: load(&self.compressed_out),
+            uncompressed_bytes_out: load(&self.uncompressed_out),
+        }
+    }
 }
 
 impl Metrics {
@@ -52,6 +86,22 @@ impl Metrics {
     /// A handshake accepted.
     pub(crate) fn count_session(&self) {
         self.sessions_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A session of `vhost` negotiated permessage-deflate: counted, and the
+    /// counters its traffic goes to.
+    pub(crate) fn count_compressed_session(&self, vhost: &str) -> Arc<CompressionCounters> {
+        let mut map = lock(&self.compression);
+        let c = match map.get(vhost) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Arc::new(CompressionCounters::default());
+                map.insert(vhost.to_owned(), c.clone());
+                c
+            }
+        };
+        c.sessions.fetch_add(1, Ordering::Relaxed);
+        c
     }
 
     /// A message published to a topic.
@@ -155,6 +205,27 @@ pub struct Stats {
     /// The broker's state and counters (cluster bus errors, reconnects,
     /// messages to and from other nodes).
     pub broker: BrokerStats,
+    /// permessage-deflate, by vhost name (vhosts where some session
+    /// negotiated it).
+    pub compression: BTreeMap<String, CompressionStats>,
+}
+
+/// One vhost's permessage-deflate traffic since attach: the bytes of the
+/// messages that went compressed, as on the wire and as the application
+/// sees them (messages sent or received plain count in neither).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CompressionStats {
+    /// Sessions that negotiated permessage-deflate.
+    pub sessions: u64,
+    /// Compressed payload bytes received.
+    pub compressed_bytes_in: u64,
+    /// What they inflated to.
+    pub uncompressed_bytes_in: u64,
+    /// Compressed payload bytes sent.
+    pub compressed_bytes_out: u64,
+    /// What they were before compression.
+    pub uncompressed_bytes_out: u64,
 }
 
 impl Metrics {
@@ -204,6 +275,10 @@ impl Metrics {
                 .map(|(k, v)| ((*k).to_owned(), *v))
                 .collect(),
             broker,
+            compression: lock(&self.compression)
+                .iter()
+                .map(|(vhost, c)| (vhost.clone(), c.snapshot()))
+                .collect(),
         }
     }
 }
@@ -420,6 +495,56 @@ impl Stats {
             "Messages sent to and received from other nodes.",
             &cross,
         );
+        self.compression_metrics(&mut out);
         out
+    }
+
+    /// The permessage-deflate families, per vhost.
+    fn compression_metrics(&self, out: &mut String) {
+        let vhost = |name: &str| name.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(
+            out,
+            "# HELP wsgate_compression_sessions_total Sessions that negotiated permessage-deflate, by vhost.\n\
+             # TYPE wsgate_compression_sessions_total counter"
+        );
+        for (name, c) in &self.compression {
+            let _ = writeln!(
+                out,
+                "wsgate_compression_sessions_total{{vhost=\"{}\"}} {}",
+                vhost(name),
+                c.sessions
+            );
+        }
+        let families = [
+            (
+                "compressed_bytes_total",
+                "Payload bytes of compressed messages as sent on the wire, by vhost and direction.",
+                [
+                    |c: &CompressionStats| c.compressed_bytes_in,
+                    |c: &CompressionStats| c.compressed_bytes_out,
+                ],
+            ),
+            (
+                "uncompressed_bytes_total",
+                "Payload bytes of compressed messages before compression (out) or after inflation (in), by vhost and direction.",
+                [
+                    |c: &CompressionStats| c.uncompressed_bytes_in,
+                    |c: &CompressionStats| c.uncompressed_bytes_out,
+                ],
+            ),
+        ];
+        for (family, help, [inbound, outbound]) in families {
+            let _ = writeln!(out, "# HELP wsgate_{family} {help}");
+            let _ = writeln!(out, "# TYPE wsgate_{family} counter");
+            for (name, c) in &self.compression {
+                for (direction, v) in [("in", inbound(c)), ("out", outbound(c))] {
+                    let _ = writeln!(
+                        out,
+                        "wsgate_{family}{{vhost=\"{}\",direction=\"{direction}\"}} {v}",
+                        vhost(name)
+                    );
+                }
+            }
+        }
     }
 }

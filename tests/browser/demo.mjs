@@ -1,7 +1,9 @@
 // Drives the wsgate demo page in Debian's headless Chromium and uses every
 // panel: increment (advance, then Reset), echo, broadcast chat between two
 // browser contexts, pub/sub subscribe and publish, the live status fed from
-// the `stats` topic, and the endpoints panel's commands. Then the same page
+// the `stats` topic, and the endpoints panel's commands; every socket must
+// have negotiated permessage-deflate (the socket's `extensions`, and the
+// server's counters in /metrics). Then the same page
 // served where no gateway listens must say "server unreachable, retrying in
 // N s" on every panel without changing their header heights. Ends with
 // full-page screenshots (SCREENSHOT, and SCREENSHOT with -unreachable before
@@ -216,6 +218,39 @@ try {
     await page.screenshot({ path: shot, fullPage: true, timeout: STEP_MS });
     console.log(`  ${await page.textContent("#inc .conn")}; screenshot ${shot}`);
     await context.close();
+  });
+
+  await step("every socket negotiated permessage-deflate", async () => {
+    // Chromium offers "permessage-deflate; client_max_window_bits" on every
+    // handshake; the built-in configuration compresses in shared mode. A
+    // socket's `extensions` is what the 101 agreed to.
+    const agreed = await a.evaluate(
+      (path) =>
+        new Promise((resolve, reject) => {
+          const ws = new WebSocket(new URL(path, location.href.replace(/^http/, "ws")));
+          ws.onopen = () => {
+            resolve(ws.extensions);
+            ws.close();
+          };
+          ws.onerror = () => reject(new Error("the socket failed"));
+        }),
+      "/echo",
+    );
+    if (!agreed.startsWith("permessage-deflate")) throw new Error(`extensions: ${JSON.stringify(agreed)}`);
+    // Every panel's socket of both pages was compressed too: the server
+    // counted them, and compressed traffic both ways.
+    const opened = 2 * PANELS.length + 1;
+    // The server counted them and compressed traffic both ways.
+    const metrics = await (await fetch(new URL("/metrics", url))).text();
+    const value = (line) => Number(metrics.match(new RegExp(`^${line} (\\d+)$`, "m"))?.[1] ?? 0);
+    const sessions = value('wsgate_compression_sessions_total\\{vhost="default"\\}');
+    const sent = value('wsgate_compressed_bytes_total\\{vhost="default",direction="out"\\}');
+    const before = value('wsgate_uncompressed_bytes_total\\{vhost="default",direction="out"\\}');
+    const received = value('wsgate_compressed_bytes_total\\{vhost="default",direction="in"\\}');
+    if (sessions < opened || sent === 0 || received === 0 || before <= sent) {
+      throw new Error(`metrics: sessions ${sessions} (of ${opened}), out ${sent}/${before} B, in ${received} B`);
+    }
+    console.log(`  ${agreed}; ${sessions} sessions; out ${before} B -> ${sent} B; in ${received} B`);
   });
 
   await step("no script errors", async () => {

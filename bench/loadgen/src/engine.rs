@@ -53,6 +53,11 @@ struct Conn {
     /// Broadcast: messages this subscriber has received (the index of the
     /// next one in the publisher's send times).
     received: u64,
+    /// The next of the pre-built frames this connection sends: each
+    /// connection goes through all of them in turn, from its own start, so
+    /// that its stream repeats a message only after all the others (as a
+    /// compressor with context takeover would see real traffic).
+    next: usize,
 }
 
 impl Conn {
@@ -77,9 +82,12 @@ impl Conn {
         }
     }
 
-    fn queue(&mut self, frame: &[u8], n: usize, now_ns: u64) {
+    /// Queues `n` messages, the connection's next pre-built frames in turn.
+    fn queue(&mut self, frames: &[Vec<u8>], n: usize, now_ns: u64) {
         for _ in 0..n {
-            self.out.extend_from_slice(frame);
+            self.out
+                .extend_from_slice(&frames[self.next % frames.len()]);
+            self.next = self.next.wrapping_add(1);
             self.sent_at.push_back(now_ns);
         }
     }
@@ -91,7 +99,9 @@ pub(crate) struct Engine {
     /// `wss://`: the client configuration and the SNI name.
     tls: Option<(Arc<rustls::ClientConfig>, String)>,
     upgrade: Vec<u8>,
-    frame: Vec<u8>,
+    /// The pre-built message frames, sent in turn (one, or several distinct
+    /// JSON messages).
+    frames: Vec<Vec<u8>>,
     mode: Mode,
     total: usize,
     max_connecting: usize,
@@ -111,6 +121,11 @@ pub(crate) struct Engine {
     window_start: u64,
     window_end: u64,
     pub(crate) counted: u64,
+    /// Payload bytes of the counted messages as they came over the wire
+    /// (compressed, with permessage-deflate).
+    pub(crate) wire_bytes: u64,
+    /// The first 101's `Sec-WebSocket-Extensions`, if any.
+    pub(crate) extensions: Option<String>,
     pub(crate) latency: Histogram,
     // Broadcast.
     pub(crate) published: u64,
@@ -135,7 +150,10 @@ pub(crate) struct Setup {
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) host: String,
     pub(crate) path: String,
-    pub(crate) frame: Vec<u8>,
+    /// The message frames, sent in turn.
+    pub(crate) frames: Vec<Vec<u8>>,
+    /// The `Sec-WebSocket-Extensions` to offer, if any.
+    pub(crate) offer: Option<String>,
     pub(crate) mode: Mode,
     pub(crate) conns: usize,
     pub(crate) max_connecting: usize,
@@ -159,8 +177,8 @@ impl Engine {
         Ok(Self {
             addr: setup.addr,
             tls: setup.tls.map(|c| (c, sni)),
-            upgrade: upgrade_request(&setup.host, &setup.path),
-            frame: setup.frame,
+            upgrade: upgrade_request(&setup.host, &setup.path, setup.offer.as_deref()),
+            frames: setup.frames,
             mode: setup.mode,
             total,
             max_connecting: setup.max_connecting,
@@ -177,6 +195,8 @@ impl Engine {
             window_start: u64::MAX,
             window_end: u64::MAX,
             counted: 0,
+            wire_bytes: 0,
+            extensions: None,
             latency: Histogram::new(),
             published: 0,
             published_counted: 0,
@@ -186,7 +206,7 @@ impl Engine {
             pub_upgrade: setup
                 .publisher
                 .as_ref()
-                .map(|(_, host, path)| upgrade_request(host, path)),
+                .map(|(_, host, path)| upgrade_request(host, path, setup.offer.as_deref())),
             touched: 0,
             idle_ns: 0,
         })
@@ -238,7 +258,7 @@ impl Engine {
                 let now_ns = self.ns(now);
                 for i in 0..self.conns.len() {
                     let c = &mut self.conns[i];
-                    c.queue(&self.frame, inflight, now_ns);
+                    c.queue(&self.frames, inflight, now_ns);
                     if let Err(e) = c.flush() {
                         self.kill(i, e);
                     }
@@ -349,6 +369,7 @@ impl Engine {
                 frames: Frames::new(),
                 sent_at: VecDeque::new(),
                 received: 0,
+                next: i,
             });
             self.connecting += 1;
         }
@@ -431,6 +452,14 @@ impl Engine {
                         status.lines().next().unwrap_or("")
                     ));
                 }
+                if self.extensions.is_none() {
+                    let head = String::from_utf8_lossy(&c.response[..end]);
+                    self.extensions = head.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("sec-websocket-extensions")
+                            .then(|| v.trim().to_owned())
+                    });
+                }
                 // Bytes after the head are the first frames.
                 let early = c.response.split_off(end + 4);
                 c.response = Vec::new();
@@ -441,7 +470,14 @@ impl Engine {
                     self.on_messages(i, messages, now);
                 }
             } else {
+                let before = c.frames.data_bytes;
                 let messages = c.frames.feed(&self.read_buf[..n], &mut c.out)?;
+                let wire = c.frames.data_bytes - before;
+                let now_ns = self.ns(now);
+                let publisher = i == 0 && matches!(self.mode, Mode::Broadcast { .. });
+                if (self.window_start..self.window_end).contains(&now_ns) && !publisher {
+                    self.wire_bytes += wire;
+                }
                 if messages > 0 {
                     self.on_messages(i, messages, now);
                 }
@@ -458,7 +494,7 @@ impl Engine {
         self.last_open_at = Some(now);
         if self.mode == (Mode::Idle { touch: true }) {
             let now_ns = self.ns(now);
-            self.conns[i].queue(&self.frame, 1, now_ns);
+            self.conns[i].queue(&self.frames, 1, now_ns);
         }
     }
 
@@ -478,7 +514,7 @@ impl Engine {
                     self.counted += m as u64;
                 }
                 if self.running {
-                    c.queue(&self.frame, m, now_ns);
+                    c.queue(&self.frames, m, now_ns);
                 }
             }
             Mode::Idle { .. } => {
@@ -522,7 +558,9 @@ impl Engine {
         let c = &mut self.conns[0];
         let before = self.published;
         while self.published * subscribers < self.delivered + window as u64 * subscribers {
-            c.out.extend_from_slice(&self.frame);
+            c.out
+                .extend_from_slice(&self.frames[c.next % self.frames.len()]);
+            c.next = c.next.wrapping_add(1);
             self.published += 1;
             self.pub_sent.push(now_ns);
             if counting {

@@ -61,6 +61,13 @@ common:
   --connect-timeout S  give up on connecting after S seconds               [30]
   --busy             never sleep in epoll_wait while running (client_idle_pct
                      shows the headroom the client had)
+  --json             send 64 distinct JSON text messages of --size bytes in turn
+                     (instead of one message of 'x' bytes)
+  --deflate          --json, compressed: offer permessage-deflate as a browser
+                     does (\"permessage-deflate; client_max_window_bits\"), send
+                     each message compressed on its own (RSV1), and report the
+                     agreed extension and the compression ratio of what the
+                     server sent (payload bytes before / on the wire)
 echo:
   -c, --conns C      connections                                           [100]
   -s, --size S       payload bytes                                         [32]
@@ -83,7 +90,6 @@ broadcast:
                      (a cluster's subscriptions take effect)               [0]
 
 wss:// makes every connection a full TLS handshake (no resumption).
-permessage-deflate is to come as a mode of the same engine (see src/wire.rs).
 ";
 
 struct Args {
@@ -110,6 +116,8 @@ struct Args {
     tls12: bool,
     pub_url: Option<String>,
     pub_pid: Option<u32>,
+    json: bool,
+    deflate: bool,
 }
 
 fn main() -> ExitCode {
@@ -180,6 +188,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         tls12: false,
         pub_url: None,
         pub_pid: None,
+        json: false,
+        deflate: false,
     };
     let mut settle_given = false;
     while let Some(flag) = it.next() {
@@ -195,6 +205,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--busy" => a.busy = true,
             "--touch" => a.touch = true,
             "--tls12" => a.tls12 = true,
+            "--json" => a.json = true,
+            "--deflate" => (a.json, a.deflate) = (true, true),
             "--conc" => a.conc = num(&flag, value()?)?,
             "--connect-timeout" => a.connect_timeout = num(&flag, value()?)?,
             "-c" | "--conns" | "-n" | "-m" | "--subs" => a.conns = num(&flag, value()?)?,
@@ -267,8 +279,7 @@ fn run(a: &Args, report: &mut Report) -> Result<(), String> {
             a.conns
         ));
     }
-    let payload = vec![b'x'; a.size];
-    let opcode = if a.text {
+    let opcode = if a.text || a.json {
         wire::OP_TEXT
     } else {
         wire::OP_BINARY
@@ -278,12 +289,33 @@ fn run(a: &Args, report: &mut Report) -> Result<(), String> {
     } else {
         None
     };
+    let frames: Vec<Vec<u8>> = if a.json {
+        wire::json_messages(a.size, 64)
+            .iter()
+            .map(|m| {
+                if a.deflate {
+                    wire::deflated_frame(opcode, m)
+                } else {
+                    wire::client_frame(opcode, m)
+                }
+            })
+            .collect()
+    } else {
+        vec![wire::client_frame(opcode, &vec![b'x'; a.size])]
+    };
+    // What one message costs on the wire from the client (header and mask
+    // excluded): the compression ratio of the client's side.
+    let sent_payload: usize = frames.iter().map(|f| f.len() - header_len(f)).sum();
+    let out_ratio = (a.size * frames.len()) as f64 / sent_payload.max(1) as f64;
     let mut engine = Engine::new(Setup {
         addr: a.addr,
         tls,
         host: a.host.clone(),
         path: a.path.clone(),
-        frame: wire::client_frame(opcode, &payload),
+        frames,
+        offer: a
+            .deflate
+            .then(|| "permessage-deflate; client_max_window_bits".to_owned()),
         mode,
         conns: a.conns,
         max_connecting: a.conc,
@@ -296,6 +328,14 @@ fn run(a: &Args, report: &mut Report) -> Result<(), String> {
     let mut events = Events::with_capacity(4096);
     let rss_before = a.pid.and_then(procfs::rss_kib);
     let connect_s = engine.connect_all(&mut events, Duration::from_secs_f64(a.connect_timeout))?;
+    if a.deflate {
+        report
+            .str(
+                "deflate_agreed",
+                engine.extensions.as_deref().unwrap_or("(declined)"),
+            )
+            .num("ratio_client_to_server", Some(out_ratio), 2);
+    }
     let result = match mode {
         Mode::Idle { touch } => idle(
             a,
@@ -320,6 +360,15 @@ fn run(a: &Args, report: &mut Report) -> Result<(), String> {
     };
     engine.reset_all();
     result
+}
+
+/// The length of a client frame's header (with its mask key).
+fn header_len(frame: &[u8]) -> usize {
+    match frame[1] & 0x7f {
+        126 => 8,
+        127 => 14,
+        _ => 6,
+    }
 }
 
 /// Echo and broadcast: warm up, then measure for the duration.
@@ -435,7 +484,15 @@ fn measured(
         .nums("cores_busy_pct", &cores_busy)
         .nums("cores_steal_pct", &cores_steal)
         .int("server_rss_kb", a.pid.and_then(procfs::rss_kib))
-        .num("connect_s", connect_s, 3);
+        .num("connect_s", connect_s, 3)
+        .bool("json", a.json)
+        .bool("deflate", a.deflate)
+        .int("wire_bytes", Some(engine.wire_bytes))
+        .num(
+            "ratio_server_to_client",
+            Some(engine.counted as f64 * a.size as f64 / engine.wire_bytes.max(1) as f64),
+            2,
+        );
     Ok(())
 }
 

@@ -183,14 +183,73 @@ pub(crate) fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// The upgrade request; the key is fixed, since the response's accept value
-/// is not checked (only its status line).
-pub(crate) fn upgrade_request(host: &str, path: &str) -> Vec<u8> {
+/// The upgrade request, offering `extensions` if given; the key is fixed,
+/// since the response's accept value is not checked (only its status line).
+pub(crate) fn upgrade_request(host: &str, path: &str, extensions: Option<&str>) -> Vec<u8> {
+    let offer = extensions.map_or(String::new(), |e| {
+        format!("Sec-WebSocket-Extensions: {e}\r\n")
+    });
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     )
     .into_bytes()
+}
+
+/// A masked client frame of a message compressed with permessage-deflate
+/// (RFC 7692): `data` deflated on its own (raw deflate, a sync flush, its
+/// `00 00 ff ff` tail stripped), RSV1 set. A message compressed on its own
+/// is valid whether or not the client's context takeover was agreed, so the
+/// frame can be built once and sent again and again.
+pub(crate) fn deflated_frame(opcode: u8, data: &[u8]) -> Vec<u8> {
+    let mut d = zlib_rs::Deflate::new(6, false, 15);
+    let mut out = vec![0u8; data.len() + 64];
+    let _ = d.compress(data, &mut out, zlib_rs::DeflateFlush::SyncFlush);
+    out.truncate(d.total_out() as usize);
+    if out.ends_with(&[0, 0, 0xff, 0xff]) {
+        out.truncate(out.len() - 4);
+    }
+    let mut f = client_frame(opcode, &out);
+    f[0] |= 0x40;
+    f
+}
+
+/// `count` distinct JSON messages of `size` bytes (at least 2),
+/// the kind of traffic permessage-deflate is for: the same keys, different
+/// values, a text field padded with words.
+pub(crate) fn json_messages(size: usize, count: usize) -> Vec<Vec<u8>> {
+    const WORDS: [&str; 16] = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+        "juliett", "kilo", "lima", "mike", "november", "oscar", "papa",
+    ];
+    let mut x: u32 = 0x9e37_79b9;
+    let mut rand = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    (0..count)
+        .map(|i| {
+            let mut m = format!(
+                "{{\"id\":{i},\"type\":\"message\",\"room\":\"room-{}\",\"user\":{{\"id\":{},\"name\":\"user{}\"}},\"ts\":{},\"price\":{}.{:02},\"text\":\"",
+                rand() % 50,
+                rand() % 100_000,
+                rand() % 1000,
+                1_700_000_000_000u64 + u64::from(rand() % 1_000_000),
+                rand() % 1000,
+                rand() % 100,
+            );
+            while m.len() < size {
+                m.push_str(WORDS[(rand() % 16) as usize]);
+                m.push(' ');
+            }
+            // ASCII throughout, so any cut is still UTF-8.
+            m.truncate(size.saturating_sub(2));
+            m.push_str("\"}");
+            m.into_bytes()
+        })
+        .collect()
 }
 
 /// A streaming parser of server frames that counts complete data messages
@@ -202,6 +261,8 @@ pub(crate) struct Frames {
     head_len: usize,
     /// Payload bytes of the current frame still to skip; `None` between frames.
     remaining: Option<u64>,
+    /// Payload bytes of the data frames parsed so far.
+    pub(crate) data_bytes: u64,
     fin: bool,
     opcode: u8,
     control: Vec<u8>,
@@ -213,6 +274,7 @@ impl Frames {
             head: [0; 14],
             head_len: 0,
             remaining: None,
+            data_bytes: 0,
             fin: false,
             opcode: 0,
             control: Vec::new(),
@@ -229,6 +291,8 @@ impl Frames {
                 let n = remaining.min(data.len() as u64) as usize;
                 if self.opcode >= OP_CLOSE {
                     self.control.extend_from_slice(&data[..n]);
+                } else {
+                    self.data_bytes += n as u64;
                 }
                 data = &data[n..];
                 self.remaining = Some(remaining - n as u64);
