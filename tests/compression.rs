@@ -1,6 +1,7 @@
 //! permessage-deflate over real sockets: the handshake's answer, compressed
 //! echo both ways, a broadcast to compressed and plain subscribers, context
-//! takeover, a zip bomb (1009), a corrupt stream (1007), and the counters.
+//! takeover, a zip bomb (1009), a corrupt stream (1007), the counters, and
+//! dedicated codecs in the memory budget.
 
 mod support;
 
@@ -230,6 +231,43 @@ fn dedicated_mode_keeps_context_so_a_repeat_costs_a_few_bytes() {
             assert_eq!(c.inflate(&payload), m.as_bytes());
         }
         assert!(sizes[1] * 4 < sizes[0], "{sizes:?}");
+    });
+}
+
+/// Dedicated mode's codecs count in the memory budget (`buffered_compression`)
+/// while the session holds them, and leave it when the session ends.
+#[test]
+fn dedicated_codecs_are_charged_to_the_memory_budget_and_given_back() {
+    let server = server(mode(CompressionMode::Dedicated));
+    let addr = server.addr();
+    let handle = server.handle.clone();
+    run(async move {
+        let compression = || handle.stats().unwrap().buffered_compression;
+        assert_eq!(compression(), 0);
+        let mut c = Client::connect(addr, "/echo", Some(BROWSER)).await;
+        // The first message makes the session allocate both codecs; the
+        // driver accounts after each round of work, so once the second echo
+        // is back the first round's charge is in.
+        for i in 0..2 {
+            let m = json(i);
+            c.send(m.as_bytes(), true).await;
+            assert_eq!(c.message().await, (m.into_bytes(), true));
+        }
+        let held = compression();
+        // A window-15 inflater (32 KiB window and zlib-rs's state) and a
+        // compressor (window, hash chains and symbol buffer): well over
+        // 64 KiB together, and one session's worth, not a buffer per message.
+        assert!((64 << 10..4 << 20).contains(&held), "{held}");
+
+        // Close; once the server has closed the connection and its session
+        // is gone, the charge is given back.
+        c.send_raw(0x88, &1000u16.to_be_bytes()).await;
+        assert_eq!(c.close_code().await.0, 1000);
+        let mut rest = Vec::new();
+        c.io.read_to_end(&mut rest).await.unwrap();
+        while handle.stats().unwrap().sessions_open > 0 || compression() > 0 {
+            async_io::Timer::after(std::time::Duration::from_millis(2)).await;
+        }
     });
 }
 
