@@ -16,7 +16,9 @@ server CPU microseconds per message (per delivery for broadcast) with the
 idle scenario's bytes per connection and handshakes/s, then messages/s with
 latency p50 / p99.
 
-A server command must contain {port} and listen on 127.0.0.1:{port}. The
+A server command must contain {port} and listen on 127.0.0.1:{port}; a
+command written `wss:CMD` is measured over TLS (the load generator's
+wss:// mode: full handshakes, the certificate not verified). The
 anchors echo on every path and relay on /bcast (those that have no relay are
 left out of the broadcast scenarios); the measured server's paths are
 ECHO_PATH and BCAST_PATH.
@@ -59,7 +61,18 @@ SCENARIOS = {
     "idle_10k_touch": ["idle", "-n", "10000", "--touch"],
     "bcast_m100": ["broadcast", "-m", "100", "-s", "32", "--window", "16"],
     "bcast_m1000": ["broadcast", "-m", "1000", "-s", "32", "--window", "4"],
+    # permessage-deflate (docs/BENCHMARKS.md): 1 KiB JSON messages (64 distinct
+    # ones in turn), plain (_json) or compressed by the client, with the
+    # browser's offer (_deflate). The server's compression mode is its own
+    # configuration's.
+    "echo_c100_json": ["echo", "-c", "100", "-s", "1024", "--json"],
+    "echo_c100_deflate": ["echo", "-c", "100", "-s", "1024", "--deflate"],
+    "bcast_m1000_json": ["broadcast", "-m", "1000", "-s", "1024", "--window", "4", "--json"],
+    "bcast_m1000_deflate": ["broadcast", "-m", "1000", "-s", "1024", "--window", "4", "--deflate"],
 }
+
+# server name -> URL scheme ("ws", or "wss" for a server given as wss:CMD)
+SCHEMES = {}
 
 SERVER_CORE = os.environ.get("SERVER_CORE", "0")
 CLIENT_CORE = os.environ.get("CLIENT_CORE", "1")
@@ -124,7 +137,7 @@ def loadgen(scenario, port, pid, name, is_anchor, a):
     else:
         path = os.environ.get("BCAST_PATH", "/bcast") if kind == "broadcast" else os.environ.get("ECHO_PATH", "/")
     argv = ["taskset", "-c", CLIENT_CORE, LOADGEN] + args + [
-        "--url", f"ws://127.0.0.1:{port}{path}", "--label", name, "--pid", str(pid)]
+        "--url", f"{SCHEMES.get(name, 'ws')}://127.0.0.1:{port}{path}", "--label", name, "--pid", str(pid)]
     if kind != "idle":
         argv += ["-d", str(a.duration), "-w", str(a.warmup)]
     try:
@@ -160,6 +173,10 @@ def run(a):
         name, _, cmd = spec.partition("=")
         if "{port}" not in cmd:
             sys.exit(f"bench.py: --server needs NAME=CMD with {{port}}: {spec}")
+        scheme = "ws"
+        if cmd.startswith("wss:"):
+            scheme, cmd = "wss", cmd[len("wss:"):]
+        SCHEMES[name] = scheme
         servers[name] = (cmd, True, False)
     for name in filter(None, a.anchors.split(",")):
         if name not in ANCHORS:
@@ -272,6 +289,16 @@ def table(paths):
             p50, p99 = med(s, c, "lat_us_p50"), med(s, c, "lat_us_p99")
             return text + (f" ({p50 / 1000:.2f} / {p99 / 1000:.1f})" if p50 is not None else "")
         out += grid(traffic, lambda s: [rate(s, c) for c in traffic])
+    deflated = [c for c in traffic if any(r.get("deflate") for r in by.get((s, c), []) for s in servers)]
+    if deflated:
+        out += ["", "permessage-deflate: compression ratio of what the server sent (payload bytes "
+                "before / on the wire) and the extension it agreed to.", ""]
+
+        def ratio(s, c):
+            v = med(s, c, "ratio_server_to_client")
+            agreed = next((r.get("deflate_agreed") for r in by.get((s, c), []) if r.get("deflate_agreed")), "")
+            return "–" if v is None else f"{v:.2f} (`{agreed}`)"
+        out += grid(deflated, lambda s: [ratio(s, c) for c in deflated])
     noise = [r["noise_pct"] for r in rows if r.get("noise_pct") is not None]
     if noise:
         out += ["", f"Noise (CPU on the two cores used by other processes): median {statistics.median(noise):.1f} %, "

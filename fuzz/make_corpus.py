@@ -436,11 +436,46 @@ def close_frames():
     w("reason_nul", close(1000, b"a\x00b"))
 
 
+# --- compressed_session ------------------------------------------------------
+# Byte 0: bit 0 dedicated, 1 server_no_context_takeover, 2
+# client_no_context_takeover, 3 server_max_window_bits, 4
+# client_max_window_bits, 5 with a value; byte 1: the windows (8 + b % 8, 8 +
+# (b >> 3) % 8); byte 2: vhost window 9 + b % 7, level (b >> 4) % 10; byte 3:
+# threshold; bytes 4-5: max_message_size - 1 (LE). Then messages: flags (bit 0
+# text, 1 compressed, 2 garbage marked compressed, 3-5 fragments - 1, 6 pings
+# between fragments, 7 RSV1 on continuations), length (LE u16), bytes.
+
+
+def compressed_sessions():
+    t = "compressed_session"
+    json = b'{"type":"chat","user":"ada","text":"hello, hello, hello"}'
+
+    def session(b0, windows, vhost, threshold, limit, *messages):
+        out = bytes([b0, windows, vhost, threshold]) + struct.pack("<H", limit - 1)
+        for flags, body in messages:
+            out += bytes([flags]) + struct.pack("<H", len(body)) + body
+        return out
+
+    w = lambda name, data: write(t, name, data)
+    w("browser_shared", session(0b10000, 0, 6 | 0x60, 0, 4096, (3, json), (3, json), (1, b"short")))
+    w("browser_dedicated", session(0b10001, 0, 6 | 0x60, 0, 4096, (3, json), (3, json), (2 | 8 * 3, json)))
+    w("dedicated_window_10", session(0b110001, 2 << 3, 1 | 0x10, 16, 4096, (3, json * 4), (3, json * 4)))
+    w("server_window_8", session(0b01001, 0, 6 | 0x60, 0, 65535, (3, json * 2), (3, b"a" * 300), (3, json * 8)))
+    w("no_takeover_both", session(0b00111, 0, 6, 0, 4096, (3, json), (3 | 0x40 | 8 * 2, json)))
+    w("fragmented_with_pings", session(0b10001, 0, 6, 0, 4096, (3 | 0x40 | 8 * 7, json * 3)))
+    w("bomb", session(0b10000, 0, 6, 0, 1024, (2, b"\0" * 4000)))
+    w("garbage_marked_compressed", session(0b10001, 0, 6, 0, 4096, (7, b"\xff\xff\xff\xff")))
+    w("rsv1_on_continuation", session(0b10000, 0, 6, 0, 4096, (3 | 0x80 | 8, json)))
+    w("bad_utf8_compressed", session(0b10000, 0, 6, 0, 4096, (3, b"\xff\xfe" * 40)))
+    w("empty_compressed", session(0b10000, 0, 6, 0, 4096, (3, b""), (2, b"")))
+
+
 if __name__ == "__main__":
     request_heads()
     session_bytes()
     configs()
     close_frames()
+    compressed_sessions()
     for target in sorted(os.listdir(os.path.join(ROOT, "corpus"))):
         files = os.listdir(os.path.join(ROOT, "corpus", target))
         assert len(files) <= 40, (target, len(files))

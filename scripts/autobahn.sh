@@ -8,6 +8,7 @@
 #   scripts/autobahn.sh --config my.toml --path /ws      # another configuration of the binary
 #   scripts/autobahn.sh --url ws://127.0.0.1:9001/       # a server that is already running
 #   scripts/autobahn.sh --cases '1.* 2.*' --exclude '9.*'
+#   scripts/autobahn.sh --config examples/autobahn-deflate.toml --jobs 2
 #
 # Without --url it builds the release binary (`cargo build --release`),
 # starts it with --config (default examples/autobahn.toml, which raises the
@@ -26,6 +27,11 @@
 # versions pinned in scripts/autobahn/requirements-py27.txt from PyPI. Needs
 # apt-get, dpkg-deb, gcc, python3 (with venv), flock and sha256sum.
 #
+# --jobs N runs N fuzzingclients at once against the same server, each on
+# every Nth selected case, and merges their reports: the 12.* and 13.*
+# (permessage-deflate) cases are bound by the Python client's CPU, not the
+# server's, so two clients on two cores halve their time.
+#
 # Environment: AUTOBAHN_HOME (install dir), REPORT_DIR (JSON/HTML report,
 # default target/autobahn), AUTOBAHN_TIMEOUT (whole run, default 900 s),
 # AUTOBAHN_DEBIAN_MIRROR (default: the mirror this machine's apt sources name).
@@ -37,13 +43,14 @@ RECIPE=1 # bump to force a reinstall
 
 log() { echo "autobahn: $*" >&2; }
 die() { log "ERROR: $*"; exit 2; }
-usage() { sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,37p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 CONFIG="$ROOT/examples/autobahn.toml"
 WSPATH=/echo
 URL=""
 CASES="*"
 EXCLUDE=""
+JOBS=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --config) CONFIG=${2:?--config needs a file}; shift 2 ;;
@@ -51,6 +58,7 @@ while [[ $# -gt 0 ]]; do
     --url) URL=${2:?--url needs a ws:// URL}; shift 2 ;;
     --cases) CASES=${2:?--cases needs patterns}; shift 2 ;;
     --exclude) EXCLUDE=${2:?--exclude needs patterns}; shift 2 ;;
+    --jobs) JOBS=${2:?--jobs needs a number}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -170,22 +178,79 @@ fi
 # ---------------------------------------------------------------- the run
 mkdir -p "$REPORT_DIR" || die "cannot create REPORT_DIR=$REPORT_DIR"
 REPORT_DIR=$(cd "$REPORT_DIR" && pwd)
-rm -f "$REPORT_DIR"/*.json "$REPORT_DIR"/*.html "$REPORT_DIR"/engine.log "$REPORT_DIR"/summary.txt
-python3 - "$URL" "$REPORT_DIR" "$CASES" "$EXCLUDE" >"$REPORT_DIR/spec.json" <<'SPEC' || die "bad URL $URL"
-import json, sys
+rm -rf "$REPORT_DIR"/*.json "$REPORT_DIR"/*.html "$REPORT_DIR"/engine.log "$REPORT_DIR"/summary.txt \
+  "$REPORT_DIR"/part-*
+[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || die "--jobs needs a positive number, not $JOBS"
+# One spec per job: job k takes every JOBS-th selected case from the k-th on
+# (with one job, the patterns as given).
+python3 - "$URL" "$REPORT_DIR" "$CASES" "$EXCLUDE" "$JOBS" "$KIT" <<'SPEC' || die "bad URL $URL"
+import json, os, sys
 from urllib.parse import urlsplit
-url, outdir, cases, exclude = sys.argv[1:]
+url, outdir, cases, exclude, jobs, kit = sys.argv[1:]
+jobs = int(jobs)
 if urlsplit(url).scheme not in ("ws", "wss"):
     sys.exit("not a ws:// URL: %s" % url)
-print(json.dumps({"outdir": outdir, "servers": [{"agent": "wsgate", "url": url}],
-                  "cases": cases.split(), "exclude-cases": exclude.split(),
-                  "exclude-agent-cases": {}}, indent=1))
+def spec(path, out, cases, exclude):
+    with open(path, "w") as f:
+        json.dump({"outdir": out, "servers": [{"agent": "wsgate", "url": url}],
+                   "cases": cases, "exclude-cases": exclude,
+                   "exclude-agent-cases": {}}, f, indent=1)
+if jobs == 1:
+    spec(os.path.join(outdir, "spec.json"), outdir, cases.split(), exclude.split())
+else:
+    sys.path.insert(0, kit)
+    from summarize import case_key, resolve
+    all_cases = [l.strip() for l in open(os.path.join(kit, "cases.txt")) if l.strip()]
+    chosen = set(resolve(cases.split() or ["*"], all_cases)) - set(resolve(exclude.split(), all_cases))
+    chosen = sorted(chosen, key=case_key)
+    for k in range(jobs):
+        part = os.path.join(outdir, "part-%d" % k)
+        os.makedirs(part, exist_ok=True)
+        spec(os.path.join(part, "spec.json"), part, chosen[k::jobs], [])
 SPEC
-log "running against $URL (cases '$CASES'${EXCLUDE:+, excluding '$EXCLUDE'}); report in $REPORT_DIR"
+log "running against $URL (cases '$CASES'${EXCLUDE:+, excluding '$EXCLUDE'}; $JOBS client(s)); report in $REPORT_DIR"
 start=$(date +%s)
-(cd "$REPORT_DIR" && timeout -k 10 "$TIMEOUT" "$WSTEST" -m fuzzingclient -s "$REPORT_DIR/spec.json" \
-  >"$REPORT_DIR/engine.log" 2>&1)
-rc=$?
+if [[ "$JOBS" == 1 ]]; then
+  (cd "$REPORT_DIR" && timeout -k 10 "$TIMEOUT" "$WSTEST" -m fuzzingclient -s "$REPORT_DIR/spec.json" \
+    >"$REPORT_DIR/engine.log" 2>&1)
+  rc=$?
+else
+  pids=()
+  for ((k = 0; k < JOBS; k++)); do
+    part="$REPORT_DIR/part-$k"
+    (cd "$part" && timeout -k 10 "$TIMEOUT" "$WSTEST" -m fuzzingclient -s "$part/spec.json" \
+      >"$part/engine.log" 2>&1) &
+    pids+=($!)
+  done
+  rc=0
+  for p in "${pids[@]}"; do
+    wait "$p" || rc=$?
+  done
+  # One report from the parts: their index.json merged, the case files beside it.
+  python3 - "$REPORT_DIR" "$JOBS" <<'MERGE'
+import glob, json, os, shutil, sys
+outdir, jobs = sys.argv[1], int(sys.argv[2])
+index = {}
+with open(os.path.join(outdir, "engine.log"), "w") as log:
+    for k in range(jobs):
+        part = os.path.join(outdir, "part-%d" % k)
+        try:
+            with open(os.path.join(part, "index.json")) as f:
+                for agent, results in json.load(f).items():
+                    index.setdefault(agent, {}).update(results)
+        except (OSError, ValueError) as e:
+            log.write("part-%d: no index.json (%s)\n" % (k, e))
+        for path in glob.glob(os.path.join(part, "*_case_*.json")):
+            shutil.copy(path, outdir)
+        try:
+            log.write(open(os.path.join(part, "engine.log")).read())
+        except OSError:
+            pass
+if index:
+    with open(os.path.join(outdir, "index.json"), "w") as f:
+        json.dump(index, f, indent=1)
+MERGE
+fi
 [[ $rc == 124 || $rc == 137 ]] && log "ERROR: the run took longer than AUTOBAHN_TIMEOUT=${TIMEOUT} s and was stopped"
 if [[ -n "$server" ]] && ! kill -0 "$server" 2>/dev/null; then
   log "ERROR: wsgate exited during the run"

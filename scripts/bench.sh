@@ -25,6 +25,13 @@
 #                   baseline's command lines (e.g. BASELINE=target/release/wsgate
 #                   BASELINE_ARGS="--config budget-off.toml" compares two
 #                   configurations of one build)
+#   SERVERS         more servers in the same run, "NAME=CMD;NAME=CMD" (CMD with
+#                   {port}, serving ECHO_PATH and BCAST_PATH like wsgate):
+#                   wsgate with another --config, or a server built elsewhere
+#
+# The permessage-deflate scenarios (echo_c100_deflate, bcast_m1000_deflate and
+# their plain _json twins) are not in the default list; docs/BENCHMARKS.md
+# shows the run that compares wsgate's modes with uWebSockets'.
 #
 # The libwebsockets anchor needs `apt-get install libwebsockets-dev
 # pkg-config` and is skipped, with a warning, without it. Needs python3,
@@ -35,7 +42,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH="$ROOT/bench"
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,37p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 
@@ -90,6 +97,10 @@ if [[ -n "${BASELINE:-}" ]]; then
   [[ -x "$BASELINE" ]] || { echo "bench.sh: BASELINE $BASELINE is not an executable" >&2; exit 1; }
   servers+=(--server "${BASELINE_NAME:-wsgate-before}=$BASELINE ${BASELINE_ARGS:-} --listen 127.0.0.1:{port} --stats-interval 0s")
 fi
+IFS=';' read -r -a extra <<<"${SERVERS:-}"
+for spec in "${extra[@]}"; do
+  [[ -n "$spec" ]] && servers+=(--server "$spec")
+done
 rc=0
 python3 "$BENCH/bench.py" run --reps "$REPS" --duration "$DURATION" --warmup "$WARMUP" \
   --scenarios "$SCENARIOS" --anchors "$anchors" --out "$OUT" "${servers[@]}" || rc=$?

@@ -9,18 +9,27 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::error::ConfigError;
+use crate::proto::deflate::PermessageDeflate;
 use crate::proto::extension::ExtensionNegotiator;
 use crate::proto::http::is_token_byte;
 
 #[cfg(feature = "toml-config")]
 pub(crate) mod file;
 mod limits;
+#[cfg(feature = "tls")]
+mod tls;
 
 #[cfg(feature = "toml-config")]
-pub use file::{ConfigFile, DEFAULT_TOML};
+pub use file::{BrokerKind, BrokerSettings, ConfigFile, DEFAULT_TOML};
 #[cfg(feature = "toml-config")]
 pub use limits::parse_duration;
 pub use limits::{Limits, OverflowPolicy};
+#[cfg(feature = "tls")]
+pub(crate) use tls::LoadedTls;
+#[cfg(feature = "tls")]
+pub use tls::{ClientAuth, TlsConfig};
+
+pub use crate::proto::deflate::{Compression, CompressionBuilder, CompressionMode};
 
 /// The configuration of one context: its vhosts and context-wide limits.
 pub struct Config {
@@ -246,6 +255,18 @@ pub(crate) fn validate_vhosts(vhosts: &[VhostConfig]) -> Result<(), ConfigError>
             ));
         }
         for w in &vhosts[..i] {
+            if let Some(addr) = v.listen.iter().find(|a| w.listen.contains(a))
+                && v.is_tls() != w.is_tls()
+            {
+                let (tls, plain) = if v.is_tls() { (v, w) } else { (w, v) };
+                return Err(ConfigError::new(
+                    format!("vhost.{}.listen", v.name),
+                    format!(
+                        "listener {addr} is shared by TLS vhost {:?} and plain vhost {:?}: a listener is either TLS or plain; give them different addresses",
+                        tls.name, plain.name
+                    ),
+                ));
+            }
             if v.listen.iter().any(|a| w.listen.contains(a))
                 && !same_binding(&v.acceptor, &w.acceptor)
             {
@@ -355,6 +376,9 @@ pub struct VhostConfig {
     /// What turns the listeners' accepted TCP streams into transports (see
     /// [`VhostBuilder::acceptor`]); `None`: plain TCP.
     pub(crate) acceptor: Option<Binding>,
+    /// TLS settings, loaded by `build` (see [`VhostBuilder::tls`]).
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<TlsConfig>,
     pub(crate) limits: Limits,
     pub(crate) origins: Vec<String>,
     pub(crate) user_data: Option<Box<dyn Any + Send + Sync>>,
@@ -372,6 +396,8 @@ impl VhostConfig {
                 protocols: Vec::new(),
                 extensions: Vec::new(),
                 acceptor: None,
+                #[cfg(feature = "tls")]
+                tls: None,
                 limits: Limits::default(),
                 origins: Vec::new(),
                 user_data: None,
@@ -399,10 +425,38 @@ impl VhostConfig {
         &self.mounts
     }
 
+    /// Whether the vhost serves TLS (set with [`VhostBuilder::tls`]).
+    pub fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
+    /// The TLS settings as loaded (feature `tls`).
+    #[cfg(feature = "tls")]
+    pub(crate) fn loaded_tls(&self) -> Option<Arc<LoadedTls>> {
+        self.tls.as_ref().and_then(|t| t.loaded.clone())
+    }
+
+    /// What a reconfiguration compares of the TLS settings, apart from
+    /// [`fingerprint`](Self::fingerprint): the files' contents (hashed), so
+    /// that a certificate rotated under the same path counts as a change,
+    /// one that keeps the vhost and its sessions and swaps only the
+    /// listeners' certificates.
+    pub(crate) fn tls_fingerprint(&self) -> Option<String> {
+        #[cfg(feature = "tls")]
+        return self.loaded_tls().map(|t| t.fingerprint.clone());
+        #[cfg(not(feature = "tls"))]
+        None
+    }
+
     /// What decides whether a reconfiguration keeps a running vhost: every
     /// setting, the protocols by name and options, the HTTP handlers by
-    /// type, the extensions by their `Debug` form, the acceptor by identity.
-    /// User data is not compared (a kept vhost keeps its own).
+    /// type, the extensions by their `Debug` form, the acceptor by identity,
+    /// whether it serves TLS (its certificates are compared apart, by
+    /// [`tls_fingerprint`](Self::tls_fingerprint)). User data is not
+    /// compared (a kept vhost keeps its own).
     pub(crate) fn fingerprint(&self) -> String {
         let protocols: Vec<(&str, &Options)> = self
             .protocols
@@ -420,6 +474,7 @@ impl VhostConfig {
                 protocols,
                 &self.extensions,
                 acceptor,
+                self.is_tls(),
                 &self.limits,
                 &self.origins,
             )
@@ -444,6 +499,7 @@ impl fmt::Debug for VhostConfig {
             )
             .field("extensions", &self.extensions)
             .field("acceptor", &self.acceptor)
+            .field("tls", &self.tls_fingerprint())
             .field("limits", &self.limits)
             .field("origins", &self.origins)
             .field("user_data", &self.user_data.is_some())
@@ -489,6 +545,19 @@ impl VhostBuilder {
         self
     }
 
+    /// Serves this vhost over TLS (`wss://`, `https://`) with these
+    /// certificates. Vhosts sharing a listen address are told apart by the
+    /// client's SNI name against their `Host` names (exact, then `*.`
+    /// wildcards; the vhost without names has the default certificate), and
+    /// a request whose `Host` names another vhost than SNI chose gets 421
+    /// Misdirected Request. A listener is either TLS or plain: every vhost
+    /// on it has TLS settings, or none has. Default: plain TCP.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.cfg.tls = Some(tls);
+        self
+    }
+
     /// Offers a per-message extension (such as permessage-deflate) to the
     /// vhost's clients: at most one extension is negotiated per session, the
     /// first of the vhost's negotiators, in the order added, that accepts one
@@ -496,6 +565,33 @@ impl VhostBuilder {
     pub fn extension(mut self, negotiator: impl ExtensionNegotiator) -> Self {
         self.cfg.extensions.push(Arc::new(negotiator));
         self
+    }
+
+    /// Compresses messages with permessage-deflate (RFC 7692) for the clients
+    /// that offer it (every browser does): [`CompressionMode::Shared`] keeps
+    /// nothing per session and compresses a broadcast once,
+    /// [`CompressionMode::Dedicated`] keeps each session's context for a
+    /// better ratio at [`Compression::dedicated_memory`] bytes per session.
+    /// The same as `.extension(PermessageDeflate::new(compression))`
+    /// ([`crate::extension::PermessageDeflate`]), in the order of the
+    /// vhost's extensions. Default: off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use wsgate::{Compression, CompressionMode, VhostConfig};
+    ///
+    /// let vhost = VhostConfig::builder("default")
+    ///     .listen("127.0.0.1:0".parse()?)
+    ///     .compression(Compression::builder(CompressionMode::Shared).build()?)
+    ///     .build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn compression(self, compression: Compression) -> Self {
+        if compression.mode() == CompressionMode::Off {
+            return self;
+        }
+        self.extension(PermessageDeflate::new(compression))
     }
 
     /// Adds a mount. Default: none.
@@ -536,9 +632,17 @@ impl VhostBuilder {
     ///
     /// An empty name, no listen address, a mount path that does not start with
     /// `/` or appears twice, a mount naming an unregistered protocol, two
-    /// protocols with one name, or a limit out of range.
+    /// protocols with one name, or a limit out of range. With TLS: a
+    /// certificate or key file that cannot be read, is not PEM, or a key
+    /// that does not match its certificate (each naming the file), TLS
+    /// beside an [`acceptor`](Self::acceptor). A certificate outside its
+    /// validity period is logged as a warning, not refused.
     pub fn build(self) -> Result<VhostConfig, ConfigError> {
-        let cfg = self.cfg;
+        #[cfg_attr(
+            not(feature = "tls"),
+            allow(unused_mut, reason = "loaded in place with tls")
+        )]
+        let mut cfg = self.cfg;
         let prefix = format!("vhost.{}", cfg.name);
         if cfg.name.is_empty() {
             return Err(ConfigError::new("vhost.name", "must not be empty"));
@@ -593,6 +697,16 @@ impl VhostBuilder {
             }
         }
         cfg.limits.validate(&format!("{prefix}.limits"))?;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = cfg.tls.as_mut() {
+            if cfg.acceptor.is_some() {
+                return Err(ConfigError::new(
+                    format!("{prefix}.tls"),
+                    "TLS and an acceptor of the host's cannot both run on a vhost's listeners",
+                ));
+            }
+            tls.load(&prefix)?;
+        }
         Ok(cfg)
     }
 }

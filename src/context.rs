@@ -26,7 +26,7 @@ pub(crate) mod service;
 pub(crate) mod session;
 pub(crate) mod vhost;
 
-use broker::{MemoryBroker, Presence, Published, Topics};
+use broker::{MemoryBroker, Presence, Published, Stamp, Topics};
 use lifecycle::{Drain, Lifecycle};
 use metrics::{Metrics, Stats};
 use protocol::Wake;
@@ -151,6 +151,10 @@ pub struct Reconfigured {
     pub removed: Vec<String>,
     /// Vhosts that kept running untouched.
     pub unchanged: Vec<String>,
+    /// Vhosts that kept running, with their sessions, while their TLS
+    /// certificates, keys or client CAs changed: new handshakes use the new
+    /// ones at once.
+    pub certificates: Vec<String>,
     /// The addresses the added and replaced vhosts listen on (port 0
     /// resolved).
     pub listening: Vec<(String, Vec<SocketAddr>)>,
@@ -159,12 +163,16 @@ pub struct Reconfigured {
 impl Reconfigured {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.replaced.is_empty() && self.removed.is_empty()
+        self.added.is_empty()
+            && self.replaced.is_empty()
+            && self.removed.is_empty()
+            && self.certificates.is_empty()
     }
 }
 
 /// One line: `+vhost NAME on ADDR...` per added vhost, `~vhost NAME on
-/// ADDR...` per replaced one, `-vhost NAME` per removed one, or `no changes`.
+/// ADDR...` per replaced one, `-vhost NAME` per removed one, `*vhost NAME
+/// certificates` per vhost whose certificates changed, or `no changes`.
 impl fmt::Display for Reconfigured {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_empty() {
@@ -192,6 +200,9 @@ impl fmt::Display for Reconfigured {
         }
         for n in &self.removed {
             parts.push(format!("-vhost {n}"));
+        }
+        for n in &self.certificates {
+            parts.push(format!("*vhost {n} certificates"));
         }
         f.write_str(&parts.join(", "))
     }
@@ -367,6 +378,9 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
             metrics: Metrics::default(),
             budget: memory_budget.map(Budget::new),
         });
+        // The broker's tasks (a cluster bus connection) run on worker 0, as
+        // the context's own; its `stop` at teardown ends them.
+        shared.topics.start(shared.spawner.clone());
         for cfg in vhosts {
             if cfg.mounts().is_empty() {
                 // Legal (a vhost may be filled in later, or only hold an
@@ -438,8 +452,11 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
     /// configuration of it is dropped). Unchanged means equal settings
     /// (listen addresses, `Host` names, mounts, limits, origins), the same
     /// protocols by name and options, HTTP handlers of the same types,
-    /// extensions with the same `Debug` form, and the same acceptor. A
-    /// changed vhost is replaced: the new one serves new connections at once,
+    /// extensions with the same `Debug` form, and the same acceptor. A vhost
+    /// whose only change is its TLS files' contents (a certificate rotated,
+    /// under the same paths or new ones) keeps running with its sessions too;
+    /// its listeners' acceptors are replaced, so new handshakes see the new
+    /// certificate at once. A changed vhost is replaced: the new one serves new connections at once,
     /// and the old one's sessions get Close 1001 "vhost replaced". Vhosts
     /// not named any more are removed the same way (1001 "vhost removed").
     /// New vhosts are added.
@@ -471,8 +488,14 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
         let mut fresh: Vec<&VhostConfig> = Vec::new();
         for cfg in &vhosts {
             match running.iter().find(|v| v.name() == cfg.name()) {
-                Some(v) if v.fingerprint() == cfg.fingerprint() => {
+                Some(v)
+                    if v.fingerprint() == cfg.fingerprint()
+                        && v.tls_fingerprint() == cfg.tls_fingerprint() =>
+                {
                     outcome.unchanged.push(cfg.name().to_owned());
+                }
+                Some(v) if v.fingerprint() == cfg.fingerprint() => {
+                    outcome.certificates.push(cfg.name().to_owned());
                 }
                 Some(_) => {
                     outcome.replaced.push(cfg.name().to_owned());
@@ -498,11 +521,23 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
             // As `attach` warns.
             tracing::warn!(vhost = %cfg.name(), "vhost has no mounts: requests to it get 404 (only /healthz answers)");
         }
+        let kept = |name: &str| {
+            outcome.unchanged.iter().any(|n| n == name)
+                || outcome.certificates.iter().any(|n| n == name)
+        };
         let next: Vec<Vhost> = vhosts
             .into_iter()
             .map(
                 |cfg| match running.iter().find(|v| v.name() == cfg.name()) {
-                    Some(v) if outcome.unchanged.iter().any(|n| n == v.name()) => v.clone(),
+                    Some(v) if kept(v.name()) => {
+                        // New certificates for a kept vhost: `apply` below
+                        // builds its listeners' acceptors from them.
+                        #[cfg(feature = "tls")]
+                        if outcome.certificates.iter().any(|n| n == v.name()) {
+                            v.set_tls(cfg.loaded_tls());
+                        }
+                        v.clone()
+                    }
                     _ => Vhost::new(cfg, Arc::downgrade(&self.shared)),
                 },
             )
@@ -519,7 +554,7 @@ impl<'ex, K: LoopKind> Context<'ex, K> {
         }
         outcome.listening = next
             .iter()
-            .filter(|v| !outcome.unchanged.iter().any(|n| n == v.name()))
+            .filter(|v| !kept(v.name()))
             .map(|v| (v.name().to_owned(), v.local_addrs()))
             .collect();
         tracing::info!(%outcome, "reconfigured");
@@ -634,13 +669,52 @@ impl ContextHandle {
     /// # Errors
     ///
     /// [`Error::Closed`] after teardown began.
+    ///
+    /// With a broker that spans several nodes the message also goes to the
+    /// subscribers of every other node, in publish order;
+    /// [`Published::remote`](crate::pubsub::Published::remote) says whether
+    /// it could.
     pub fn publish(&self, topic: &str, message: Message) -> Result<Published, Error> {
-        self.check()?;
-        self.shared.metrics.count_published();
-        Ok(self.shared.topics.broker().publish(topic, &message))
+        self.publish_stamped(topic, message, Stamp::None)
     }
 
-    /// Who is subscribed to `topic`.
+    /// Publishes like [`publish`](Self::publish), and on a topic with
+    /// history lets the broker write the message's position into it as
+    /// `stamp` says ([`Stamp::Json`]: `"offset"` and `"epoch"` fields in a
+    /// JSON object, as the `pubsub` protocol's messages carry them).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn demo(handle: &wsgate::ContextHandle) -> Result<(), wsgate::Error> {
+    /// use wsgate::Message;
+    /// use wsgate::pubsub::Stamp;
+    ///
+    /// let text = r#"{"op":"message","topic":"news","data":"hello"}"#;
+    /// handle.publish_stamped("news", Message::text(text), Stamp::Json)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after teardown began.
+    pub fn publish_stamped(
+        &self,
+        topic: &str,
+        message: Message,
+        stamp: Stamp,
+    ) -> Result<Published, Error> {
+        self.check()?;
+        self.shared.metrics.count_published();
+        Ok(self
+            .shared
+            .topics
+            .broker()
+            .publish_stamped(topic, &message, stamp))
+    }
+
+    /// Who is subscribed to `topic` in this context (this node).
     ///
     /// # Errors
     ///
@@ -648,6 +722,31 @@ impl ContextHandle {
     pub fn presence(&self, topic: &str) -> Result<Presence, Error> {
         self.check()?;
         Ok(self.shared.topics.broker().presence(topic))
+    }
+
+    /// Who is subscribed to `topic` on every node of the cluster (with the
+    /// in-process broker: the same as [`presence`](Self::presence)). A node
+    /// that stopped without saying goodbye drops out within the broker's
+    /// stated bound; if the other nodes cannot be asked, the answer is this
+    /// node's, marked [`partial`](crate::pubsub::Presence::partial).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] after teardown began.
+    pub async fn cluster_presence(&self, topic: &str) -> Result<Presence, Error> {
+        self.check()?;
+        let mut presence = self.shared.topics.broker().cluster_presence(topic).await;
+        // The broker knows the ids of this node's subscribers only.
+        if presence.sessions.is_empty() {
+            presence.sessions = self.shared.topics.broker().presence(topic).sessions;
+        }
+        Ok(presence)
+    }
+
+    /// Whether the context serves and its broker can do its whole job (a
+    /// cluster broker: its bus is reachable): what `/readyz` answers.
+    pub fn is_ready(&self) -> bool {
+        self.shared.is_running() && self.shared.topics.broker().is_ready()
     }
 
     /// The topics that have subscribers, sorted.
@@ -749,7 +848,11 @@ impl ContextHandle {
             Some(mut slot) => {
                 let worker = slot.hand_off();
                 worker.spawn(crate::runtime::connection::serve(
-                    stream, peer, service, slot,
+                    stream,
+                    peer,
+                    service,
+                    slot,
+                    std::time::Instant::now(),
                 ));
             }
             None => {
@@ -815,6 +918,7 @@ impl ContextShared {
             self.workers.loads(),
             self.topics.broker().topics().len(),
             self.lifecycle.ends(),
+            self.topics.broker().stats(),
         );
         if let Some(b) = &self.budget {
             stats.set_budget(b.usage());
@@ -858,6 +962,8 @@ impl ContextShared {
         for vhost in self.registry.vhosts() {
             vhost.retire();
         }
+        // The broker ends its tasks (the drain waits for them).
+        self.topics.broker().stop();
         tracing::info!(why, closing, "teardown begun");
         true
     }

@@ -214,6 +214,15 @@ pub fn session_bytes(data: &[u8]) {
 /// real connection runs them, with an application that echoes every
 /// message. Deterministic.
 pub(crate) fn run_in_memory(input: &[u8], limits: &crate::Limits) -> Vec<u8> {
+    run_in_memory_with(input, limits, None)
+}
+
+/// [`run_in_memory`] with a negotiated extension.
+pub(crate) fn run_in_memory_with(
+    input: &[u8],
+    limits: &crate::Limits,
+    extension: Option<Box<dyn crate::extension::Extension>>,
+) -> Vec<u8> {
     use crate::runtime::driver::{Driver, driver_config, session_config};
 
     let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -235,7 +244,7 @@ pub(crate) fn run_in_memory(input: &[u8], limits: &crate::Limits) -> Vec<u8> {
         stream,
         &[],
         session_config(limits),
-        None,
+        extension,
         driver_config(limits),
         Some(budget.clone()),
         &reactor,
@@ -328,6 +337,203 @@ impl futures_lite::AsyncWrite for MemStream {
     }
 }
 
+/// `compressed_session`: a permessage-deflate echo session over an in-memory
+/// stream, with the offer, the vhost's settings and the limit chosen by the
+/// input, then client messages (compressed by a client that follows the
+/// agreement, or garbage marked compressed, fragmented, with pings between
+/// fragments, some breaking the rules) built from the rest.
+///
+/// Input: byte 0 picks the mode and the offer's parameters, byte 1 the
+/// offered windows, byte 2 the vhost's window and level, byte 3 the
+/// threshold, bytes 4-5 `max_message_size` (1 to 65536); then messages, each
+/// a flags byte, a two-byte length and that many bytes.
+///
+/// Properties: it returns; the server writes at most 1 MiB of well-formed
+/// frames, RSV1 only on the first frame of a data message; every compressed
+/// message it sent inflates, with a client decompressor that has exactly
+/// the agreed window (8 bits included) and context, to at most
+/// `max_message_size` bytes (UTF-8 for text); every close code is one an
+/// endpoint may send, and 1002, 1007 or 1009 when the session failed.
+pub fn compressed_session(data: &[u8]) {
+    use crate::proto::deflate::{self, Compression, CompressionMode, PermessageDeflate};
+
+    let Some((head, mut rest)) = data.split_first_chunk::<6>() else {
+        return;
+    };
+    let mode = if head[0] & 1 == 0 {
+        CompressionMode::Shared
+    } else {
+        CompressionMode::Dedicated
+    };
+    let mut offer = String::from("permessage-deflate");
+    if head[0] & 2 != 0 {
+        offer.push_str("; server_no_context_takeover");
+    }
+    if head[0] & 4 != 0 {
+        offer.push_str("; client_no_context_takeover");
+    }
+    if head[0] & 8 != 0 {
+        offer.push_str(&format!("; server_max_window_bits={}", 8 + head[1] % 8));
+    }
+    if head[0] & 16 != 0 {
+        offer.push_str("; client_max_window_bits");
+        if head[0] & 32 != 0 {
+            offer.push_str(&format!("={}", 8 + (head[1] >> 3) % 8));
+        }
+    }
+    let Ok(settings) = Compression::builder(mode)
+        .window_bits(9 + head[2] % 7)
+        .level((head[2] >> 4) % 10)
+        .threshold(usize::from(head[3]))
+        .build()
+    else {
+        panic!("settings in range must build");
+    };
+    let max_message = 1 + usize::from(u16::from_le_bytes([head[4], head[5]]));
+    let offers = crate::proto::extension::offers(&Request::synthetic(
+        "GET",
+        "/",
+        &[("Sec-WebSocket-Extensions", offer.as_str())],
+        "127.0.0.1:1"
+            .parse()
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1))),
+    ));
+    let parsed = offers.iter().find_map(deflate::Offer::parse);
+    let Some(parsed) = parsed else {
+        panic!("a well-formed offer must parse: {offer}");
+    };
+    let (agreed, _) = deflate::agree(&settings, &parsed);
+    let negotiator = PermessageDeflate::new(settings);
+    let extension = negotiator.extension(agreed);
+
+    // The client: compresses as agreed (context kept only if allowed).
+    let mut compress = deflate::testing::compressor(agreed.client_window.max(9));
+    let mut input = Vec::new();
+    while let Some((&[flags, lo, hi], tail)) = rest.split_first_chunk::<3>() {
+        let len = usize::from(u16::from_le_bytes([lo, hi])).min(tail.len());
+        let (body, next) = tail.split_at(len);
+        rest = next;
+        let text = flags & 1 != 0;
+        let compressed = flags & 2 != 0;
+        let payload = if compressed && flags & 4 == 0 {
+            if !agreed.client_takeover {
+                compress = deflate::testing::compressor(agreed.client_window.max(9));
+            }
+            compress(body)
+        } else {
+            body.to_vec()
+        };
+        let pieces = 1 + usize::from((flags >> 3) & 7);
+        let step = payload.len().div_ceil(pieces).max(1);
+        let chunks: Vec<&[u8]> = if payload.is_empty() {
+            vec![&[][..]]
+        } else {
+            payload.chunks(step).collect()
+        };
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut b0 = if i == 0 {
+                if text { 0x1 } else { 0x2 }
+            } else {
+                0x0
+            };
+            if i == last {
+                b0 |= 0x80;
+            }
+            // RSV1 on the first frame of a compressed message, and (a
+            // violation) on a continuation when bit 7 says so.
+            if (i == 0 && compressed) || (i > 0 && flags & 0x80 != 0) {
+                b0 |= 0x40;
+            }
+            push_client_frame(&mut input, b0, chunk);
+            if flags & 0x40 != 0 && i < last {
+                push_client_frame(&mut input, 0x89, b"p");
+            }
+        }
+    }
+    let limits = crate::Limits::default()
+        .max_message_size(max_message)
+        .max_frame_size(max_message.max(125));
+    let out = run_in_memory_with(&input, &limits, Some(Box::new(extension)));
+    assert!(out.len() <= MAX_SESSION_OUTPUT, "wrote {} bytes", out.len());
+
+    // The client's decompressor: exactly the agreed window.
+    let mut inflate = deflate::testing::inflater(agreed.server_window);
+    let mut message: Option<(u8, bool, Vec<u8>)> = None;
+    for (header, payload) in walk_frames(&out, true) {
+        match header.opcode {
+            OP_TEXT | OP_BINARY | OP_CONTINUATION => {
+                let (op, rsv1, mut bytes) = match (header.opcode, message.take()) {
+                    (OP_CONTINUATION, Some(m)) => m,
+                    (OP_CONTINUATION, None) => panic!("a continuation outside a message"),
+                    (_, Some(_)) => panic!("a new message inside a fragmented one"),
+                    (op, None) => (op, header.rsv1, Vec::new()),
+                };
+                assert!(
+                    header.opcode != OP_CONTINUATION || !header.rsv1,
+                    "RSV1 on a continuation"
+                );
+                bytes.extend_from_slice(payload);
+                if !header.fin {
+                    message = Some((op, rsv1, bytes));
+                    continue;
+                }
+                let plain = if rsv1 {
+                    if !agreed.server_takeover {
+                        inflate = deflate::testing::inflater(agreed.server_window);
+                    }
+                    let Some(plain) = inflate(&bytes) else {
+                        panic!("a compressed message from the server does not inflate");
+                    };
+                    plain
+                } else {
+                    bytes
+                };
+                assert!(
+                    plain.len() <= max_message,
+                    "echoed {} bytes, the limit is {max_message}",
+                    plain.len()
+                );
+                if op == OP_TEXT {
+                    assert!(
+                        std::str::from_utf8(&plain).is_ok(),
+                        "echoed text is not UTF-8"
+                    );
+                }
+            }
+            OP_CLOSE if payload.len() >= 2 => {
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                assert!(is_sendable_close_code(code), "close code {code}");
+                assert!(
+                    matches!(code, 1000 | 1001 | 1002 | 1007 | 1009 | 1011),
+                    "close code {code} from an echo session"
+                );
+                assert!(std::str::from_utf8(&payload[2..]).is_ok());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Appends a masked client frame with first byte `b0`.
+fn push_client_frame(out: &mut Vec<u8>, b0: u8, payload: &[u8]) {
+    let mask = [0x5a, 0x17, 0xc3, 0x80];
+    out.push(b0);
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+}
+
 /// `config`: TOML text to a [`Config`](crate::Config) or a clear error.
 ///
 /// Properties: non-UTF-8 input is skipped (the binary reads text); parsing
@@ -355,8 +561,10 @@ pub fn config(data: &[u8]) {
             );
         }
     };
+    // `[vhost.tls]` files name the test certificates in fuzz/fixtures/
+    // (only regular files of at most 4 MiB are ever read).
     let file = match ConfigFile::parse(text) {
-        Ok(file) => file,
+        Ok(file) => file.with_base_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/fixtures")),
         Err(e) => return check(&e),
     };
     match file.build(&ProtocolRegistry::builtin()) {
@@ -508,10 +716,17 @@ const OP_PONG: u8 = 0xA;
 struct FrameHeader {
     fin: bool,
     opcode: u8,
+    rsv1: bool,
 }
 
 /// Splits `out` into server frames, checking each header on its own.
 fn walk_server_frames(out: &[u8]) -> Vec<(FrameHeader, &[u8])> {
+    walk_frames(out, false)
+}
+
+/// [`walk_server_frames`], with RSV1 allowed on the first frame of a data
+/// message when `rsv1` (permessage-deflate negotiated).
+fn walk_frames(out: &[u8], rsv1: bool) -> Vec<(FrameHeader, &[u8])> {
     let mut frames = Vec::new();
     let mut rest = out;
     while !rest.is_empty() {
@@ -520,8 +735,13 @@ fn walk_server_frames(out: &[u8]) -> Vec<(FrameHeader, &[u8])> {
         let header = FrameHeader {
             fin: b0 & 0x80 != 0,
             opcode: b0 & 0x0F,
+            rsv1: b0 & 0x40 != 0,
         };
-        assert_eq!(b0 & 0x70, 0, "reserved bits set without an extension");
+        if rsv1 && matches!(header.opcode, OP_TEXT | OP_BINARY) {
+            assert_eq!(b0 & 0x30, 0, "RSV2 or RSV3 set");
+        } else {
+            assert_eq!(b0 & 0x70, 0, "reserved bits set without an extension");
+        }
         assert!(
             matches!(
                 header.opcode,
@@ -717,6 +937,32 @@ mod tests {
     #[test]
     fn config_corpus() {
         replay("config", config);
+    }
+
+    #[test]
+    fn compressed_session_corpus() {
+        replay("compressed_session", compressed_session);
+    }
+
+    #[test]
+    fn a_compressed_seed_is_echoed_compressed() {
+        let json = br#"{"type":"chat","user":"ada","text":"hello, hello, hello"}"#;
+        let mut input = Vec::new();
+        let mut compress = crate::proto::deflate::testing::compressor(15);
+        push_client_frame(&mut input, 0x81 | 0x40, &compress(json));
+        push_client_frame(&mut input, 0x81 | 0x40, &compress(json));
+        let settings = crate::Compression::builder(crate::CompressionMode::Dedicated)
+            .threshold(0)
+            .build()
+            .unwrap();
+        let offer = crate::proto::deflate::Offer::default();
+        let (agreed, _) = crate::proto::deflate::agree(&settings, &offer);
+        let ext = crate::extension::PermessageDeflate::new(settings).extension(agreed);
+        let out = run_in_memory_with(&input, &crate::Limits::default(), Some(Box::new(ext)));
+        let frames = walk_frames(&out, true);
+        assert_eq!(frames.len(), 2, "{out:?}");
+        assert!(frames.iter().all(|(h, _)| h.rsv1 && h.opcode == OP_TEXT));
+        assert!(frames[1].1.len() < frames[0].1.len(), "context kept");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! - `demo`: [`Demo`], the demo page (the binary mounts it at `/`);
 //! - `health`: [`http::Health`](crate::http::Health), `ok` while serving and 503
 //!   once draining;
+//! - `ready`: [`Ready`], `ready` while serving with a reachable broker, 503
+//!   otherwise;
 //! - `index`: [`http::Index`](crate::http::Index), a text list of the vhost's
 //!   endpoints;
 //! - `metrics`: [`metrics::MetricsHandler`](crate::metrics::MetricsHandler), the
@@ -73,6 +75,24 @@ impl HttpHandler for Health {
             Response::text(200, "ok\n")
         } else {
             Response::text(503, "shutting down\n")
+        }
+    }
+}
+
+/// `/readyz`: 200 `ready` while the context serves and its broker can do its
+/// whole job; 503 while the broker's cluster bus (Redis) is unreachable, or
+/// once draining. `/healthz` ([`Health`]) stays the liveness answer: a node
+/// whose Redis is down still serves its own clients, but a load balancer
+/// may prefer the others.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ready;
+
+impl HttpHandler for Ready {
+    fn handle(&self, _request: &Request, vhost: &Vhost) -> Response {
+        match vhost.context_handle() {
+            Some(h) if h.is_ready() => Response::text(200, "ready\n"),
+            Some(h) if h.is_running() => Response::text(503, "broker unreachable\n"),
+            _ => Response::text(503, "shutting down\n"),
         }
     }
 }

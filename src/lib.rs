@@ -19,7 +19,7 @@
 //! # Data path
 //!
 //! ```text
-//! TCP accept ─► Acceptor ─► request head (httparse; size, count and time limits)
+//! TCP accept ─► Acceptor (plain | TLS) ─► request head (httparse; size, count and time limits)
 //!    ─► admission (pure): Host → vhost, path → mount, method, upgrade, Origin, subprotocol, token
 //!    ├─ HTTP mount: /healthz, index, handlers → response, keep-alive or close
 //!    └─ WebSocket mount: session places, extension, Protocol::open → 101 → session task
@@ -32,7 +32,9 @@
 //! that drives the core over sockets and the host's executors, and the
 //! context that applications see. The seams are public: [`transport`]
 //! (streams and acceptors), [`extension`] (per-message extensions) and
-//! [`pubsub::Broker`] (where topics live).
+//! [`pubsub::Broker`] (where topics live: in this process, with an optional
+//! history for recovery, or across gateways through Redis with the `redis`
+//! feature).
 //!
 //! # Lifecycle
 //!
@@ -80,6 +82,10 @@
 //! Per-thread memory: each thread that reads for a session holds one 64 KiB
 //! read buffer (thread-local, allocated on its first read, freed when the
 //! thread exits); a session itself keeps no read buffer between messages.
+//! With permessage-deflate ([`Compression`]), each thread that compresses or
+//! inflates a message without context takeover also holds one compressor
+//! (about 330 KiB at window 15) and one decompressor (about 40 KiB), made on
+//! first use, so that sessions in shared mode hold none of their own.
 //!
 //! A single-threaded host whose loop is an `async_executor::LocalExecutor`
 //! attaches with [`Context::attach_local`].
@@ -137,8 +143,25 @@
 //!   (`wsgate::load_toml`, `wsgate::ProtocolRegistry`).
 //! - `signals`: [`signals`] turns SIGINT/SIGTERM into a graceful shutdown
 //!   through signal-hook's self-pipe, on the host's request only.
-//! - `cli` (default): the `wsgate` binary (enables both of the above).
+//! - `tls`: `wss://` and `https://` with rustls (the *ring* provider, which
+//!   builds with a C compiler alone): [`VhostBuilder::tls`] with a
+//!   [`config::TlsConfig`] (PEM files or a ready `rustls::ServerConfig`).
+//!   Vhosts sharing a port are chosen by SNI, each with its certificate and
+//!   its client-certificate check; a `Host` that disagrees with SNI gets 421;
+//!   [`Request::peer_certificates`] shows `Protocol::open` the verified
+//!   client chain; [`Context::reconfigure`] swaps certificates without
+//!   dropping sessions. The TLS handshake runs in the listener's acceptor
+//!   (see [`transport`]); the session layer never knows.
+//! - `redis`: `cluster::RedisBroker`, topics, presence and history shared by
+//!   every gateway on the same Redis (several wsgate processes behind a load
+//!   balancer act as one). It runs on the context's own task set: no
+//!   thread, no runtime; it compiles in redis-rs, `smol` (its executor
+//!   unused) and tokio's `sync` types (no tokio runtime). See the `cluster`
+//!   module.
+//! - `cli` (default): the `wsgate` binary (enables all of the above).
 
+#[cfg(feature = "redis")]
+pub mod cluster;
 mod common;
 pub mod config;
 mod context;
@@ -159,25 +182,33 @@ pub mod signals;
 /// same ports).
 pub mod http {
     pub use crate::context::protocol::HttpHandler;
-    pub use crate::handlers::{Health, Index};
+    pub use crate::handlers::{Health, Index, Ready};
     pub use crate::proto::http::{Request, Response, check_bearer};
+    pub use crate::proto::tls::{Certificate, TlsInfo};
 }
 
 /// Counters and gauges: [`Stats`](crate::metrics::Stats), as a snapshot and as Prometheus text.
 pub mod metrics {
-    pub use crate::context::metrics::Stats;
+    pub use crate::context::metrics::{CompressionStats, Stats};
     pub use crate::handlers::MetricsHandler;
 }
 
 /// Topics: publish from any thread, fan out to every subscriber's queue,
-/// through a [`Broker`](crate::pubsub::Broker).
+/// through a [`Broker`](crate::pubsub::Broker); history and recovery
+/// ([`Position`](crate::pubsub::Position),
+/// [`SubscribeRequest`](crate::pubsub::SubscribeRequest)).
 pub mod pubsub {
-    pub use crate::context::broker::{Broker, MemoryBroker, Presence, Published};
+    pub use crate::context::broker::{
+        Acknowledge, Broker, BrokerContext, BrokerFuture, BrokerStats, MAX_EPOCH_BYTES,
+        MAX_HISTORY_TOPICS, MemoryBroker, Position, Presence, Published, Recovery, Remote, Stamp,
+        SubscribeRequest, new_epoch,
+    };
 }
 
 /// The per-message extension point (permessage-deflate and its kin): what a
 /// vhost offers with [`VhostBuilder::extension`](crate::VhostBuilder::extension).
 pub mod extension {
+    pub use crate::proto::deflate::PermessageDeflate;
     pub use crate::proto::extension::{
         Extension, ExtensionError, ExtensionNegotiator, ExtensionOffer,
     };
@@ -190,8 +221,8 @@ pub mod transport {
 }
 
 pub use config::{
-    Config, ConfigBuilder, HttpTarget, Limits, Mount, MountTarget, Options, OverflowPolicy,
-    VhostBuilder, VhostConfig,
+    Compression, CompressionBuilder, CompressionMode, Config, ConfigBuilder, HttpTarget, Limits,
+    Mount, MountTarget, Options, OverflowPolicy, VhostBuilder, VhostConfig,
 };
 pub use context::lifecycle::{Drain, DrainReport, Executors};
 pub use context::protocol::{HttpHandler, Protocol, Wake};

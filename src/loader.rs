@@ -47,12 +47,16 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::HttpHandler;
-use crate::config::file::RawVhost;
-use crate::config::{Config, ConfigFile, Mount, Options, VhostConfig};
+use crate::config::file::{RawTls, RawVhost};
+use crate::config::{
+    BrokerKind, BrokerSettings, Compression, Config, ConfigBuilder, ConfigFile, Mount, Options,
+    VhostConfig,
+};
 use crate::context::protocol::{ErasedProtocol, Protocol, bind_handler_arc, bind_protocol, erase};
 use crate::error::ConfigError;
-use crate::handlers::{Demo, Health, Index, MetricsHandler};
+use crate::handlers::{Demo, Health, Index, MetricsHandler, Ready};
 use crate::protocols::{Broadcast, Echo, Increment, Pubsub};
+use crate::pubsub::MemoryBroker;
 
 type ProtocolFactory = dyn Fn(&Options) -> Result<Arc<dyn ErasedProtocol>, String> + Send + Sync;
 
@@ -74,7 +78,7 @@ impl ProtocolRegistry {
 
     /// The built-in protocols ([`crate::protocols`]: `echo`, `broadcast`,
     /// `increment`, `pubsub`) and HTTP handlers ([`crate::handlers`]:
-    /// `demo`, `health`, `index`, `metrics`), under the names the
+    /// `demo`, `health`, `ready`, `index`, `metrics`), under the names the
     /// configuration file knows them by.
     pub fn builtin() -> Self {
         let mut r = Self::new();
@@ -84,6 +88,7 @@ impl ProtocolRegistry {
             .protocol("pubsub", Pubsub::from_options);
         r.http("demo", Demo)
             .http("health", Health)
+            .http("ready", Ready)
             .http("index", Index)
             .http("metrics", MetricsHandler);
         r
@@ -154,9 +159,27 @@ impl ConfigFile {
         for v in &self.raw.vhost {
             builder = builder.vhost(self.build_raw_vhost(v, registry)?);
         }
+        if let Some(b) = self.broker() {
+            builder = with_broker(builder, &b).map_err(|e| e.at_line(b.line))?;
+        }
         builder.build().map_err(|e| {
             let leaf = e.key.rsplit('.').next().unwrap_or_default().to_owned();
-            let line = self.find_key_line(&leaf, 0).unwrap_or(1);
+            // A key of one vhost (`vhost.NAME.listen`) is looked for from
+            // that vhost's table on.
+            let from = e
+                .key
+                .strip_prefix("vhost.")
+                .and_then(|rest| {
+                    self.raw
+                        .vhost
+                        .iter()
+                        .find(|v| rest.starts_with(&format!("{}.", v.name.get_ref())))
+                })
+                .map_or(0, |v| v.name.span().start);
+            let line = self
+                .find_key_line(&leaf, from)
+                .or_else(|| self.find_key_line(&leaf, 0))
+                .unwrap_or(1);
             e.at_line(line)
         })
     }
@@ -220,6 +243,34 @@ impl ConfigFile {
             b = b.origin(o.clone());
         }
         b = b.limits(v.limits.clone());
+        if let Some(tls) = &v.tls {
+            b = self.tls(b, tls, name)?;
+        }
+        if let Some(c) = &v.compression {
+            let span = c.span();
+            let raw = c.get_ref();
+            let mut builder = Compression::builder(raw.mode.0);
+            if let Some(w) = raw.window_bits {
+                builder = builder.window_bits(w);
+            }
+            if let Some(m) = raw.mem_level {
+                builder = builder.mem_level(m);
+            }
+            if let Some(l) = raw.level {
+                builder = builder.level(l);
+            }
+            if let Some(t) = raw.threshold {
+                builder = builder.threshold(t.0);
+            }
+            let compression = builder.build().map_err(|e| {
+                let leaf = e.key.rsplit('.').next().unwrap_or_default();
+                let line = self
+                    .find_key_line(leaf, span.start)
+                    .unwrap_or_else(|| self.line(&span));
+                ConfigError::new(format!("vhost.{name}.{}", e.key), e.reason).at_line(line)
+            })?;
+            b = b.compression(compression);
+        }
         // Protocols used by mounts, instantiated once per vhost with its options.
         let mut used: Vec<String> = Vec::new();
         for m in &v.mount {
@@ -322,6 +373,107 @@ impl ConfigFile {
     }
 }
 
+impl ConfigFile {
+    /// `[vhost.tls]`: the files, relative to the base folder.
+    #[cfg(feature = "tls")]
+    fn tls(
+        &self,
+        b: crate::VhostBuilder,
+        tls: &toml::Spanned<RawTls>,
+        _name: &str,
+    ) -> Result<crate::VhostBuilder, ConfigError> {
+        use crate::config::file::ClientAuthValue;
+        use crate::config::{ClientAuth, TlsConfig};
+        let t = tls.get_ref();
+        let mut config = TlsConfig::from_pem_files(t.cert.get_ref(), t.key.get_ref());
+        if let Some(ca) = &t.client_ca {
+            config = config.client_ca(ca.get_ref());
+        }
+        if let Some(auth) = &t.client_auth {
+            config = config.client_auth(match auth.get_ref() {
+                ClientAuthValue::Required => ClientAuth::Required,
+                ClientAuthValue::Optional => ClientAuth::Optional,
+            });
+        }
+        if let Some(dir) = self.base_dir() {
+            config = config.relative_to(dir);
+        }
+        Ok(b.tls(config))
+    }
+
+    /// Without the `tls` feature a `[vhost.tls]` table is an error.
+    #[cfg(not(feature = "tls"))]
+    fn tls(
+        &self,
+        _b: crate::VhostBuilder,
+        tls: &toml::Spanned<RawTls>,
+        name: &str,
+    ) -> Result<crate::VhostBuilder, ConfigError> {
+        Err(ConfigError::new(
+            format!("vhost.{name}.tls"),
+            "this build of wsgate has no TLS (cargo feature \"tls\")",
+        )
+        .at_line(self.line(&tls.span())))
+    }
+}
+
+/// Most messages a topic's history may keep.
+const MAX_HISTORY_SIZE: usize = 1_000_000;
+
+/// The `[broker]` table, built: the in-process broker (with its history),
+/// or the Redis broker (feature `redis`).
+fn with_broker(builder: ConfigBuilder, b: &BrokerSettings) -> Result<ConfigBuilder, ConfigError> {
+    if b.history_size > MAX_HISTORY_SIZE {
+        return Err(ConfigError::new(
+            "broker.history_size",
+            format!("must be at most {MAX_HISTORY_SIZE}"),
+        ));
+    }
+    match b.kind {
+        BrokerKind::Redis => redis_broker(builder, b),
+        _ => {
+            let redis_only = [
+                ("url", b.url.is_some()),
+                ("node", b.node.is_some()),
+                ("prefix", b.prefix.is_some()),
+            ];
+            if let Some((key, _)) = redis_only.iter().find(|(_, set)| *set) {
+                return Err(ConfigError::new(
+                    format!("broker.{key}"),
+                    "only for type = \"redis\"",
+                ));
+            }
+            Ok(builder.broker(MemoryBroker::with_history(b.history_size, b.history_ttl)))
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+fn redis_broker(builder: ConfigBuilder, b: &BrokerSettings) -> Result<ConfigBuilder, ConfigError> {
+    let url = b
+        .url
+        .as_ref()
+        .ok_or_else(|| ConfigError::new("broker.url", "required for type = \"redis\""))?;
+    let mut redis = crate::cluster::RedisBroker::builder(url)
+        .history(b.history_size, b.history_ttl)
+        .heartbeat(b.heartbeat);
+    if let Some(node) = &b.node {
+        redis = redis.node(node);
+    }
+    if let Some(prefix) = &b.prefix {
+        redis = redis.prefix(prefix);
+    }
+    Ok(builder.broker(redis.build()?))
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_broker(_: ConfigBuilder, _: &BrokerSettings) -> Result<ConfigBuilder, ConfigError> {
+    Err(ConfigError::new(
+        "broker.type",
+        "\"redis\" needs wsgate built with the `redis` feature",
+    ))
+}
+
 fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
     it.map(String::as_str).collect::<Vec<_>>().join(", ")
 }
@@ -378,9 +530,39 @@ protocol = "echo"
                 "/increment",
                 "/pubsub",
                 "/healthz",
+                "/readyz",
                 "/metrics"
             ]
         );
+    }
+
+    #[test]
+    fn vhost_compression_builds_and_its_errors_name_key_and_line() {
+        let base = "[[vhost]]\nname = \"a\"\nlisten = [\"127.0.0.1:0\"]\n[vhost.compression]\n";
+        let build = |rest: &str| {
+            ConfigFile::parse(&format!("{base}{rest}"))
+                .and_then(|f| f.build_vhost("a", &ProtocolRegistry::builtin()))
+        };
+        let v = build("mode = \"dedicated\"\nwindow_bits = 10\nmem_level = 4\nlevel = 1\nthreshold = \"1KiB\"\n")
+            .unwrap();
+        let debug = format!("{v:?}");
+        assert!(
+            debug.contains(
+                "Compression { mode: Dedicated, window_bits: 10, mem_level: 4, level: 1, threshold: 1024 }"
+            ),
+            "{debug}"
+        );
+        // Off (also the default mode) offers nothing.
+        let v = build("threshold = 10\n").unwrap();
+        assert!(!format!("{v:?}").contains("PermessageDeflate"));
+        let e = build("mode = \"shared\"\nwindow_bits = 8\n").unwrap_err();
+        assert_eq!(e.key, "vhost.a.compression.window_bits", "{e}");
+        assert_eq!(e.line, Some(6), "{e}");
+        let e = build("mode = \"fast\"\n").unwrap_err();
+        assert!(e.reason.contains("unknown compression mode"), "{e}");
+        assert_eq!(e.line, Some(5), "{e}");
+        let e = build("mode = \"shared\"\nwindow = 10\n").unwrap_err();
+        assert_eq!(e.line, Some(6), "{e}");
     }
 
     #[test]
@@ -581,5 +763,55 @@ protocol = "echo"
         assert_eq!(e.key, "vhost.a.options.echo.token", "{e}");
         assert_eq!(e.reason, "must not be empty", "{e}");
         assert_eq!(e.line, Some(5), "{e}");
+    }
+
+    const VHOST: &str = "\n[[vhost]]\nname = \"a\"\nlisten = [\"127.0.0.1:0\"]\n";
+
+    #[test]
+    fn the_broker_table_is_built_or_refused_at_its_line() {
+        let ok = |broker: &str| load(&format!("{broker}{VHOST}")).map(|_| ());
+        ok("[broker]\nhistory_size = 10\nhistory_ttl = \"30s\"\n").unwrap();
+        ok("[broker]\ntype = \"memory\"\n").unwrap();
+        let err = |broker: &str| load(&format!("{broker}{VHOST}")).unwrap_err();
+        let e = err("\n[broker]\ntype = \"memory\"\nurl = \"redis://h\"\n");
+        assert_eq!((e.key.as_str(), e.line), ("broker.url", Some(2)), "{e}");
+        let e = err("[broker]\nhistory_size = 2000000\n");
+        assert_eq!(e.key, "broker.history_size", "{e}");
+        let e = err("[broker]\ntype = \"nats\"\n");
+        assert!(e.to_string().contains("unknown variant"), "{e}");
+        let e = err("[broker]\nhistroy_size = 1\n");
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = err("[broker]\nhistory_ttl = \"soon\"\n");
+        assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_redis_broker_needs_a_usable_url() {
+        let load_broker = |broker: &str| load(&format!("{broker}{VHOST}")).map(|_| ());
+        load_broker("[broker]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\nnode = \"gw-1\"\nheartbeat = \"1s\"\n").unwrap();
+        load_broker("[broker]\ntype = \"redis\"\nurl = \"unix:///run/redis.sock\"\n").unwrap();
+        for (broker, key) in [
+            ("[broker]\ntype = \"redis\"\n", "broker.url"),
+            (
+                "[broker]\ntype = \"redis\"\nurl = \"rediss://h:1\"\n",
+                "broker.url",
+            ),
+            (
+                "[broker]\ntype = \"redis\"\nurl = \"ftp://h\"\n",
+                "broker.url",
+            ),
+            (
+                "[broker]\ntype = \"redis\"\nurl = \"redis://h\"\nnode = \"a b\"\n",
+                "broker.node",
+            ),
+            (
+                "[broker]\ntype = \"redis\"\nurl = \"redis://h\"\nheartbeat = \"1ms\"\n",
+                "broker.heartbeat",
+            ),
+        ] {
+            let e = load_broker(broker).unwrap_err();
+            assert_eq!((e.key.as_str(), e.line), (key, Some(1)), "{broker}: {e}");
+        }
     }
 }

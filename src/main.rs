@@ -16,7 +16,9 @@
 //!   hands them to [`Context::reconfigure`], the library's reload: vhosts
 //!   whose configuration did not change keep running with their sessions
 //!   untouched; changed ones are replaced (their sessions get Close 1001);
-//!   new ones are added and removed ones removed. A configuration that does
+//!   new ones are added and removed ones removed; a vhost whose only change
+//!   is its TLS certificate files keeps its sessions and serves the new
+//!   certificate to new handshakes. A configuration that does
 //!   not parse, build or bind is logged, and the running one stays as it
 //!   was. Each reload prints one line, `wsgate reloaded: ...` or
 //!   `wsgate reload failed: ...`.
@@ -179,7 +181,12 @@ fn read_config(path: Option<&Path>, listen: &[SocketAddr]) -> Result<ConfigFile,
         Some(path) => {
             let text =
                 std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            ConfigFile::parse(&text).map_err(|e| located(Some(path), &e))?
+            // Relative file names in it (TLS certificates) are relative to
+            // its folder, not to where wsgate was started.
+            let dir = path.parent().unwrap_or(Path::new("."));
+            ConfigFile::parse(&text)
+                .map_err(|e| located(Some(path), &e))?
+                .with_base_dir(dir)
         }
         None => ConfigFile::builtin(),
     };
@@ -222,7 +229,7 @@ fn reload(
         let done = ctx.reconfigure(vhosts).map_err(|e| error_chain(&e))?;
         if next.context_fingerprint() != started.context_fingerprint() {
             tracing::warn!(
-                "max_connections, memory_budget, pumps, threads and the broker only change on restart; the running values stay"
+                "max_connections, memory_budget, pumps, threads and [broker] only change on restart; the running values stay"
             );
         }
         Ok((done, next.drain_timeout()))

@@ -10,7 +10,9 @@
 
 pub(crate) mod admission;
 pub(crate) mod close;
+pub(crate) mod deflate;
 pub(crate) mod extension;
 pub(crate) mod frame;
 pub(crate) mod http;
 pub(crate) mod session;
+pub(crate) mod tls;

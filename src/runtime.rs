@@ -15,5 +15,7 @@ pub(crate) mod outbox;
 pub(crate) mod reactor;
 pub(crate) mod run;
 pub(crate) mod tasks;
+#[cfg(feature = "tls")]
+pub(crate) mod tls;
 pub(crate) mod transport;
 pub(crate) mod workers;

@@ -3,7 +3,13 @@
 //! headless Chromium through Playwright to use every panel (increment and
 //! Reset, echo, broadcast chat between two browser contexts, pub/sub, live
 //! status, the endpoints panel) and the page's "server unreachable" state,
-//! and saves a full-page screenshot to `target/demo-screenshot.png`.
+//! checks that Chromium negotiated permessage-deflate (a socket's
+//! `extensions`, and the server's compression counters in `/metrics`: the
+//! built-in configuration compresses in shared mode), and saves a full-page
+//! screenshot to `target/demo-screenshot.png`. A second test serves the page
+//! over https from `examples/wsgate-tls.toml` (a certificate for localhost
+//! made with rcgen at test time) and uses its `wss://` panels
+//! (`target/demo-https-screenshot.png`).
 //!
 //! Needs `/usr/bin/chromium`, `node`, and `tests/browser/node_modules`
 //! (`.ci/browser.sh` installs all three), so it is `#[ignore]`d: a plain
@@ -17,6 +23,8 @@
 //! as `.ci/run` does; then a missing prerequisite is a failure, not a skip.
 
 #![cfg(feature = "cli")]
+
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -38,16 +46,61 @@ fn demo_page_works_in_headless_chromium() {
         panic!("{missing}; run .ci/browser.sh to install Chromium and Playwright");
     }
 
-    let gateway = Gateway::start();
-    let screenshot = target_dir().join("demo-screenshot.png");
-    let _ = std::fs::remove_file(&screenshot);
+    let gateway = Gateway::start(&["--listen", "127.0.0.1:0"]);
     let url = format!("http://{}/", gateway.addr);
+    run_demo(root, &url, "demo-screenshot.png", &[]);
+}
+
+/// The same page over https, from `examples/wsgate-tls.toml` (copied beside
+/// a certificate for localhost made at test time): its panels speak wss://.
+/// Chromium is told to accept the test certificate for this test only.
+#[test]
+#[ignore = "needs Chromium and Playwright: run .ci/browser.sh, then cargo test --test browser -- --ignored"]
+fn demo_page_works_over_https_in_headless_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if let Err(missing) = browser_prerequisites(root) {
+        panic!("{missing}; run .ci/browser.sh to install Chromium and Playwright");
+    }
+    let dir = support::tls::temp_dir("browser-tls");
+    std::fs::create_dir_all(dir.join("certs")).unwrap();
+    let ca = support::tls::Ca::new("wsgate browser test CA");
+    let leaf = ca.server(&["localhost", "127.0.0.1"], 1);
+    std::fs::write(dir.join("certs/server.pem"), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.join("certs/server.key"), &leaf.key_pem).unwrap();
+    std::fs::write(dir.join("certs/ca.pem"), ca.pem()).unwrap();
+    let config = dir.join("wsgate-tls.toml");
+    std::fs::copy(root.join("examples/wsgate-tls.toml"), &config).unwrap();
+
+    let gateway = Gateway::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let url = format!("https://localhost:{}/", gateway.addr.port());
+    let ca_file = dir.join("certs/ca.pem");
+    run_demo(
+        root,
+        &url,
+        "demo-https-screenshot.png",
+        &[
+            ("IGNORE_HTTPS_ERRORS", "1"),
+            ("NODE_EXTRA_CA_CERTS", ca_file.to_str().unwrap()),
+        ],
+    );
+}
+
+/// Runs demo.mjs against `url` and checks its screenshot.
+fn run_demo(root: &Path, url: &str, shot: &str, env: &[(&str, &str)]) {
+    let screenshot = target_dir().join(shot);
+    let _ = std::fs::remove_file(&screenshot);
     let out = run_with_deadline(
         Command::new("node")
             .current_dir(root)
             .arg("tests/browser/demo.mjs")
-            .arg(&url)
-            .arg(&screenshot),
+            .arg(url)
+            .arg(&screenshot)
+            .envs(env.iter().copied()),
         NODE_DEADLINE,
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -138,17 +191,17 @@ fn png_size(png: &[u8]) -> Option<(u32, u32)> {
     Some((be(&png[16..20]), be(&png[20..24])))
 }
 
-/// The `wsgate` binary with its built-in configuration on an ephemeral port,
-/// killed when dropped.
+/// The `wsgate` binary started with `args` (an ephemeral port), killed when
+/// dropped.
 struct Gateway {
     child: Child,
     addr: SocketAddr,
 }
 
 impl Gateway {
-    fn start() -> Self {
+    fn start(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

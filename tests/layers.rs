@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! binary      src/main.rs, src/cli*
-//! protocols   src/protocols*, src/handlers.rs, src/signals.rs, src/loader.rs
+//! protocols   src/protocols*, src/handlers.rs, src/signals.rs, src/loader.rs, src/cluster*
 //! context     src/context*
 //! runtime     src/runtime*
 //! config      src/config*
@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("handlers", 4),
     ("signals", 4),
     ("loader", 4),
+    ("cluster", 4),
     ("fuzz", 4),
     ("cli", 5),
 ];

@@ -190,6 +190,12 @@ fn metrics_match_the_generated_traffic_exactly() {
         ("wsgate_budget_paused_total", 0),
         ("wsgate_budget_shed_total", 0),
         ("wsgate_budget_refused_total", 0),
+        // The in-process broker: always ready, nothing across nodes.
+        ("wsgate_broker_ready", 1),
+        ("wsgate_broker_errors_total", 0),
+        ("wsgate_broker_reconnects_total", 0),
+        ("wsgate_broker_messages_total{direction=\"out\"}", 0),
+        ("wsgate_broker_messages_total{direction=\"in\"}", 0),
     ];
     let expected: BTreeMap<String, u64> = expected
         .iter()

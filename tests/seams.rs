@@ -178,7 +178,7 @@ impl Extension for Xor {
         Ok(payload.iter().map(|b| b ^ self.0).collect())
     }
 
-    fn encode(&mut self, payload: &[u8]) -> Option<Bytes> {
+    fn encode(&mut self, payload: &Bytes) -> Option<Bytes> {
         Some(payload.iter().map(|b| b ^ self.0).collect())
     }
 }

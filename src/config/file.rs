@@ -27,10 +27,22 @@
 //! path = "/healthz"
 //! http = "health"
 //! ```
+//!
+//! A vhost served over TLS (feature `tls`) names its files, relative to the
+//! configuration file's folder ([`ConfigFile::with_base_dir`]):
+//!
+//! ```toml
+//! [vhost.tls]
+//! cert = "certs/a.pem"               # PEM chain, leaf first
+//! key = "certs/a.key"                # PEM private key (PKCS#8, PKCS#1 or SEC1)
+//! client_ca = "certs/clients.pem"    # optional: mutual TLS
+//! client_auth = "required"           # or "optional"; only with client_ca
+//! ```
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -52,6 +64,8 @@ pub struct ConfigFile {
     /// The top-level keys other than `vhost`, as plain TOML values: what
     /// [`context_fingerprint`](Self::context_fingerprint) is computed from.
     context_table: toml::Table,
+    /// What relative file names (TLS certificates and keys) are relative to.
+    base_dir: Option<PathBuf>,
 }
 
 impl ConfigFile {
@@ -72,6 +86,7 @@ impl ConfigFile {
             text: text.to_owned(),
             raw,
             context_table,
+            base_dir: None,
         })
     }
 
@@ -82,7 +97,23 @@ impl ConfigFile {
             text: String::new(),
             raw: RawConfig::default(),
             context_table: toml::Table::new(),
+            base_dir: None,
         })
+    }
+
+    /// Resolves the file's relative file names (`[vhost.tls]` `cert`, `key`,
+    /// `client_ca`) against `dir`: the binary passes the configuration
+    /// file's folder. Default: the process's working directory.
+    #[must_use = "the changed file is returned"]
+    pub fn with_base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.base_dir = Some(dir.into());
+        self
+    }
+
+    /// What relative file names are relative to (see
+    /// [`with_base_dir`](Self::with_base_dir)).
+    pub fn base_dir(&self) -> Option<&Path> {
+        self.base_dir.as_deref()
     }
 
     /// Replaces the listen addresses of the first vhost (the binary's `--listen`).
@@ -123,6 +154,23 @@ impl ConfigFile {
         self.raw
             .drain_timeout
             .map_or(Duration::from_secs(10), |d| d.0)
+    }
+
+    /// The `[broker]` table, if the file has one (none: the in-process
+    /// broker without history).
+    pub fn broker(&self) -> Option<BrokerSettings> {
+        let raw = self.raw.broker.as_ref()?;
+        let b = raw.get_ref();
+        Some(BrokerSettings {
+            kind: b.kind,
+            url: b.url.clone(),
+            node: b.node.clone(),
+            history_size: b.history_size,
+            history_ttl: b.history_ttl.map_or(Duration::from_secs(300), |d| d.0),
+            heartbeat: b.heartbeat.map_or(Duration::from_secs(5), |d| d.0),
+            prefix: b.prefix.clone(),
+            line: self.line(&raw.span()),
+        })
     }
 
     /// The index of the first vhost called `name`.
@@ -264,6 +312,7 @@ pub(crate) struct RawConfig {
     pub(crate) memory_budget: Option<Option<usize>>,
     pub(crate) drain_timeout: Option<DurationValue>,
     pub(crate) threads: Option<ThreadsValue>,
+    pub(crate) broker: Option<Spanned<RawBroker>>,
     #[serde(default)]
     pub(crate) vhost: Vec<RawVhost>,
 }
@@ -279,10 +328,42 @@ pub(crate) struct RawVhost {
     pub(crate) origins: Vec<String>,
     #[serde(default)]
     pub(crate) limits: Limits,
+    /// `[vhost.compression]`: permessage-deflate (absent: off).
+    pub(crate) compression: Option<Spanned<RawCompression>>,
     #[serde(default)]
     pub(crate) options: BTreeMap<String, BTreeMap<String, OptionValue>>,
     #[serde(default)]
     pub(crate) mount: Vec<Spanned<RawMount>>,
+    pub(crate) tls: Option<Spanned<RawTls>>,
+}
+
+/// `[vhost.tls]`: the vhost's certificate files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub(crate) cert: Spanned<String>,
+    pub(crate) key: Spanned<String>,
+    pub(crate) client_ca: Option<Spanned<String>>,
+    pub(crate) client_auth: Option<Spanned<ClientAuthValue>>,
+}
+
+/// `client_auth`: `"required"` or `"optional"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientAuthValue {
+    Required,
+    Optional,
+}
+
+impl<'de> Deserialize<'de> for ClientAuthValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "required" => Ok(Self::Required),
+            "optional" => Ok(Self::Optional),
+            other => Err(de::Error::custom(format!(
+                "expected \"required\" or \"optional\", found {other:?}"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -294,6 +375,113 @@ pub(crate) struct RawMount {
     pub(crate) http: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) prefix: bool,
+}
+
+/// The `[broker]` table: where topics live.
+///
+/// ```toml
+/// [broker]
+/// type = "redis"                    # or "memory" (the default)
+/// url = "redis://127.0.0.1:6379/0"  # or unix:///run/redis.sock (redis only)
+/// node = "gw-1"                     # this node's name (redis only; default: host name + pid)
+/// history_size = 100                # messages kept per topic for recovery (0 = no history)
+/// history_ttl = "5m"                # how long after a topic's last publish
+/// heartbeat = "5s"                  # a dead node leaves presence after 3 of these (redis only)
+/// prefix = "wsgate"                 # of every Redis key and channel (redis only)
+/// ```
+///
+/// The loader builds the broker ([`crate::loader`]); this layer only reads
+/// the settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerSettings {
+    /// `type`. Default: `memory`.
+    pub kind: BrokerKind,
+    /// `url`: the Redis to use (required for `redis`). Default: none.
+    pub url: Option<String>,
+    /// `node`: this node's name. Default: the host name and the process id.
+    pub node: Option<String>,
+    /// `history_size`: messages each topic keeps for recovery, 0 for no
+    /// history. Default: 0.
+    pub history_size: usize,
+    /// `history_ttl`: how long a topic's history lives after its last
+    /// publish. Default: 5 minutes.
+    pub history_ttl: Duration,
+    /// `heartbeat`: how often a node tells Redis it is alive. Default: 5 s.
+    pub heartbeat: Duration,
+    /// `prefix` of the Redis keys. Default: `wsgate`.
+    pub prefix: Option<String>,
+    /// The line of the `[broker]` table, for errors.
+    pub line: usize,
+}
+
+/// `type` of the `[broker]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum BrokerKind {
+    /// In-process topics ([`MemoryBroker`](crate::pubsub::MemoryBroker)).
+    #[default]
+    Memory,
+    /// Topics shared by every node on the same Redis (feature `redis`).
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBroker {
+    #[serde(rename = "type", default)]
+    kind: BrokerKind,
+    url: Option<String>,
+    node: Option<String>,
+    #[serde(default)]
+    history_size: usize,
+    history_ttl: Option<DurationValue>,
+    heartbeat: Option<DurationValue>,
+    prefix: Option<String>,
+}
+
+/// `[vhost.compression]`, checked by [`Compression`](super::Compression)'s
+/// builder when the loader builds the vhost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCompression {
+    #[serde(default)]
+    pub(crate) mode: ModeValue,
+    pub(crate) window_bits: Option<u8>,
+    pub(crate) mem_level: Option<u8>,
+    pub(crate) level: Option<u8>,
+    pub(crate) threshold: Option<SizeValue>,
+}
+
+/// `"off"`, `"shared"` or `"dedicated"`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ModeValue(pub(crate) super::CompressionMode);
+
+impl<'de> Deserialize<'de> for ModeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use super::CompressionMode as M;
+        let s = String::deserialize(d)?;
+        [M::Off, M::Shared, M::Dedicated]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .map(ModeValue)
+            .ok_or_else(|| {
+                de::Error::custom(format!(
+                    "unknown compression mode {s:?} (expected \"off\", \"shared\" or \"dedicated\")"
+                ))
+            })
+    }
+}
+
+/// A byte count: a whole number, or a string with a unit (`"64B"`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SizeValue(pub(crate) usize);
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        super::limits::de::size(d).map(SizeValue)
+    }
 }
 
 /// A socket address written as a string.

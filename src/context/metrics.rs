@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::common::lock;
-use crate::proto::session::Tally;
+use crate::context::broker::BrokerStats;
+use crate::proto::session::{ExtensionTally, Tally};
 use crate::runtime::budget::Usage;
 
 /// The live counters; updated with relaxed atomics on the hot path (traffic
@@ -26,6 +27,41 @@ pub(crate) struct Metrics {
     published: AtomicU64,
     rejected: Mutex<BTreeMap<u16, u64>>,
     close_codes: Mutex<BTreeMap<u16, u64>>,
+    tls_failures: Mutex<BTreeMap<&'static str, u64>>,
+    /// permessage-deflate, by vhost name.
+    compression: Mutex<BTreeMap<String, Arc<CompressionCounters>>>,
+}
+
+/// One vhost's permessage-deflate counters, held by each of its sessions
+/// that negotiated it (so a report is relaxed atomics, no lock).
+#[derive(Debug, Default)]
+pub(crate) struct CompressionCounters {
+    sessions: AtomicU64,
+    compressed_in: AtomicU64,
+    uncompressed_in: AtomicU64,
+    compressed_out: AtomicU64,
+    uncompressed_out: AtomicU64,
+}
+
+impl CompressionCounters {
+    /// A session's compressed traffic since its last report.
+    pub(crate) fn add(&self, t: ExtensionTally) {
+        Metrics::add(&self.compressed_in, t.wire_in.into());
+        Metrics::add(&self.uncompressed_in, t.plain_in.into());
+        Metrics::add(&self.compressed_out, t.wire_out.into());
+        Metrics::add(&self.uncompressed_out, t.plain_out.into());
+    }
+
+    fn snapshot(&self) -> CompressionStats {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CompressionStats {
+            sessions: load(&self.sessions),
+            compressed_bytes_in: load(&self.compressed_in),
+            uncompressed_bytes_in: load(&self.uncompressed_in),
+            compressed_bytes_out: load(&self.compressed_out),
+            uncompressed_bytes_out: load(&self.uncompressed_out),
+        }
+    }
 }
 
 impl Metrics {
@@ -41,9 +77,31 @@ impl Metrics {
         *lock(&self.close_codes).entry(code).or_insert(0) += 1;
     }
 
+    /// A TLS handshake failed for `reason` (a metric label).
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_failed(&self, reason: &'static str) {
+        *lock(&self.tls_failures).entry(reason).or_insert(0) += 1;
+    }
+
     /// A handshake accepted.
     pub(crate) fn count_session(&self) {
         self.sessions_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A session of `vhost` negotiated permessage-deflate: counted, and the
+    /// counters its traffic goes to.
+    pub(crate) fn count_compressed_session(&self, vhost: &str) -> Arc<CompressionCounters> {
+        let mut map = lock(&self.compression);
+        let c = match map.get(vhost) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Arc::new(CompressionCounters::default());
+                map.insert(vhost.to_owned(), c.clone());
+                c
+            }
+        };
+        c.sessions.fetch_add(1, Ordering::Relaxed);
+        c
     }
 
     /// A message published to a topic.
@@ -139,6 +197,35 @@ pub struct Stats {
     pub drain_aborted: u64,
     /// See `drain_clean`.
     pub drain_forced: u64,
+    /// TLS handshakes that failed, by reason: `timeout` (not done within
+    /// `handshake_timeout`), `closed` (the peer hung up), `not_tls` (plain
+    /// HTTP or garbage), `client_certificate` (mutual TLS refused),
+    /// `protocol` (any other TLS error), `io`.
+    pub tls_handshake_failures: BTreeMap<String, u64>,
+    /// The broker's state and counters (cluster bus errors, reconnects,
+    /// messages to and from other nodes).
+    pub broker: BrokerStats,
+    /// permessage-deflate, by vhost name (vhosts where some session
+    /// negotiated it).
+    pub compression: BTreeMap<String, CompressionStats>,
+}
+
+/// One vhost's permessage-deflate traffic since attach: the bytes of the
+/// messages that went compressed, as on the wire and as the application
+/// sees them (messages sent or received plain count in neither).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CompressionStats {
+    /// Sessions that negotiated permessage-deflate.
+    pub sessions: u64,
+    /// Compressed payload bytes received.
+    pub compressed_bytes_in: u64,
+    /// What they inflated to.
+    pub uncompressed_bytes_in: u64,
+    /// Compressed payload bytes sent.
+    pub compressed_bytes_out: u64,
+    /// What they were before compression.
+    pub uncompressed_bytes_out: u64,
 }
 
 impl Metrics {
@@ -152,6 +239,7 @@ impl Metrics {
         per_thread: Vec<usize>,
         topics: usize,
         drain: (usize, usize, usize),
+        broker: BrokerStats,
     ) -> Stats {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let wide = |n: usize| n as u64;
@@ -182,6 +270,15 @@ impl Metrics {
             drain_clean: wide(drain.0),
             drain_aborted: wide(drain.1),
             drain_forced: wide(drain.2),
+            tls_handshake_failures: lock(&self.tls_failures)
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            broker,
+            compression: lock(&self.compression)
+                .iter()
+                .map(|(vhost, c)| (vhost.clone(), c.snapshot()))
+                .collect(),
         }
     }
 }
@@ -359,6 +456,95 @@ impl Stats {
             "Sessions ended during teardown, by result.",
             &drain,
         );
+        let tls: Vec<(String, u64)> = self
+            .tls_handshake_failures
+            .iter()
+            .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), *n))
+            .collect();
+        metric(
+            "tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed, by reason.",
+            &tls,
+        );
+        metric(
+            "broker_ready",
+            "gauge",
+            "1 while the broker can carry messages between nodes.",
+            &one(u64::from(self.broker.ready)),
+        );
+        metric(
+            "broker_errors_total",
+            "counter",
+            "Failed operations on the cluster bus.",
+            &one(self.broker.errors),
+        );
+        metric(
+            "broker_reconnects_total",
+            "counter",
+            "Connections to the cluster bus made again after one was lost.",
+            &one(self.broker.reconnects),
+        );
+        let cross = [
+            ("{direction=\"out\"}".to_owned(), self.broker.messages_out),
+            ("{direction=\"in\"}".to_owned(), self.broker.messages_in),
+        ];
+        metric(
+            "broker_messages_total",
+            "counter",
+            "Messages sent to and received from other nodes.",
+            &cross,
+        );
+        self.compression_metrics(&mut out);
         out
+    }
+
+    /// The permessage-deflate families, per vhost.
+    fn compression_metrics(&self, out: &mut String) {
+        let vhost = |name: &str| name.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(
+            out,
+            "# HELP wsgate_compression_sessions_total Sessions that negotiated permessage-deflate, by vhost.\n\
+             # TYPE wsgate_compression_sessions_total counter"
+        );
+        for (name, c) in &self.compression {
+            let _ = writeln!(
+                out,
+                "wsgate_compression_sessions_total{{vhost=\"{}\"}} {}",
+                vhost(name),
+                c.sessions
+            );
+        }
+        let families = [
+            (
+                "compressed_bytes_total",
+                "Payload bytes of compressed messages as sent on the wire, by vhost and direction.",
+                [
+                    |c: &CompressionStats| c.compressed_bytes_in,
+                    |c: &CompressionStats| c.compressed_bytes_out,
+                ],
+            ),
+            (
+                "uncompressed_bytes_total",
+                "Payload bytes of compressed messages before compression (out) or after inflation (in), by vhost and direction.",
+                [
+                    |c: &CompressionStats| c.uncompressed_bytes_in,
+                    |c: &CompressionStats| c.uncompressed_bytes_out,
+                ],
+            ),
+        ];
+        for (family, help, [inbound, outbound]) in families {
+            let _ = writeln!(out, "# HELP wsgate_{family} {help}");
+            let _ = writeln!(out, "# TYPE wsgate_{family} counter");
+            for (name, c) in &self.compression {
+                for (direction, v) in [("in", inbound(c)), ("out", outbound(c))] {
+                    let _ = writeln!(
+                        out,
+                        "wsgate_{family}{{vhost=\"{}\",direction=\"{direction}\"}} {v}",
+                        vhost(name)
+                    );
+                }
+            }
+        }
     }
 }

@@ -15,7 +15,7 @@ use crate::common::lock;
 use crate::config::{Binding, VhostConfig, same_binding};
 use crate::error::{ConfigError, Error};
 use crate::runtime::listener::{Listener, bind_all};
-use crate::runtime::transport::bound_acceptor;
+use crate::runtime::transport::{Acceptor, bound_acceptor};
 use crate::runtime::workers::Workers;
 
 /// A context's vhosts and listeners.
@@ -39,6 +39,42 @@ struct ListenerEntry {
     service: Arc<ListenerService>,
     /// The acceptor every vhost on this listener shares.
     acceptor: Option<Binding>,
+    /// Whether its vhosts serve TLS: its acceptor is then computed from
+    /// them (see [`acceptor_for`]) whenever they or their certificates
+    /// change.
+    tls: bool,
+}
+
+/// The acceptor of a listener shared by `vhosts`: TLS, computed from their
+/// names and certificates, if they serve TLS (all of them do then: checked
+/// before); else the host's acceptor they share (`binding`), if any.
+fn acceptor_for(
+    ctx: &Arc<ContextShared>,
+    vhosts: &[Vhost],
+    binding: Option<&Binding>,
+) -> Option<Arc<dyn Acceptor>> {
+    #[cfg(feature = "tls")]
+    if vhosts.iter().any(Vhost::is_tls) {
+        use crate::runtime::tls::{TlsAcceptor, TlsSite};
+        let sites = vhosts
+            .iter()
+            .filter_map(|v| {
+                Some(TlsSite {
+                    hosts: v.hosts().to_vec(),
+                    server: v.loaded_tls()?.server.clone(),
+                })
+            })
+            .collect();
+        let weak = Arc::downgrade(ctx);
+        let failures = Arc::new(move |f: crate::runtime::tls::TlsFailure| {
+            if let Some(ctx) = weak.upgrade() {
+                ctx.metrics.tls_failed(f.label());
+            }
+        });
+        return Some(Arc::new(TlsAcceptor::new(sites, failures)));
+    }
+    let _ = (ctx, vhosts);
+    binding.and_then(bound_acceptor)
 }
 
 impl Registry {
@@ -116,6 +152,19 @@ impl Registry {
     /// a listener share its acceptor.
     pub(crate) fn check_acceptor(&self, config: &VhostConfig) -> Result<(), Error> {
         let listeners = lock(&self.listeners);
+        let mixed = listeners
+            .iter()
+            .find(|l| config.listen().contains(&l.listener.configured) && l.tls != config.is_tls());
+        if let Some(l) = mixed {
+            return Err(Error::Config(ConfigError::new(
+                format!("vhost.{}.tls", config.name()),
+                format!(
+                    "listener {} serves {}: a listener is either TLS or plain",
+                    l.listener.configured,
+                    if l.tls { "TLS" } else { "plain TCP" }
+                ),
+            )));
+        }
         let mismatch = listeners.iter().find(|l| {
             config.listen().contains(&l.listener.configured)
                 && !same_binding(&l.acceptor, &config.acceptor)
@@ -154,12 +203,13 @@ impl Registry {
                         socket,
                         workers,
                         service.clone(),
-                        acceptor.as_ref().and_then(bound_acceptor),
+                        acceptor_for(ctx, std::slice::from_ref(vhost), acceptor.as_ref()),
                     );
                     listeners.push(ListenerEntry {
                         listener,
                         service,
                         acceptor,
+                        tls: vhost.is_tls(),
                     });
                     Some(listeners.len() - 1)
                 });
@@ -169,6 +219,13 @@ impl Registry {
             let entry = &listeners[pos];
             locals.push(entry.listener.local);
             entry.service.add_vhost(vhost.clone());
+            if entry.tls {
+                // One more vhost (name, certificate) to choose by SNI.
+                let vhosts = entry.service.vhosts();
+                entry
+                    .listener
+                    .set_acceptor(acceptor_for(ctx, &vhosts, entry.acceptor.as_ref()));
+            }
         }
         drop(listeners);
         vhost.set_local_addrs(locals);
@@ -189,10 +246,18 @@ impl Registry {
             vhosts.remove(pos)
         };
         self.streams.remove_vhost(&vhost);
+        let ctx = vhost.context();
         lock(&self.listeners).retain(|l| {
             let empty = l.service.remove_vhost(&vhost);
             if empty {
                 l.listener.stop();
+            } else if l.tls
+                && let Some(ctx) = &ctx
+            {
+                // One vhost (name, certificate) fewer to choose by SNI.
+                let vhosts = l.service.vhosts();
+                l.listener
+                    .set_acceptor(acceptor_for(ctx, &vhosts, l.acceptor.as_ref()));
             }
             !empty
         });
@@ -225,13 +290,24 @@ impl Registry {
             }
         }
         for (addr, vhosts) in &addrs {
-            // Vhosts sharing an address share its acceptor (checked before).
+            // Vhosts sharing an address share its acceptor, and all serve
+            // TLS or none does (checked before).
             let acceptor = vhosts[0].acceptor().cloned();
+            let tls = vhosts[0].is_tls();
             if let Some(entry) = listeners
                 .iter_mut()
                 .find(|l| l.listener.configured == *addr)
             {
-                if !same_binding(&entry.acceptor, &acceptor) {
+                if tls || entry.tls {
+                    // The set of vhosts, their names or certificates may
+                    // have changed: a new acceptor for new handshakes; the
+                    // connections already accepted keep theirs.
+                    entry
+                        .listener
+                        .set_acceptor(acceptor_for(ctx, vhosts, acceptor.as_ref()));
+                    entry.acceptor = acceptor;
+                    entry.tls = tls;
+                } else if !same_binding(&entry.acceptor, &acceptor) {
                     entry
                         .listener
                         .set_acceptor(acceptor.as_ref().and_then(bound_acceptor));
@@ -247,12 +323,13 @@ impl Registry {
                     socket,
                     workers,
                     service.clone(),
-                    acceptor.as_ref().and_then(bound_acceptor),
+                    acceptor_for(ctx, vhosts, acceptor.as_ref()),
                 );
                 listeners.push(ListenerEntry {
                     listener,
                     service,
                     acceptor,
+                    tls,
                 });
             }
         }

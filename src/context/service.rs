@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 use event_listener::EventListener;
 
 use super::ContextShared;
+use super::metrics::CompressionCounters;
 use super::protocol::SessionCallbacks;
 use super::session::{SessionHandle, SessionId};
 use super::vhost::{SessionSlot, SlotRefused, Vhost};
@@ -87,6 +88,11 @@ impl ListenerService {
     /// is routed by the old list or by the new one, never by a mix.
     pub(crate) fn set_vhosts(&self, vhosts: Vec<Vhost>) {
         *lock(&self.routing) = Routing::of(vhosts);
+    }
+
+    /// The vhosts, in order.
+    pub(crate) fn vhosts(&self) -> Vec<Vhost> {
+        self.routing().vhosts.clone()
     }
 
     fn routing(&self) -> Arc<Routing> {
@@ -217,7 +223,7 @@ fn open(
     // Configuration validation makes a missing protocol impossible; answer
     // sanely anyway.
     let protocol = vhost.protocol(name).ok_or(Refused::Internal)?;
-    let (extension, extension_header) = negotiate_extension(vhost, &request);
+    let (extension, extension_header, extension_name) = negotiate_extension(vhost, &request);
     let handle = SessionHandle::new(
         SessionId(ctx.next_id()),
         request.peer(),
@@ -238,6 +244,8 @@ fn open(
     };
     let span = tracing::debug_span!("session", id = %handle.id(), peer = %request.peer());
     ctx.register(&handle);
+    let compression = (extension_name == Some("permessage-deflate"))
+        .then(|| ctx.metrics.count_compressed_session(vhost.name()));
     let limits = vhost.limits();
     let response = switching_protocols(
         &up.accept,
@@ -256,20 +264,25 @@ fn open(
             handle,
             callbacks: Some(callbacks),
             outcome: None,
+            compression,
         }),
         span,
     })))
 }
 
 /// The first of the vhost's extensions that accepts one of the client's
-/// offers, and its response header.
-fn negotiate_extension(
-    vhost: &Vhost,
+/// offers, its response header, and its name.
+fn negotiate_extension<'v>(
+    vhost: &'v Vhost,
     request: &Request,
-) -> (Option<Box<dyn extension::Extension>>, Option<String>) {
+) -> (
+    Option<Box<dyn extension::Extension>>,
+    Option<String>,
+    Option<&'v str>,
+) {
     let negotiators = vhost.extensions();
     if negotiators.is_empty() {
-        return (None, None);
+        return (None, None, None);
     }
     let offers = extension::offers(request);
     for n in negotiators {
@@ -283,10 +296,10 @@ fn negotiate_extension(
         }
         let accepted = super::protocol::isolate(n.name(), "extension", || n.accept(&mine));
         if let Some(Some((ext, header))) = accepted {
-            return (Some(ext), Some(header));
+            return (Some(ext), Some(header), Some(n.name()));
         }
     }
-    (None, None)
+    (None, None, None)
 }
 
 /// A session between registration and its end: its callbacks, and the
@@ -299,6 +312,8 @@ pub(crate) struct OpenSession {
     handle: SessionHandle,
     callbacks: Option<Box<dyn SessionCallbacks>>,
     outcome: Option<CloseReason>,
+    /// The vhost's permessage-deflate counters, if negotiated.
+    compression: Option<Arc<CompressionCounters>>,
 }
 
 impl SessionHooks for OpenSession {
@@ -314,6 +329,9 @@ impl SessionHooks for OpenSession {
 
     fn traffic(&mut self, tally: Tally) {
         self.ctx.metrics.add_traffic(tally);
+        if let Some(c) = &self.compression {
+            c.add(tally.extension);
+        }
     }
 
     fn finish(mut self: Box<Self>, reason: CloseReason) {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use async_executor::Task;
 
 use crate::common::lock;
+use crate::context::broker::SubscribeRequest;
 use crate::error::SendError;
 use crate::runtime::outbox::Outbox;
 use crate::runtime::tasks::Spawner;
@@ -152,8 +153,26 @@ impl SessionHandle {
     ///
     /// [`ContextHandle::publish`]: crate::ContextHandle::publish
     pub fn subscribe(&self, topic: &str) -> Result<bool, crate::Error> {
+        self.subscribe_with(topic, SubscribeRequest::new())
+    }
+
+    /// Subscribes like [`subscribe`](Self::subscribe), with the request's
+    /// options: recover the messages published since a
+    /// [`Position`](crate::pubsub::Position) (if the broker keeps history),
+    /// and queue an acknowledgement before anything else of the topic. If
+    /// the session was already subscribed, the acknowledgement is queued
+    /// with nothing recovered and `Ok(false)` returned.
+    ///
+    /// # Errors
+    ///
+    /// As [`subscribe`](Self::subscribe).
+    pub fn subscribe_with(
+        &self,
+        topic: &str,
+        request: SubscribeRequest,
+    ) -> Result<bool, crate::Error> {
         let ctx = self.shared.vhost.context().ok_or(crate::Error::Closed)?;
-        ctx.topics.subscribe(topic, self)
+        ctx.topics.subscribe(topic, self, request)
     }
 
     /// Unsubscribes from `topic`; returns whether it was subscribed.

@@ -13,6 +13,8 @@ use super::ContextShared;
 use super::protocol::{ErasedProtocol, HttpHandler, bound_handler, bound_protocol};
 use super::session::{SessionHandle, SessionShared};
 use crate::common::lock;
+#[cfg(feature = "tls")]
+use crate::config::LoadedTls;
 use crate::config::{Binding, Limits, Mount, MountTarget, Options, VhostConfig};
 use crate::proto::admission::{Route, Site};
 use crate::proto::extension::ExtensionNegotiator;
@@ -45,6 +47,13 @@ pub(crate) struct VhostInner {
     acceptor: Option<Binding>,
     /// Its configuration's fingerprint, which a reconfiguration compares.
     fingerprint: String,
+    /// Whether it serves TLS (fixed for its life: a change replaces it).
+    is_tls: bool,
+    /// Its TLS settings, loaded; a reload that changed only these swaps
+    /// them here (and its listeners' acceptors), keeping the vhost and its
+    /// sessions.
+    #[cfg(feature = "tls")]
+    tls: Mutex<Option<Arc<LoadedTls>>>,
     user_data: Option<Box<dyn Any + Send + Sync>>,
     local_addrs: Mutex<Vec<SocketAddr>>,
     sessions: Mutex<HashMap<u64, SessionHandle>>,
@@ -65,6 +74,9 @@ impl Vhost {
     pub(crate) fn new(cfg: VhostConfig, ctx: Weak<ContextShared>) -> Self {
         let site = site(&cfg);
         let fingerprint = cfg.fingerprint();
+        let is_tls = cfg.is_tls();
+        #[cfg(feature = "tls")]
+        let tls = Mutex::new(cfg.loaded_tls());
         let handlers = cfg
             .mounts
             .iter()
@@ -91,6 +103,9 @@ impl Vhost {
             site,
             acceptor: cfg.acceptor,
             fingerprint,
+            is_tls,
+            #[cfg(feature = "tls")]
+            tls,
             limits: cfg.limits,
             user_data: cfg.user_data,
             local_addrs: Mutex::new(Vec::new()),
@@ -300,6 +315,32 @@ impl Vhost {
     /// Its configuration's fingerprint.
     pub(crate) fn fingerprint(&self) -> &str {
         &self.0.fingerprint
+    }
+
+    /// Whether the vhost serves TLS.
+    pub fn is_tls(&self) -> bool {
+        self.0.is_tls
+    }
+
+    /// Its TLS settings' fingerprint (see `VhostConfig::tls_fingerprint`).
+    pub(crate) fn tls_fingerprint(&self) -> Option<String> {
+        #[cfg(feature = "tls")]
+        return self.loaded_tls().map(|t| t.fingerprint.clone());
+        #[cfg(not(feature = "tls"))]
+        None
+    }
+
+    /// Its TLS settings, as loaded.
+    #[cfg(feature = "tls")]
+    pub(crate) fn loaded_tls(&self) -> Option<Arc<LoadedTls>> {
+        lock(&self.0.tls).clone()
+    }
+
+    /// Swaps its TLS settings (a certificate reload); the caller then
+    /// recomputes its listeners' acceptors.
+    #[cfg(feature = "tls")]
+    pub(crate) fn set_tls(&self, tls: Option<Arc<LoadedTls>>) {
+        *lock(&self.0.tls) = tls;
     }
 
     /// What its listeners run accepted streams through.

@@ -12,6 +12,7 @@
 //! target, on the same table type, so that what is fuzzed is what runs.
 
 use super::http::{Refused, Request, Upgrade, check_bearer, check_upgrade, negotiate};
+use super::tls::pick_site;
 
 /// A listener's routing table: its vhosts in configuration order. The first
 /// vhost without `Host` names is the default (else the first).
@@ -72,6 +73,14 @@ pub(crate) fn admit(request: &Request, table: &Table) -> Admission {
     let Some(site) = route(table, request) else {
         return Admission::Refuse(Refused::NoVhost);
     };
+    // On a TLS listener the certificate was chosen by SNI, before the
+    // `Host` was known: a request for another vhost than the one the client
+    // verified must not be served with it (RFC 9110 §15.5.20).
+    if let Some(tls) = request.tls()
+        && sni_site(table, tls.sni()) != Some(site)
+    {
+        return Admission::Refuse(Refused::Misdirected);
+    }
     let s = &table.sites[site];
     let Some(mount) = find_mount(&s.mounts, request.path()) else {
         return if request.path() == "/healthz" {
@@ -110,19 +119,21 @@ pub(crate) fn admit(request: &Request, table: &Table) -> Admission {
     }
 }
 
-/// The site for a request: the one naming its `Host`, else the first without
-/// names, else the first.
+/// The site for a request: the one naming its `Host` exactly, else the
+/// first whose `*.` wildcard matches it, else the first without names, else
+/// the first.
 pub(crate) fn route(table: &Table, request: &Request) -> Option<usize> {
-    let sites = &table.sites;
-    if let Some(host) = request.host()
-        && let Some(i) = sites.iter().position(|s| s.hosts.contains(&host))
-    {
-        return Some(i);
-    }
-    sites
-        .iter()
-        .position(|s| s.hosts.is_empty())
-        .or_else(|| (!sites.is_empty()).then_some(0))
+    let host = request.host();
+    pick_site(
+        table.sites.iter().map(|s| s.hosts.as_slice()),
+        host.as_deref(),
+    )
+}
+
+/// The site a TLS server name chose (the same rule as [`route`]; without a
+/// name, the default site): the one whose certificate the client saw.
+pub(crate) fn sni_site(table: &Table, sni: Option<&str>) -> Option<usize> {
+    pick_site(table.sites.iter().map(|s| s.hosts.as_slice()), sni)
 }
 
 /// The mount serving `path`: an exact match, else the longest prefix mount.
@@ -313,6 +324,51 @@ mod tests {
             admit(&upgrade_to("a.example", "/api/room", &offer), &t),
             Admission::Upgrade { protocol, echo: true, .. } if protocol == "echo"
         ));
+    }
+
+    #[test]
+    fn over_tls_the_host_must_agree_with_the_server_name() {
+        use crate::proto::tls::TlsInfo;
+        let t = table();
+        let over = |sni: Option<&str>, host: &str| {
+            admit(
+                &upgrade_to(host, "/echo", &[]).with_tls(TlsInfo::new(
+                    sni.map(str::to_owned),
+                    None,
+                    Vec::new(),
+                )),
+                &t,
+            )
+        };
+        assert!(matches!(
+            over(Some("a.example"), "a.example:443"),
+            Admission::Upgrade { site: 0, .. }
+        ));
+        assert!(matches!(
+            over(Some("unknown.example"), "other.example"),
+            Admission::Upgrade { site: 1, .. }
+        ));
+        assert!(matches!(
+            over(None, "x"),
+            Admission::Upgrade { site: 1, .. }
+        ));
+        assert_eq!(
+            over(Some("a.example"), "other.example"),
+            Admission::Refuse(Refused::Misdirected)
+        );
+        assert_eq!(
+            over(None, "a.example"),
+            Admission::Refuse(Refused::Misdirected)
+        );
+        assert_eq!(Refused::Misdirected.status(), 421);
+    }
+
+    #[test]
+    fn wildcard_hosts_route_one_label() {
+        let mut t = table();
+        t.sites[0].hosts = vec!["*.a.example".into()];
+        assert_eq!(route(&t, &get("/", &[("Host", "x.a.example")])), Some(0));
+        assert_eq!(route(&t, &get("/", &[("Host", "a.example")])), Some(1));
     }
 
     #[test]

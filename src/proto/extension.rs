@@ -46,8 +46,10 @@ pub trait Extension: Send + 'static {
     -> Result<Bytes, ExtensionError>;
 
     /// Transforms the payload of an outbound text or binary message; `None`
-    /// sends it as it is, without the reserved bits.
-    fn encode(&mut self, payload: &[u8]) -> Option<Bytes>;
+    /// sends it as it is, without the reserved bits. The payload is the
+    /// message's shared buffer: a message sent to many sessions is the same
+    /// `Bytes` in each, which lets an extension transform it once.
+    fn encode(&mut self, payload: &Bytes) -> Option<Bytes>;
 
     /// Bytes this extension holds for its session now (compression windows
     /// and buffers), which count against the context's memory budget.
@@ -77,7 +79,7 @@ pub trait Extension: Send + 'static {
 ///     fn decode(&mut self, _rsv: u8, payload: Bytes, max: usize) -> Result<Bytes, ExtensionError> {
 ///         if payload.len() > max { Err(ExtensionError::TooBig) } else { Ok(payload) }
 ///     }
-///     fn encode(&mut self, _payload: &[u8]) -> Option<Bytes> {
+///     fn encode(&mut self, _payload: &Bytes) -> Option<Bytes> {
 ///         None
 ///     }
 /// }

@@ -8,9 +8,12 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
+
+use super::tls::{Certificate, TlsInfo};
 
 /// A parsed HTTP request head, as seen by [`Protocol::open`](crate::Protocol::open)
 /// and HTTP handlers.
@@ -22,6 +25,9 @@ pub struct Request {
     minor_version: u8,
     headers: Vec<(String, Vec<u8>)>,
     peer: SocketAddr,
+    /// The TLS handshake's facts, on a TLS connection (shared by every
+    /// request of the connection).
+    tls: Option<Arc<TlsInfo>>,
 }
 
 impl Request {
@@ -77,6 +83,51 @@ impl Request {
     /// The client's address.
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// The TLS handshake's facts (SNI name, ALPN, client certificates) when
+    /// the request came over a TLS listener of wsgate's; `None` over plain
+    /// TCP and host-provided streams.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_deref()
+    }
+
+    /// The client's verified certificate chain, leaf first (mutual TLS: a
+    /// vhost with `client_ca`); empty without TLS or without a client
+    /// certificate.
+    ///
+    /// # Examples
+    ///
+    /// A protocol that admits only the client certificates it knows:
+    ///
+    /// ```
+    /// use wsgate::{Reject, Request};
+    ///
+    /// fn authorize(request: &Request) -> Result<String, Reject> {
+    ///     let leaf = request.peer_certificates().first();
+    ///     match leaf.and_then(|c| c.subject_common_name()) {
+    ///         Some(name) if name.ends_with(".clients.example") => Ok(name.to_owned()),
+    ///         _ => Err(Reject::forbidden("client certificate required")),
+    ///     }
+    /// }
+    /// # let peer = "127.0.0.1:1".parse().unwrap();
+    /// # assert!(authorize(&Request::synthetic("GET", "/", &[], peer)).is_err());
+    /// ```
+    pub fn peer_certificates(&self) -> &[Certificate] {
+        self.tls.as_ref().map_or(&[], |t| t.peer_certificates())
+    }
+
+    /// Attaches the TLS facts of the connection the request came on.
+    pub(crate) fn set_tls(&mut self, tls: Option<Arc<TlsInfo>>) {
+        self.tls = tls;
+    }
+
+    /// A synthetic request as if it came over TLS, for tests.
+    #[doc(hidden)]
+    #[must_use = "the changed request is returned"]
+    pub fn with_tls(mut self, tls: TlsInfo) -> Self {
+        self.tls = Some(Arc::new(tls));
+        self
     }
 
     /// `true` for HTTP/1.1, `false` for HTTP/1.0.
@@ -151,6 +202,7 @@ impl Request {
                 .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
                 .collect(),
             peer,
+            tls: None,
         }
     }
 }
@@ -413,6 +465,9 @@ pub(crate) enum Refused {
     ShuttingDown,
     /// No vhost serves the listener (all were removed).
     NoVhost,
+    /// On a TLS listener, the `Host` names another vhost than the one the
+    /// TLS server name (SNI) chose, whose certificate the client saw.
+    Misdirected,
     /// The context is at `max_connections`.
     ServerBusy,
     /// The context's memory budget is above its high-water mark.
@@ -440,6 +495,7 @@ impl Refused {
             Self::MethodNotAllowed | Self::UpgradeNotGet => 405,
             Self::HeadTimeout => 408,
             Self::NotAnUpgrade | Self::UnsupportedVersion => 426,
+            Self::Misdirected => 421,
             Self::TooManyFromAddress => 429,
             Self::HeadTooLarge | Self::TooManyHeaders => 431,
             Self::Internal => 500,
@@ -480,6 +536,7 @@ impl Refused {
             Self::TooManyFromAddress => "too many sessions from this address",
             Self::ShuttingDown => "shutting down",
             Self::NoVhost => "no vhost serves this address",
+            Self::Misdirected => "misdirected request: Host does not match the TLS server name",
             Self::ServerBusy => "server busy",
             Self::MemoryExhausted => "memory budget exhausted, try again later",
             Self::Internal => "internal error",
@@ -565,6 +622,7 @@ pub(crate) fn parse_head(
                     minor_version: req.version.unwrap_or(1),
                     headers,
                     peer,
+                    tls: None,
                 },
                 n,
             ))
@@ -686,6 +744,7 @@ fn reason_phrase(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        421 => "Misdirected Request",
         408 => "Request Timeout",
         413 => "Content Too Large",
         426 => "Upgrade Required",

@@ -110,6 +110,19 @@ pub(crate) struct Tally {
     pub(crate) bytes_in: u32,
     pub(crate) messages_out: u32,
     pub(crate) bytes_out: u32,
+    /// Of the messages the extension transformed (compressed ones): their
+    /// bytes on the wire and restored, in and out.
+    pub(crate) extension: ExtensionTally,
+}
+
+/// Bytes of the messages that went through the extension, as on the wire
+/// (compressed) and as the application sees them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ExtensionTally {
+    pub(crate) wire_in: u32,
+    pub(crate) plain_in: u32,
+    pub(crate) wire_out: u32,
+    pub(crate) plain_out: u32,
 }
 
 /// One WebSocket session, sans-IO.
@@ -332,19 +345,29 @@ impl Session {
         if !self.takes_messages() {
             return;
         }
-        let payload: &[u8] = match message {
-            Message::Text(t) => t.as_bytes(),
-            Message::Binary(b) => b,
+        let len = match message {
+            Message::Text(t) => t.len(),
+            Message::Binary(b) => b.len(),
             _ => return,
         };
         self.tally.messages_out = self.tally.messages_out.saturating_add(1);
-        self.tally.bytes_out = self.tally.bytes_out.saturating_add(saturate(payload.len()));
+        self.tally.bytes_out = self.tally.bytes_out.saturating_add(saturate(len));
         let transformed = self.extension.as_mut().and_then(|e| {
+            // The message's own buffer (a text's bytes are shared, not
+            // copied), so that a message sent to many sessions is one key.
+            let payload = match message {
+                Message::Text(t) => Bytes::from(t.clone()),
+                Message::Binary(b) => b.clone(),
+                _ => return None,
+            };
             let rsv = e.rsv();
-            e.encode(payload).map(|p| (rsv, p))
+            e.encode(&payload).map(|p| (rsv, p))
         });
         match transformed {
             Some((rsv, p)) => {
+                let ext = &mut self.tally.extension;
+                ext.plain_out = ext.plain_out.saturating_add(saturate(len));
+                ext.wire_out = ext.wire_out.saturating_add(saturate(p.len()));
                 let op = if matches!(message, Message::Text(_)) {
                     opcode::TEXT
                 } else {
@@ -559,12 +582,16 @@ impl Session {
         let Some(ext) = self.extension.as_mut() else {
             return Err(Fail::protocol("reserved bits set"));
         };
+        let wire = payload.len();
         let data = ext
             .decode(rsv, payload, self.config.limits.max_message_size)
             .map_err(|e| match e {
                 ExtensionError::TooBig => Fail::size("message too big"),
                 ExtensionError::Invalid(reason) => Fail::invalid(reason),
             })?;
+        let t = &mut self.tally.extension;
+        t.wire_in = t.wire_in.saturating_add(saturate(wire));
+        t.plain_in = t.plain_in.saturating_add(saturate(data.len()));
         if text {
             Utf8Bytes::try_from(data)
                 .map(Message::Text)

@@ -23,7 +23,13 @@ use crate::{CloseReason, Message, Protocol, Reject, Request, SessionHandle};
 /// Options (`[vhost.options.broadcast]`):
 ///
 /// - `echo_self`: `true` sends each message back to its sender as well.
-///   Default: `false`.
+///   Default: `false` (`true` with `cluster`).
+/// - `cluster`: `true` makes each path's room a topic of the context's
+///   broker (`broadcast:VHOST:PATH`), so that with a cluster broker
+///   (`[broker] type = "redis"`) the room spans every node: a message
+///   reaches the members on all of them, in order per sender. The sender
+///   gets its own message too (a topic reaches every subscriber), so
+///   `echo_self = false` is refused with it. Default: `false`.
 ///
 /// # Examples
 ///
@@ -42,6 +48,7 @@ use crate::{CloseReason, Message, Protocol, Reject, Request, SessionHandle};
 #[derive(Default)]
 pub struct Broadcast {
     echo_self: bool,
+    cluster: bool,
     /// The rooms, by path. Locked only when a session opens or closes.
     rooms: Mutex<HashMap<String, Arc<Room>>>,
 }
@@ -66,11 +73,40 @@ impl Broadcast {
     /// A message naming the option, for an unknown option or a value that is
     /// not `true` or `false`.
     pub fn from_options(options: &Options) -> Result<Self, String> {
-        super::check_known(options, &["echo_self"])?;
+        super::check_known(options, &["echo_self", "cluster"])?;
+        let cluster = super::bool_option(options, "cluster", false)?;
+        let echo_self = super::bool_option(options, "echo_self", cluster)?;
+        if cluster && !echo_self {
+            return Err(
+                "echo_self: a cluster room sends every message to its sender too; remove echo_self = false or cluster = true"
+                    .to_owned(),
+            );
+        }
         Ok(Self {
-            echo_self: super::bool_option(options, "echo_self", false)?,
+            echo_self,
+            cluster,
             rooms: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A room that spans every node of the context's broker (see the
+    /// `cluster` option).
+    pub fn cluster() -> Self {
+        Self {
+            echo_self: true,
+            cluster: true,
+            rooms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether rooms are topics of the context's broker.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// The topic of a session's room in cluster mode.
+    fn topic(session: &SessionHandle) -> String {
+        format!("broadcast:{}:{}", session.vhost().name(), session.path())
     }
 
     /// Whether each message goes back to its sender as well.
@@ -87,6 +123,11 @@ impl Protocol for Broadcast {
     }
 
     fn open(&self, _request: &Request, session: &SessionHandle) -> Result<BroadcastState, Reject> {
+        if self.cluster {
+            session
+                .subscribe(&Self::topic(session))
+                .map_err(|e| Reject::new(503, e.to_string()))?;
+        }
         let mut rooms = lock(&self.rooms);
         let room = rooms.entry(session.path().to_owned()).or_default().clone();
         let mut members = lock(&room.members);
@@ -99,6 +140,13 @@ impl Protocol for Broadcast {
     }
 
     fn message(&self, room: &mut BroadcastState, session: &SessionHandle, message: Message) {
+        if self.cluster {
+            // Through the broker: to the room's members on every node.
+            if let Some(ctx) = session.vhost().context_handle() {
+                let _ = ctx.publish(&Self::topic(session), message);
+            }
+            return;
+        }
         let members = lock(&room.0.members).clone();
         let me = session.id();
         for member in members.iter() {
@@ -140,6 +188,7 @@ impl fmt::Debug for Broadcast {
         let rooms = lock(&self.rooms);
         f.debug_struct("Broadcast")
             .field("echo_self", &self.echo_self)
+            .field("cluster", &self.cluster)
             .field(
                 "rooms",
                 &rooms
@@ -171,6 +220,13 @@ mod tests {
         assert!(Broadcast::from_options(&o).unwrap().is_echo_self());
         o.insert("echo_self".into(), "maybe".into());
         let err = Broadcast::from_options(&o).unwrap_err();
+        assert!(err.starts_with("echo_self: "), "{err}");
+        let mut c = Options::new();
+        c.insert("cluster".into(), "true".into());
+        let b = Broadcast::from_options(&c).unwrap();
+        assert!(b.is_cluster() && b.is_echo_self());
+        c.insert("echo_self".into(), "false".into());
+        let err = Broadcast::from_options(&c).unwrap_err();
         assert!(err.starts_with("echo_self: "), "{err}");
     }
 }

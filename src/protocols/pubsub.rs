@@ -3,10 +3,12 @@
 
 use std::fmt;
 
+use futures_lite::future;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::Options;
+use crate::pubsub::{MAX_EPOCH_BYTES, Position, Recovery, Stamp, SubscribeRequest};
 use crate::{Message, Protocol, Reject, Request, SessionHandle};
 
 /// Topics for browsers and other clients, through JSON control messages:
@@ -23,7 +25,35 @@ use crate::{Message, Protocol, Reject, Request, SessionHandle};
 ///
 /// Subscribing twice to a topic is acknowledged twice and counts once; the
 /// `sessions` of a presence answer are [`SessionId`](crate::SessionId)
-/// numbers, in subscription order.
+/// numbers, in subscription order, of this node's subscribers; `count`
+/// counts every node's (a cluster broker), and `"partial":true` says that
+/// the other nodes could not be asked.
+///
+/// # History and recovery
+///
+/// When the context's broker keeps history
+/// ([`MemoryBroker::with_history`](crate::pubsub::MemoryBroker::with_history),
+/// the Redis broker's `history_size`), every message carries its position
+/// in the topic, and acknowledgements carry the topic's newest one:
+///
+/// ```text
+/// {"op":"message","topic":"t","data":…,"offset":17,"epoch":"9f2c…"}
+/// {"op":"subscribed","topic":"t","offset":17,"epoch":"9f2c…"}
+/// ```
+///
+/// A client that reconnects names the last position it saw:
+///
+/// ```text
+/// {"op":"subscribe","topic":"t","since":{"offset":17,"epoch":"9f2c…"}}
+/// ```
+///
+/// and gets `{"op":"subscribed",…,"recovered":true}` followed by the
+/// messages it missed, in order, then the live ones, with no gap and no
+/// duplicate; or `"recovered":false` (and nothing replayed) when the
+/// history no longer reaches back that far or the epoch changed: the
+/// client must then resync from its source. The replayed messages go
+/// through the session's queue like any others (at most the history's
+/// size; the vhost's overflow policy applies).
 ///
 /// A publish is serialized once, as `{"op":"message","topic":…,"data":…}`,
 /// and fanned out through the context's topics: every subscriber's queue
@@ -106,7 +136,7 @@ enum Op {
 /// A valid request from a client.
 #[derive(Debug, PartialEq)]
 enum Command {
-    Subscribe(String),
+    Subscribe(String, Option<Position>),
     Unsubscribe(String),
     Publish(String, Value),
     Presence(String),
@@ -118,6 +148,12 @@ enum Command {
 enum Reply<'a> {
     Subscribed {
         topic: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
     },
     Unsubscribed {
         topic: &'a str,
@@ -130,6 +166,8 @@ enum Reply<'a> {
         topic: &'a str,
         count: usize,
         sessions: Vec<u64>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        partial: bool,
     },
     Error {
         reason: &'a str,
@@ -210,7 +248,14 @@ impl Pubsub {
             }
         };
         match op {
-            Op::Subscribe => allowed().map(|()| Command::Subscribe(topic)),
+            Op::Subscribe => {
+                allowed()?;
+                let since = match fields.remove("since") {
+                    None | Some(Value::Null) => None,
+                    Some(v) => Some(parse_since(v)?),
+                };
+                Ok(Command::Subscribe(topic, since))
+            }
             // Leaving is always allowed, also a topic that the server
             // subscribed the session to.
             Op::Unsubscribe => Ok(Command::Unsubscribe(topic)),
@@ -231,16 +276,31 @@ impl Pubsub {
     /// Carries out a valid command for `session`.
     fn run(&self, command: Command, session: &SessionHandle) {
         match command {
-            Command::Subscribe(topic) => {
+            Command::Subscribe(topic, since) => {
                 let limit = session.vhost().limits().max_subscriptions;
                 let max = self.max_subscriptions.map_or(limit, |m| m.min(limit));
                 let mine = session.subscriptions();
                 if !mine.contains(&topic) && mine.len() >= max {
                     return error(session, &format!("too many subscriptions (at most {max})"));
                 }
-                match session.subscribe(&topic) {
-                    Ok(_) => reply(session, &Reply::Subscribed { topic: &topic }),
-                    Err(e) => error(session, &e.to_string()),
+                let asked = since.is_some();
+                let name = topic.clone();
+                // The broker queues the acknowledgement once the
+                // subscription is in effect, before what it recovers.
+                let mut request = SubscribeRequest::new().acknowledge(move |r: &Recovery| {
+                    to_json(&Reply::Subscribed {
+                        topic: &name,
+                        recovered: asked.then_some(r.recovered),
+                        offset: r.position.as_ref().map(|p| p.offset),
+                        epoch: r.position.as_ref().map(|p| p.epoch.as_str()),
+                    })
+                    .map(Message::text)
+                });
+                if let Some(since) = since {
+                    request = request.since(since);
+                }
+                if let Err(e) = session.subscribe_with(&topic, request) {
+                    error(session, &e.to_string());
                 }
             }
             Command::Unsubscribe(topic) => {
@@ -261,25 +321,43 @@ impl Pubsub {
                     return;
                 };
                 // Serialized once above, and shared by every subscriber's
-                // queue.
-                if ctx.publish(&topic, Message::text(text)).is_err() {
+                // queue; on a topic with history the broker writes the
+                // position in.
+                if ctx
+                    .publish_stamped(&topic, Message::text(text), Stamp::Json)
+                    .is_err()
+                {
                     error(session, "shutting down");
                 }
             }
             Command::Presence(topic) => {
-                let Some(Ok(presence)) =
-                    session.vhost().context_handle().map(|c| c.presence(&topic))
-                else {
+                let Some(ctx) = session.vhost().context_handle() else {
                     return error(session, "shutting down");
                 };
-                reply(
-                    session,
-                    &Reply::Presence {
-                        topic: &topic,
-                        count: presence.count,
-                        sessions: presence.sessions.iter().map(|s| s.get()).collect(),
-                    },
-                );
+                let me = session.clone();
+                let mut answer = Box::pin(async move {
+                    let Ok(presence) = ctx.cluster_presence(&topic).await else {
+                        return error(&me, "shutting down");
+                    };
+                    reply(
+                        &me,
+                        &Reply::Presence {
+                            topic: &topic,
+                            count: presence.count,
+                            sessions: presence.sessions.iter().map(|s| s.get()).collect(),
+                            partial: presence.partial,
+                        },
+                    );
+                });
+                // The in-process broker answers at once (in order with the
+                // session's other replies); a cluster broker asks the other
+                // nodes, and the answer comes from a task of the session's,
+                // never blocking the loop. One poll does not block.
+                if future::block_on(future::poll_once(&mut answer)).is_none()
+                    && session.spawn(answer).is_err()
+                {
+                    error(session, "shutting down");
+                }
             }
         }
     }
@@ -378,6 +456,29 @@ fn parse_pattern(p: &str) -> Result<Pattern, String> {
     })
 }
 
+/// A `since` position: `{"offset": <whole number>, "epoch": <string>}`.
+fn parse_since(value: Value) -> Result<Position, String> {
+    let bad = || "since must be {\"offset\": <whole number>, \"epoch\": <string>}".to_owned();
+    let Value::Object(fields) = value else {
+        return Err(bad());
+    };
+    let offset = fields
+        .get("offset")
+        .and_then(Value::as_u64)
+        .ok_or_else(bad)?;
+    let epoch = fields
+        .get("epoch")
+        .and_then(Value::as_str)
+        .ok_or_else(bad)?;
+    if epoch.len() > MAX_EPOCH_BYTES {
+        return Err(format!("since: epoch longer than {MAX_EPOCH_BYTES} bytes"));
+    }
+    if fields.len() > 2 {
+        return Err(bad());
+    }
+    Ok(Position::new(offset, epoch))
+}
+
 fn to_json(reply: &Reply<'_>) -> Option<String> {
     // Serializing these types cannot fail: every map key is a string and
     // nothing is written to I/O. Should it ever, the reply is skipped.
@@ -455,8 +556,30 @@ mod tests {
         let p = pubsub(&[("topics", "chat.*")]).unwrap();
         assert_eq!(
             p.parse(r#"{"op":"subscribe","topic":"chat.a"}"#),
-            Ok(Command::Subscribe("chat.a".into()))
+            Ok(Command::Subscribe("chat.a".into(), None))
         );
+        assert_eq!(
+            p.parse(r#"{"op":"subscribe","topic":"chat.a","since":{"offset":17,"epoch":"e"}}"#),
+            Ok(Command::Subscribe(
+                "chat.a".into(),
+                Some(Position::new(17, "e"))
+            ))
+        );
+        for since in [
+            r#"7"#,
+            r#"{"offset":-1,"epoch":"e"}"#,
+            r#"{"offset":1}"#,
+            r#"{"offset":1,"epoch":2}"#,
+            r#"{"offset":1,"epoch":"e","x":0}"#,
+        ] {
+            let text = format!(r#"{{"op":"subscribe","topic":"chat.a","since":{since}}}"#);
+            assert!(p.parse(&text).unwrap_err().starts_with("since"), "{since}");
+        }
+        let long = format!(
+            r#"{{"op":"subscribe","topic":"chat.a","since":{{"offset":1,"epoch":"{}"}}}}"#,
+            "e".repeat(65)
+        );
+        assert!(p.parse(&long).unwrap_err().contains("longer than 64"));
         assert_eq!(
             p.parse(r#"{"op":"publish","topic":"chat.a","data":{"n":[1,null]}}"#),
             Ok(Command::Publish(
@@ -520,10 +643,31 @@ mod tests {
             to_json(&Reply::Presence {
                 topic: "t",
                 count: 2,
-                sessions: vec![4, 9]
+                sessions: vec![4, 9],
+                partial: false,
             })
             .unwrap(),
             r#"{"op":"presence","topic":"t","count":2,"sessions":[4,9]}"#
+        );
+        assert_eq!(
+            to_json(&Reply::Subscribed {
+                topic: "t",
+                recovered: Some(true),
+                offset: Some(17),
+                epoch: Some("e"),
+            })
+            .unwrap(),
+            r#"{"op":"subscribed","topic":"t","recovered":true,"offset":17,"epoch":"e"}"#
+        );
+        assert_eq!(
+            to_json(&Reply::Subscribed {
+                topic: "t",
+                recovered: None,
+                offset: None,
+                epoch: None,
+            })
+            .unwrap(),
+            r#"{"op":"subscribed","topic":"t"}"#
         );
         assert_eq!(
             to_json(&Reply::Error { reason: "no" }).unwrap(),

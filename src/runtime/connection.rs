@@ -98,28 +98,48 @@ enum HeadOutcome {
     Gone,
 }
 
-/// Serves one connection until it closes.
+/// Serves one connection until it closes. `accepted`: when it was
+/// accepted; the first head is due `handshake_timeout` after it (an
+/// acceptor's handshake counts against the same time).
 pub(crate) async fn serve<S: Transport>(
     mut stream: S,
     peer: SocketAddr,
     service: Arc<dyn Service>,
     slot: ConnectionSlot,
+    accepted: Instant,
 ) {
     let limits = service.head_limits();
+    // The TLS facts are the connection's: taken once, shared by its requests.
+    let tls = stream.tls();
     let mut buf = Vec::new();
     for served in 0..MAX_REQUESTS_PER_CONNECTION {
         let teardown = service.teardown();
         if !service.is_running() {
             return;
         }
-        let outcome = read_head(&mut stream, &mut buf, &limits, peer, teardown, served == 0).await;
-        let (req, head_len) = match outcome {
+        let since = if served == 0 {
+            accepted
+        } else {
+            Instant::now()
+        };
+        let outcome = read_head(
+            &mut stream,
+            &mut buf,
+            &limits,
+            peer,
+            teardown,
+            since,
+            served == 0,
+        )
+        .await;
+        let (mut req, head_len) = match outcome {
             HeadOutcome::Request(r, n) => (r, n),
             HeadOutcome::Refused(refused) => {
                 return refuse(&mut stream, service.as_ref(), refused, &limits).await;
             }
             HeadOutcome::Gone => return,
         };
+        req.set_tls(tls.clone());
         let keep_alive = req.keep_alive() && !req.has_body();
         let head_only = req.method() == "HEAD";
         match service.answer(req, slot.spawner()) {
@@ -248,12 +268,13 @@ async fn read_head<S>(
     limits: &HeadLimits,
     peer: SocketAddr,
     teardown: EventListener,
+    since: Instant,
     first: bool,
 ) -> HeadOutcome
 where
     S: AsyncRead + Unpin,
 {
-    let deadline = Instant::now() + limits.handshake_timeout;
+    let deadline = since + limits.handshake_timeout;
     let read = async {
         loop {
             if !buf.is_empty() {

@@ -217,6 +217,7 @@ impl AcceptLoop {
         let worker = slot.hand_off();
         let service = self.service.clone();
         let acceptor = lock(&self.listener.acceptor).clone();
+        let accepted_at = Instant::now();
         match acceptor {
             None => {
                 // Edge-triggered in the worker's reactor where it has one
@@ -224,7 +225,7 @@ impl AcceptLoop {
                 #[cfg(target_os = "linux")]
                 let stream = match worker.reactor().map(|r| r.register(stream)) {
                     Some(Ok(registered)) => {
-                        worker.spawn(serve(registered, peer, service, slot));
+                        worker.spawn(serve(registered, peer, service, slot, accepted_at));
                         return;
                     }
                     Some(Err(stream)) => stream,
@@ -233,7 +234,7 @@ impl AcceptLoop {
                 };
                 match Async::new(stream) {
                     Ok(stream) => {
-                        worker.spawn(serve(Tcp(stream), peer, service, slot));
+                        worker.spawn(serve(Tcp(stream), peer, service, slot, accepted_at));
                     }
                     Err(e) => tracing::debug!(%peer, error = %e, "cannot register connection"),
                 }
@@ -246,19 +247,30 @@ impl AcceptLoop {
                         return;
                     }
                 };
-                let accepting = acceptor.accept(stream, peer);
+                let mut accepting = acceptor.accept(stream, peer);
+                // The acceptor's handshake (TLS) and the request head share
+                // one `handshake_timeout` from accept: a peer cannot take it
+                // twice by stalling in each.
                 let limit = service.head_limits().handshake_timeout;
                 worker.spawn(async move {
-                    let accepted = future::or(accepting, async {
-                        Timer::after(limit).await;
-                        Err(io::ErrorKind::TimedOut.into())
+                    // The handshake is borrowed, not moved, into the race: on
+                    // a timeout it is counted before its socket closes.
+                    let accepted = future::or(async { Some((&mut accepting).await) }, async {
+                        Timer::at(accepted_at + limit).await;
+                        None
                     })
                     .await;
                     match accepted {
-                        Ok(stream) => {
-                            serve::<Box<dyn Transport>>(stream, peer, service, slot).await
+                        Some(Ok(stream)) => {
+                            serve::<Box<dyn Transport>>(stream, peer, service, slot, accepted_at)
+                                .await;
                         }
-                        Err(e) => tracing::debug!(%peer, error = %e, "acceptor refused"),
+                        Some(Err(e)) => tracing::debug!(%peer, error = %e, "acceptor refused"),
+                        None => {
+                            acceptor.timed_out(peer);
+                            tracing::debug!(%peer, "acceptor timed out");
+                            drop(accepting);
+                        }
                     }
                 });
             }

@@ -4,8 +4,8 @@
 //! TCP stream, a Unix socket, an in-memory pipe, a TLS stream. A listener's
 //! [`Acceptor`] turns each accepted TCP stream into the transport its
 //! connections run on: the plain acceptor hands the stream on as it is (and
-//! keeps the hot path free of indirection); a TLS acceptor would run the
-//! TLS handshake first. The session layer never knows which.
+//! keeps the hot path free of indirection); the TLS acceptor
+//! (`runtime/tls.rs`, feature `tls`) runs the TLS handshake first. The session layer never knows which.
 //!
 //! A host with a stream of its own (a Unix socket it accepted, its own TLS)
 //! hands it to [`ContextHandle::serve_stream`](crate::ContextHandle::serve_stream).
@@ -23,6 +23,7 @@ use async_io::Async;
 use futures_lite::{AsyncRead, AsyncWrite};
 
 use crate::config::{Binding, VhostBuilder};
+use crate::proto::tls::TlsInfo;
 
 /// A byte stream a connection can run on.
 ///
@@ -38,11 +39,24 @@ pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {
         let _ = cx;
         Poll::Ready(Ok(()))
     }
+
+    /// The facts of the TLS handshake this stream ran, if it is a TLS
+    /// stream: they reach every request on it
+    /// ([`Request::tls`](crate::Request::tls)), and on a TLS listener the
+    /// request's `Host` must agree with the SNI name (else 421). The
+    /// default says "not TLS".
+    fn tls(&self) -> Option<Arc<TlsInfo>> {
+        None
+    }
 }
 
 impl Transport for Box<dyn Transport> {
     fn poll_readable(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         (**self).poll_readable(cx)
+    }
+
+    fn tls(&self) -> Option<Arc<TlsInfo>> {
+        (**self).tls()
     }
 }
 
@@ -71,6 +85,13 @@ pub type Accepting = Pin<Box<dyn Future<Output = io::Result<Box<dyn Transport>>>
 pub trait Acceptor: Send + Sync + 'static {
     /// Accepts `stream` from `peer`.
     fn accept(&self, stream: Async<TcpStream>, peer: SocketAddr) -> Accepting;
+
+    /// Called when an [`accept`](Self::accept) future from `peer` passed
+    /// the handshake timeout and was dropped (for counting). The default
+    /// does nothing.
+    fn timed_out(&self, peer: SocketAddr) {
+        let _ = peer;
+    }
 }
 
 /// An acceptor as a configuration carries it.

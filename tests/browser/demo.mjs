@@ -1,13 +1,19 @@
 // Drives the wsgate demo page in Debian's headless Chromium and uses every
 // panel: increment (advance, then Reset), echo, broadcast chat between two
 // browser contexts, pub/sub subscribe and publish, the live status fed from
-// the `stats` topic, and the endpoints panel's commands. Then the same page
+// the `stats` topic, and the endpoints panel's commands; every socket must
+// have negotiated permessage-deflate (the socket's `extensions`, and the
+// server's counters in /metrics). Then the same page
 // served where no gateway listens must say "server unreachable, retrying in
 // N s" on every panel without changing their header heights. Ends with
 // full-page screenshots (SCREENSHOT, and SCREENSHOT with -unreachable before
 // .png for the second state).
 //
 //   node tests/browser/demo.mjs http://127.0.0.1:PORT/ target/demo-screenshot.png
+//
+// An https:// URL is the same page over TLS (wss:// panels); with
+// IGNORE_HTTPS_ERRORS=1 the browser contexts accept the test certificate
+// (and NODE_EXTRA_CA_CERTS lets this script's own fetches trust its CA).
 //
 // Exits 0 when every check passed, 1 with the failed step and what the page
 // showed otherwise, 2 on usage errors. Every wait is bounded (STEP_MS per
@@ -40,6 +46,11 @@ const FLAGS = [
   "--disable-sync",
 ];
 const PANELS = ["inc", "echo", "chat", "ps", "status"];
+// For the https variant: the test's certificate is not one Chromium trusts.
+const CONTEXT = {
+  viewport: { width: 1280, height: 900 },
+  ignoreHTTPSErrors: process.env.IGNORE_HTTPS_ERRORS === "1",
+};
 
 const [url, screenshot] = process.argv.slice(2);
 if (!url || !screenshot) {
@@ -147,9 +158,10 @@ try {
   });
 
   await step("endpoints panel: commands for this host", async () => {
-    const host = new URL(url).host;
+    const { host, protocol } = new URL(url);
+    const ws = protocol === "https:" ? "wss:" : "ws:";
     const commands = await a.$$eval("#try code", (codes) => codes.map((c) => c.textContent));
-    for (const want of [`curl http://${host}/healthz`, `websocat ws://${host}/echo`]) {
+    for (const want of [`curl ${protocol}//${host}/healthz`, `websocat ${ws}//${host}/echo`]) {
       if (!commands.includes(want)) throw new Error(`no ${JSON.stringify(want)} in ${JSON.stringify(commands)}`);
     }
     if (commands.some((c) => c.includes("HOST"))) throw new Error(`HOST left in ${JSON.stringify(commands)}`);
@@ -162,7 +174,7 @@ try {
     // listens: its sockets are refused, as when the gateway is down.
     const html = await (await fetch(url)).text();
     const dead = `http://127.0.0.1:${await closedPort()}/`;
-    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const context = await browser.newContext(CONTEXT);
     const page = await context.newPage();
     page.setDefaultTimeout(STEP_MS);
     page.on("pageerror", (e) => pageErrors.push(`unreachable page: ${e.message}`));
@@ -208,6 +220,39 @@ try {
     await context.close();
   });
 
+  await step("every socket negotiated permessage-deflate", async () => {
+    // Chromium offers "permessage-deflate; client_max_window_bits" on every
+    // handshake; the built-in configuration compresses in shared mode. A
+    // socket's `extensions` is what the 101 agreed to.
+    const agreed = await a.evaluate(
+      (path) =>
+        new Promise((resolve, reject) => {
+          const ws = new WebSocket(new URL(path, location.href.replace(/^http/, "ws")));
+          ws.onopen = () => {
+            resolve(ws.extensions);
+            ws.close();
+          };
+          ws.onerror = () => reject(new Error("the socket failed"));
+        }),
+      "/echo",
+    );
+    if (!agreed.startsWith("permessage-deflate")) throw new Error(`extensions: ${JSON.stringify(agreed)}`);
+    // Every panel's socket of both pages was compressed too: the server
+    // counted them, and compressed traffic both ways.
+    const opened = 2 * PANELS.length + 1;
+    // The server counted them and compressed traffic both ways.
+    const metrics = await (await fetch(new URL("/metrics", url))).text();
+    const value = (line) => Number(metrics.match(new RegExp(`^${line} (\\d+)$`, "m"))?.[1] ?? 0);
+    const sessions = value('wsgate_compression_sessions_total\\{vhost="default"\\}');
+    const sent = value('wsgate_compressed_bytes_total\\{vhost="default",direction="out"\\}');
+    const before = value('wsgate_uncompressed_bytes_total\\{vhost="default",direction="out"\\}');
+    const received = value('wsgate_compressed_bytes_total\\{vhost="default",direction="in"\\}');
+    if (sessions < opened || sent === 0 || received === 0 || before <= sent) {
+      throw new Error(`metrics: sessions ${sessions} (of ${opened}), out ${sent}/${before} B, in ${received} B`);
+    }
+    console.log(`  ${agreed}; ${sessions} sessions; out ${before} B -> ${sent} B; in ${received} B`);
+  });
+
   await step("no script errors", async () => {
     if (pageErrors.length) throw new Error(pageErrors.join("\n"));
   });
@@ -230,7 +275,7 @@ try {
 // socket is open.
 async function openDemo(name) {
   return step(`page ${name}: load ${url} and see every panel open`, async () => {
-    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const context = await browser.newContext(CONTEXT);
     const page = await context.newPage();
     page.setDefaultTimeout(STEP_MS);
     page.on("pageerror", (e) => pageErrors.push(`page ${name}: ${e.message}`));

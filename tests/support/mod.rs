@@ -21,6 +21,9 @@ use wsgate::{Config, Context, ContextHandle, DrainReport};
 pub mod example;
 #[cfg(feature = "cli")]
 pub mod gateway;
+pub mod redis;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// A WebSocket client over a real TCP connection.
 pub type Ws = WebSocketStream<Async<TcpStream>>;

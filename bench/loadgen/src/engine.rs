@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
@@ -49,6 +50,14 @@ struct Conn {
     frames: Frames,
     /// Send times (ns since the engine's start) of the messages in flight.
     sent_at: VecDeque<u64>,
+    /// Broadcast: messages this subscriber has received (the index of the
+    /// next one in the publisher's send times).
+    received: u64,
+    /// The next of the pre-built frames this connection sends: each
+    /// connection goes through all of them in turn, from its own start, so
+    /// that its stream repeats a message only after all the others (as a
+    /// compressor with context takeover would see real traffic).
+    next: usize,
 }
 
 impl Conn {
@@ -65,12 +74,20 @@ impl Conn {
         }
         self.out.clear();
         self.out_pos = 0;
-        Ok(true)
+        // Over TLS, records a full socket left in rustls.
+        match self.stream.flush() {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(format!("flush: {e}")),
+        }
     }
 
-    fn queue(&mut self, frame: &[u8], n: usize, now_ns: u64) {
+    /// Queues `n` messages, the connection's next pre-built frames in turn.
+    fn queue(&mut self, frames: &[Vec<u8>], n: usize, now_ns: u64) {
         for _ in 0..n {
-            self.out.extend_from_slice(frame);
+            self.out
+                .extend_from_slice(&frames[self.next % frames.len()]);
+            self.next = self.next.wrapping_add(1);
             self.sent_at.push_back(now_ns);
         }
     }
@@ -79,8 +96,12 @@ impl Conn {
 /// The load generator's state: connections, counters, the latency histogram.
 pub(crate) struct Engine {
     addr: SocketAddr,
+    /// `wss://`: the client configuration and the SNI name.
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
     upgrade: Vec<u8>,
-    frame: Vec<u8>,
+    /// The pre-built message frames, sent in turn (one, or several distinct
+    /// JSON messages).
+    frames: Vec<Vec<u8>>,
     mode: Mode,
     total: usize,
     max_connecting: usize,
@@ -100,10 +121,23 @@ pub(crate) struct Engine {
     window_start: u64,
     window_end: u64,
     pub(crate) counted: u64,
+    /// Payload bytes of the counted messages as they came over the wire
+    /// (compressed, with permessage-deflate).
+    pub(crate) wire_bytes: u64,
+    /// The first 101's `Sec-WebSocket-Extensions`, if any.
+    pub(crate) extensions: Option<String>,
     pub(crate) latency: Histogram,
     // Broadcast.
     pub(crate) published: u64,
+    /// Publishes made inside the measured window.
+    pub(crate) published_counted: u64,
     delivered: u64,
+    /// When each message was published (ns), for the subscribers' latency:
+    /// a subscriber's k-th message is the publisher's k-th.
+    pub_sent: Vec<u64>,
+    /// Where the publisher (connection 0) connects, when not to `addr`.
+    pub_addr: Option<SocketAddr>,
+    pub_upgrade: Option<Vec<u8>>,
     // Idle with touch: connections whose round trip came back.
     pub(crate) touched: usize,
     /// Nanoseconds spent in polls that found nothing: the client's headroom.
@@ -113,12 +147,19 @@ pub(crate) struct Engine {
 /// Everything the engine needs to know before it starts.
 pub(crate) struct Setup {
     pub(crate) addr: SocketAddr,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) host: String,
     pub(crate) path: String,
-    pub(crate) frame: Vec<u8>,
+    /// The message frames, sent in turn.
+    pub(crate) frames: Vec<Vec<u8>>,
+    /// The `Sec-WebSocket-Extensions` to offer, if any.
+    pub(crate) offer: Option<String>,
     pub(crate) mode: Mode,
     pub(crate) conns: usize,
     pub(crate) max_connecting: usize,
+    /// Broadcast: the publisher's own endpoint (address, Host, path), for a
+    /// publisher on another node of a cluster than its subscribers.
+    pub(crate) publisher: Option<(SocketAddr, String, String)>,
 }
 
 impl Engine {
@@ -127,10 +168,17 @@ impl Engine {
             Mode::Broadcast { .. } => setup.conns + 1,
             _ => setup.conns,
         };
+        let sni = setup
+            .host
+            .rsplit_once(':')
+            .map_or(setup.host.as_str(), |(h, _)| h)
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_owned();
         Ok(Self {
             addr: setup.addr,
-            upgrade: upgrade_request(&setup.host, &setup.path),
-            frame: setup.frame,
+            tls: setup.tls.map(|c| (c, sni)),
+            upgrade: upgrade_request(&setup.host, &setup.path, setup.offer.as_deref()),
+            frames: setup.frames,
             mode: setup.mode,
             total,
             max_connecting: setup.max_connecting,
@@ -147,9 +195,18 @@ impl Engine {
             window_start: u64::MAX,
             window_end: u64::MAX,
             counted: 0,
+            wire_bytes: 0,
+            extensions: None,
             latency: Histogram::new(),
             published: 0,
+            published_counted: 0,
             delivered: 0,
+            pub_sent: Vec::new(),
+            pub_addr: setup.publisher.as_ref().map(|p| p.0),
+            pub_upgrade: setup
+                .publisher
+                .as_ref()
+                .map(|(_, host, path)| upgrade_request(host, path, setup.offer.as_deref())),
             touched: 0,
             idle_ns: 0,
         })
@@ -201,7 +258,7 @@ impl Engine {
                 let now_ns = self.ns(now);
                 for i in 0..self.conns.len() {
                     let c = &mut self.conns[i];
-                    c.queue(&self.frame, inflight, now_ns);
+                    c.queue(&self.frames, inflight, now_ns);
                     if let Err(e) = c.flush() {
                         self.kill(i, e);
                     }
@@ -273,20 +330,28 @@ impl Engine {
     fn start_connects(&mut self) -> Result<(), String> {
         while self.conns.len() < self.total && self.connecting < self.max_connecting {
             let i = self.conns.len();
+            let addr = match (i, self.pub_addr) {
+                (0, Some(a)) if matches!(self.mode, Mode::Broadcast { .. }) => a,
+                _ => self.addr,
+            };
             let socket = socket2::Socket::new(
-                socket2::Domain::for_address(self.addr),
+                socket2::Domain::for_address(addr),
                 socket2::Type::STREAM,
                 None,
             )
             .map_err(|e| format!("socket: {e} (raise ulimit -n?)"))?;
             socket.set_nonblocking(true).map_err(|e| e.to_string())?;
             socket.set_tcp_nodelay(true).map_err(|e| e.to_string())?;
-            match socket.connect(&self.addr.into()) {
+            match socket.connect(&addr.into()) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(115) => {} // EINPROGRESS
-                Err(e) => return Err(format!("connect to {}: {e}", self.addr)),
+                Err(e) => return Err(format!("connect to {addr}: {e}")),
             }
-            let mut stream = Stream::Plain(mio::net::TcpStream::from_std(socket.into()));
+            let mut stream = Stream::new(
+                mio::net::TcpStream::from_std(socket.into()),
+                self.tls.as_ref(),
+            )
+            .map_err(|e| format!("tls: {e}"))?;
             self.poll
                 .registry()
                 .register(
@@ -303,6 +368,8 @@ impl Engine {
                 out_pos: 0,
                 frames: Frames::new(),
                 sent_at: VecDeque::new(),
+                received: 0,
+                next: i,
             });
             self.connecting += 1;
         }
@@ -338,7 +405,11 @@ impl Engine {
                     Err(e) => return Err(format!("connect: {e}")),
                 }
                 c.state = State::Handshake;
-                c.out.extend_from_slice(&self.upgrade);
+                let upgrade = match (&self.pub_upgrade, i, self.mode) {
+                    (Some(u), 0, Mode::Broadcast { .. }) => u,
+                    _ => &self.upgrade,
+                };
+                c.out.extend_from_slice(upgrade);
             }
             State::Handshake | State::Open => {}
         }
@@ -362,7 +433,7 @@ impl Engine {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(format!("read: {e}")),
             };
-            let drained = n < self.read_buf.len();
+            let drained = n < self.read_buf.len() && c.stream.short_read_drains();
             if c.state == State::Handshake {
                 c.response.extend_from_slice(&self.read_buf[..n]);
                 let Some(end) = c.response.windows(4).position(|w| w == b"\r\n\r\n") else {
@@ -381,6 +452,14 @@ impl Engine {
                         status.lines().next().unwrap_or("")
                     ));
                 }
+                if self.extensions.is_none() {
+                    let head = String::from_utf8_lossy(&c.response[..end]);
+                    self.extensions = head.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("sec-websocket-extensions")
+                            .then(|| v.trim().to_owned())
+                    });
+                }
                 // Bytes after the head are the first frames.
                 let early = c.response.split_off(end + 4);
                 c.response = Vec::new();
@@ -391,7 +470,14 @@ impl Engine {
                     self.on_messages(i, messages, now);
                 }
             } else {
+                let before = c.frames.data_bytes;
                 let messages = c.frames.feed(&self.read_buf[..n], &mut c.out)?;
+                let wire = c.frames.data_bytes - before;
+                let now_ns = self.ns(now);
+                let publisher = i == 0 && matches!(self.mode, Mode::Broadcast { .. });
+                if (self.window_start..self.window_end).contains(&now_ns) && !publisher {
+                    self.wire_bytes += wire;
+                }
                 if messages > 0 {
                     self.on_messages(i, messages, now);
                 }
@@ -408,7 +494,7 @@ impl Engine {
         self.last_open_at = Some(now);
         if self.mode == (Mode::Idle { touch: true }) {
             let now_ns = self.ns(now);
-            self.conns[i].queue(&self.frame, 1, now_ns);
+            self.conns[i].queue(&self.frames, 1, now_ns);
         }
     }
 
@@ -428,7 +514,7 @@ impl Engine {
                     self.counted += m as u64;
                 }
                 if self.running {
-                    c.queue(&self.frame, m, now_ns);
+                    c.queue(&self.frames, m, now_ns);
                 }
             }
             Mode::Idle { .. } => {
@@ -443,9 +529,16 @@ impl Engine {
             Mode::Broadcast { .. } if i == 0 => {}
             Mode::Broadcast { .. } => {
                 self.delivered += messages;
+                let c = &mut self.conns[i];
                 if counting {
                     self.counted += messages;
+                    for k in c.received..c.received + messages {
+                        if let Some(&sent) = self.pub_sent.get(k as usize) {
+                            self.latency.record(now_ns.saturating_sub(sent));
+                        }
+                    }
                 }
+                c.received += messages;
             }
         }
     }
@@ -460,11 +553,19 @@ impl Engine {
             return;
         }
         let subscribers = (self.total - 1) as u64;
+        let now_ns = self.ns(Instant::now());
+        let counting = (self.window_start..self.window_end).contains(&now_ns);
         let c = &mut self.conns[0];
         let before = self.published;
         while self.published * subscribers < self.delivered + window as u64 * subscribers {
-            c.out.extend_from_slice(&self.frame);
+            c.out
+                .extend_from_slice(&self.frames[c.next % self.frames.len()]);
+            c.next = c.next.wrapping_add(1);
             self.published += 1;
+            self.pub_sent.push(now_ns);
+            if counting {
+                self.published_counted += 1;
+            }
         }
         if self.published > before
             && let Err(e) = c.flush()

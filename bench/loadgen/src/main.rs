@@ -16,10 +16,12 @@
 //!   (K = 1 is ping-pong): messages/s, latency p50/p99/p99.9/max.
 //! - `idle`: N connections opened at most `--conc` at a time, then left
 //!   idle: handshakes/s and, with `--pid`, the server's RSS per connection.
-//! - `broadcast`: one publisher and M subscribers on one URL; the server
+//! - `broadcast`: one publisher and M subscribers on one URL (or the
+//!   publisher on `--pub-url`: another node of a cluster); the server
 //!   relays each message of the publisher to every subscriber; the publisher
 //!   stays at most W messages ahead of the average subscriber:
-//!   deliveries/s.
+//!   deliveries/s, and the latency from publish to each delivery
+//!   (p50/p99). With `--pub-pid`, the publishing node's CPU per publish.
 //!
 //! With `--pid`, the server's CPU time over the measured window (all its
 //! threads, from /proc) gives server CPU per message, the number that stays
@@ -49,7 +51,9 @@ const HELP: &str = "\
 usage: loadgen <echo|idle|broadcast> [flags]
 
 common:
-  --url ws://HOST:PORT/PATH  the endpoint                                 [ws://127.0.0.1:7681/echo]
+  --url ws://HOST:PORT/PATH  the endpoint; wss:// for TLS (SNI: HOST; the
+                     server's certificate is not verified)          [ws://127.0.0.1:7681/echo]
+  --tls12            wss:// with TLS 1.2 (default: TLS 1.3)
   --pid PID          the server's pid: its CPU time and RSS from /proc
   --label NAME       copied into the JSON line
   --text             text frames (default: binary)
@@ -57,6 +61,13 @@ common:
   --connect-timeout S  give up on connecting after S seconds               [30]
   --busy             never sleep in epoll_wait while running (client_idle_pct
                      shows the headroom the client had)
+  --json             send 64 distinct JSON text messages of --size bytes in turn
+                     (instead of one message of 'x' bytes)
+  --deflate          --json, compressed: offer permessage-deflate as a browser
+                     does (\"permessage-deflate; client_max_window_bits\"), send
+                     each message compressed on its own (RSV1), and report the
+                     agreed extension and the compression ratio of what the
+                     server sent (payload bytes before / on the wire)
 echo:
   -c, --conns C      connections                                           [100]
   -s, --size S       payload bytes                                         [32]
@@ -72,9 +83,13 @@ broadcast:
   -s, --size S       payload bytes                                         [32]
   --window W         messages the publisher keeps in flight                [16]
   -d, -w             as for echo
+  --pub-url URL      the publisher's endpoint (default: --url), e.g. another
+                     node of a cluster
+  --pub-pid PID      the publisher's server: its CPU per publish
+  --settle S         seconds between the last handshake and the first publish
+                     (a cluster's subscriptions take effect)               [0]
 
-Only ws:// for now: wss:// (TLS) and permessage-deflate are to come as
-modes of the same engine (see src/wire.rs).
+wss:// makes every connection a full TLS handshake (no resumption).
 ";
 
 struct Args {
@@ -97,6 +112,12 @@ struct Args {
     warmup: f64,
     settle: f64,
     touch: bool,
+    tls: bool,
+    tls12: bool,
+    pub_url: Option<String>,
+    pub_pid: Option<u32>,
+    json: bool,
+    deflate: bool,
 }
 
 fn main() -> ExitCode {
@@ -163,7 +184,14 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         warmup: 1.0,
         settle: 2.0,
         touch: false,
+        tls: false,
+        tls12: false,
+        pub_url: None,
+        pub_pid: None,
+        json: false,
+        deflate: false,
     };
+    let mut settle_given = false;
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
@@ -176,6 +204,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--text" => a.text = true,
             "--busy" => a.busy = true,
             "--touch" => a.touch = true,
+            "--tls12" => a.tls12 = true,
+            "--json" => a.json = true,
+            "--deflate" => (a.json, a.deflate) = (true, true),
             "--conc" => a.conc = num(&flag, value()?)?,
             "--connect-timeout" => a.connect_timeout = num(&flag, value()?)?,
             "-c" | "--conns" | "-n" | "-m" | "--subs" => a.conns = num(&flag, value()?)?,
@@ -184,25 +215,33 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--window" => a.window = num(&flag, value()?)?,
             "-d" | "--duration" => a.duration = num(&flag, value()?)?,
             "-w" | "--warmup" => a.warmup = num(&flag, value()?)?,
-            "--settle" => a.settle = num(&flag, value()?)?,
+            "--settle" => {
+                a.settle = num(&flag, value()?)?;
+                settle_given = true;
+            }
+            "--pub-url" => a.pub_url = Some(value()?),
+            "--pub-pid" => a.pub_pid = Some(num(&flag, value()?)?),
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown flag {other}")),
         }
     }
+    if a.scenario == "broadcast" && !settle_given {
+        a.settle = 0.0;
+    }
     if a.inflight == 0 || a.window == 0 || a.conc == 0 {
         return Err("--inflight, --window and --conc must be at least 1".into());
     }
-    (a.addr, a.host, a.path) = parse_url(&a.url)?;
+    (a.addr, a.host, a.path, a.tls) = parse_url(&a.url)?;
     Ok(Some(a))
 }
 
-/// `ws://HOST[:PORT][/PATH]` → the address (a name resolves to its first
-/// address), the Host header and the path.
-fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
-    let rest = match url.split_once("://") {
-        Some(("ws", rest)) => rest,
-        Some(("wss", _)) => return Err("wss:// is not supported yet (no TLS mode)".into()),
-        _ => return Err(format!("not a ws:// URL: {url}")),
+/// `ws://HOST[:PORT][/PATH]` (or `wss://`) → the address (a name resolves
+/// to its first address), the Host header, the path, and whether it is TLS.
+fn parse_url(url: &str) -> Result<(SocketAddr, String, String, bool), String> {
+    let (rest, tls) = match url.split_once("://") {
+        Some(("ws", rest)) => (rest, false),
+        Some(("wss", rest)) => (rest, true),
+        _ => return Err(format!("not a ws:// or wss:// URL: {url}")),
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -215,14 +254,14 @@ fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
     {
         authority.to_owned()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{}", if tls { 443 } else { 80 })
     };
     let addr = with_port
         .to_socket_addrs()
         .map_err(|e| format!("{authority}: {e}"))?
         .next()
         .ok_or_else(|| format!("{authority}: no address"))?;
-    Ok((addr, authority.to_owned(), path.to_owned()))
+    Ok((addr, authority.to_owned(), path.to_owned(), tls))
 }
 
 fn run(a: &Args, report: &mut Report) -> Result<(), String> {
@@ -240,24 +279,63 @@ fn run(a: &Args, report: &mut Report) -> Result<(), String> {
             a.conns
         ));
     }
-    let payload = vec![b'x'; a.size];
-    let opcode = if a.text {
+    let opcode = if a.text || a.json {
         wire::OP_TEXT
     } else {
         wire::OP_BINARY
     };
+    let tls = if a.tls {
+        Some(wire::tls_client(a.tls12)?)
+    } else {
+        None
+    };
+    let frames: Vec<Vec<u8>> = if a.json {
+        wire::json_messages(a.size, 64)
+            .iter()
+            .map(|m| {
+                if a.deflate {
+                    wire::deflated_frame(opcode, m)
+                } else {
+                    wire::client_frame(opcode, m)
+                }
+            })
+            .collect()
+    } else {
+        vec![wire::client_frame(opcode, &vec![b'x'; a.size])]
+    };
+    // What one message costs on the wire from the client (header and mask
+    // excluded): the compression ratio of the client's side.
+    let sent_payload: usize = frames.iter().map(|f| f.len() - header_len(f)).sum();
+    let out_ratio = (a.size * frames.len()) as f64 / sent_payload.max(1) as f64;
     let mut engine = Engine::new(Setup {
         addr: a.addr,
+        tls,
         host: a.host.clone(),
         path: a.path.clone(),
-        frame: wire::client_frame(opcode, &payload),
+        frames,
+        offer: a
+            .deflate
+            .then(|| "permessage-deflate; client_max_window_bits".to_owned()),
         mode,
         conns: a.conns,
         max_connecting: a.conc,
+        publisher: a
+            .pub_url
+            .as_deref()
+            .map(|u| parse_url(u).map(|(addr, host, path, _tls)| (addr, host, path)))
+            .transpose()?,
     })?;
     let mut events = Events::with_capacity(4096);
     let rss_before = a.pid.and_then(procfs::rss_kib);
     let connect_s = engine.connect_all(&mut events, Duration::from_secs_f64(a.connect_timeout))?;
+    if a.deflate {
+        report
+            .str(
+                "deflate_agreed",
+                engine.extensions.as_deref().unwrap_or("(declined)"),
+            )
+            .num("ratio_client_to_server", Some(out_ratio), 2);
+    }
     let result = match mode {
         Mode::Idle { touch } => idle(
             a,
@@ -284,6 +362,15 @@ fn run(a: &Args, report: &mut Report) -> Result<(), String> {
     result
 }
 
+/// The length of a client frame's header (with its mask key).
+fn header_len(frame: &[u8]) -> usize {
+    match frame[1] & 0x7f {
+        126 => 8,
+        127 => 14,
+        _ => 6,
+    }
+}
+
 /// Echo and broadcast: warm up, then measure for the duration.
 fn measured(
     a: &Args,
@@ -297,12 +384,20 @@ fn measured(
         Duration::from_secs_f64(a.warmup),
         Duration::from_secs_f64(a.duration),
     );
+    if a.settle > 0.0 && matches!(mode, Mode::Broadcast { .. }) {
+        engine.run_until(
+            events,
+            Instant::now() + Duration::from_secs_f64(a.settle),
+            false,
+        )?;
+    }
     let start = Instant::now();
     engine.start_run(warmup, duration);
     engine.run_until(events, start + warmup, a.busy)?;
 
     let me = std::process::id();
     let cpu0 = (procfs::cpu_seconds(me), a.pid.and_then(procfs::cpu_seconds));
+    let pub_cpu0 = a.pub_pid.and_then(procfs::cpu_seconds);
     let switches0 = (
         procfs::involuntary_switches(me),
         a.pid.and_then(procfs::involuntary_switches),
@@ -311,6 +406,7 @@ fn measured(
     engine.idle_ns = 0;
     engine.run_until(events, start + warmup + duration, a.busy)?;
     let cpu1 = (procfs::cpu_seconds(me), a.pid.and_then(procfs::cpu_seconds));
+    let pub_cpu1 = a.pub_pid.and_then(procfs::cpu_seconds);
     let switches1 = (
         procfs::involuntary_switches(me),
         a.pid.and_then(procfs::involuntary_switches),
@@ -349,6 +445,14 @@ fn measured(
                 .num("lat_us_max", us(h.max()), 1);
         }
         _ => {
+            let us = |ns: u64| ns as f64 / 1000.0;
+            let h = &engine.latency;
+            let per_publish = match (pub_cpu0, pub_cpu1) {
+                (Some(x), Some(y)) if engine.published_counted > 0 => {
+                    Some((y - x) / engine.published_counted as f64 * 1e6)
+                }
+                _ => None,
+            };
             report
                 .int("subs", a.conns as u64)
                 .int("size", a.size as u64)
@@ -357,7 +461,13 @@ fn measured(
                 .num("duration_s", d, 1)
                 .int("deliveries", engine.counted)
                 .num("deliveries_per_s", rate, 0)
-                .int("published", engine.published);
+                .int("published", engine.published)
+                .num("published_per_s", engine.published_counted as f64 / d, 0)
+                .num("lat_us_p50", us(h.percentile(50.0)), 1)
+                .num("lat_us_p99", us(h.percentile(99.0)), 1)
+                .num("lat_us_max", us(h.max()), 1)
+                .num("pub_server_cpu_pct", pct(pub_cpu0, pub_cpu1), 1)
+                .num("pub_server_cpu_us_per_publish", per_publish, 2);
         }
     }
     report
@@ -374,7 +484,15 @@ fn measured(
         .nums("cores_busy_pct", &cores_busy)
         .nums("cores_steal_pct", &cores_steal)
         .int("server_rss_kb", a.pid.and_then(procfs::rss_kib))
-        .num("connect_s", connect_s, 3);
+        .num("connect_s", connect_s, 3)
+        .bool("json", a.json)
+        .bool("deflate", a.deflate)
+        .int("wire_bytes", Some(engine.wire_bytes))
+        .num(
+            "ratio_server_to_client",
+            Some(engine.counted as f64 * a.size as f64 / engine.wire_bytes.max(1) as f64),
+            2,
+        );
     Ok(())
 }
 
@@ -432,20 +550,18 @@ mod tests {
 
     #[test]
     fn urls() {
-        let (addr, host, path) = parse_url("ws://127.0.0.1:7681/echo").unwrap();
+        let (addr, host, path, tls) = parse_url("ws://127.0.0.1:7681/echo").unwrap();
+        assert!(!tls);
         assert_eq!(
             (addr.to_string(), host.as_str(), path.as_str()),
             ("127.0.0.1:7681".into(), "127.0.0.1:7681", "/echo")
         );
-        let (addr, _, path) = parse_url("ws://[::1]:9/").unwrap();
+        let (addr, _, path, _) = parse_url("ws://[::1]:9/").unwrap();
         assert_eq!((addr.to_string(), path.as_str()), ("[::1]:9".into(), "/"));
-        let (addr, _, path) = parse_url("ws://127.0.0.1").unwrap();
+        let (addr, _, path, _) = parse_url("ws://127.0.0.1").unwrap();
         assert_eq!((addr.port(), path.as_str()), (80, "/"));
-        assert!(
-            parse_url("wss://127.0.0.1:1/")
-                .unwrap_err()
-                .contains("not supported")
-        );
+        let (addr, host, _, tls) = parse_url("wss://localhost/echo").unwrap();
+        assert_eq!((addr.port(), host.as_str(), tls), (443, "localhost", true));
         assert!(parse_url("http://x/").is_err());
     }
 }

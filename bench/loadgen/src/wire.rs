@@ -1,21 +1,26 @@
 //! The bytes on the wire: the connection's stream, the client's frames, and
 //! a streaming parser of the server's frames.
 //!
-//! `Stream` is where a transport plugs in: today plain TCP; `wss://` will be
-//! a `Tls` variant wrapping the same socket in a rustls `ClientConnection`
-//! (rustls is sans-IO, so it fits this non-blocking engine as it is). The
-//! engine only reads, writes and registers a `Stream`.
+//! `Stream` is where a transport plugs in: plain TCP, or (`wss://`) the same
+//! socket wrapped in a rustls `ClientConnection` (rustls is sans-IO, so it
+//! fits this non-blocking engine as it is). The engine only reads, writes,
+//! flushes and registers a `Stream`.
 //! `Frames` is where an extension plugs in: permessage-deflate will pre-build
 //! compressed frames (RSV1 set) and negotiate in the handshake; the parser
 //! already counts messages without looking into payloads.
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 
 use mio::net::TcpStream;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
 
 /// The byte stream of one connection.
 pub(crate) enum Stream {
     Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
 }
 
 impl Stream {
@@ -23,7 +28,28 @@ impl Stream {
     pub(crate) fn tcp(&mut self) -> &mut TcpStream {
         match self {
             Self::Plain(s) => s,
+            Self::Tls(s) => &mut s.sock,
         }
+    }
+
+    /// Whether a short read means the socket is drained (plain TCP). Over
+    /// TLS a read returns at most a record's worth while more may sit in
+    /// the socket, and the poller is edge-triggered: read to `WouldBlock`.
+    pub(crate) fn short_read_drains(&self) -> bool {
+        matches!(self, Self::Plain(_))
+    }
+
+    /// `stream` wrapped in TLS towards `host` (SNI), or as it is.
+    pub(crate) fn new(
+        stream: TcpStream,
+        tls: Option<&(Arc<ClientConfig>, String)>,
+    ) -> io::Result<Self> {
+        let Some((config, host)) = tls else {
+            return Ok(Self::Plain(stream));
+        };
+        let name = ServerName::try_from(host.clone()).map_err(io::Error::other)?;
+        let conn = ClientConnection::new(config.clone(), name).map_err(io::Error::other)?;
+        Ok(Self::Tls(Box::new(StreamOwned::new(conn, stream))))
     }
 }
 
@@ -31,6 +57,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Self::Plain(s) => s.read(buf),
+            Self::Tls(s) => s.read(buf),
         }
     }
 }
@@ -39,13 +66,90 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Self::Plain(s) => s.write(buf),
+            Self::Tls(s) => s.write(buf),
         }
     }
 
+    /// Over TLS, pushes the records rustls still holds (a write that met a
+    /// full socket leaves them there).
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Self::Plain(s) => s.flush(),
+            Self::Tls(s) => s.flush(),
         }
+    }
+}
+
+/// The TLS client configuration for `wss://`: TLS 1.3 (or 1.2 with
+/// `tls12`), ALPN `http/1.1`, and no certificate verification: the load
+/// generator measures servers on this machine with test certificates, and
+/// must not spend its CPU checking them.
+pub(crate) fn tls_client(tls12: bool) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls12 {
+        &[&rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Each connection is a full handshake, as a browser's first visit is.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// Accepts any server certificate (signatures are still checked, so the
+/// handshake costs the server what it costs with a real client).
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -79,14 +183,73 @@ pub(crate) fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// The upgrade request; the key is fixed, since the response's accept value
-/// is not checked (only its status line).
-pub(crate) fn upgrade_request(host: &str, path: &str) -> Vec<u8> {
+/// The upgrade request, offering `extensions` if given; the key is fixed,
+/// since the response's accept value is not checked (only its status line).
+pub(crate) fn upgrade_request(host: &str, path: &str, extensions: Option<&str>) -> Vec<u8> {
+    let offer = extensions.map_or(String::new(), |e| {
+        format!("Sec-WebSocket-Extensions: {e}\r\n")
+    });
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     )
     .into_bytes()
+}
+
+/// A masked client frame of a message compressed with permessage-deflate
+/// (RFC 7692): `data` deflated on its own (raw deflate, a sync flush, its
+/// `00 00 ff ff` tail stripped), RSV1 set. A message compressed on its own
+/// is valid whether or not the client's context takeover was agreed, so the
+/// frame can be built once and sent again and again.
+pub(crate) fn deflated_frame(opcode: u8, data: &[u8]) -> Vec<u8> {
+    let mut d = zlib_rs::Deflate::new(6, false, 15);
+    let mut out = vec![0u8; data.len() + 64];
+    let _ = d.compress(data, &mut out, zlib_rs::DeflateFlush::SyncFlush);
+    out.truncate(d.total_out() as usize);
+    if out.ends_with(&[0, 0, 0xff, 0xff]) {
+        out.truncate(out.len() - 4);
+    }
+    let mut f = client_frame(opcode, &out);
+    f[0] |= 0x40;
+    f
+}
+
+/// `count` distinct JSON messages of `size` bytes (at least 2),
+/// the kind of traffic permessage-deflate is for: the same keys, different
+/// values, a text field padded with words.
+pub(crate) fn json_messages(size: usize, count: usize) -> Vec<Vec<u8>> {
+    const WORDS: [&str; 16] = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+        "juliett", "kilo", "lima", "mike", "november", "oscar", "papa",
+    ];
+    let mut x: u32 = 0x9e37_79b9;
+    let mut rand = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    (0..count)
+        .map(|i| {
+            let mut m = format!(
+                "{{\"id\":{i},\"type\":\"message\",\"room\":\"room-{}\",\"user\":{{\"id\":{},\"name\":\"user{}\"}},\"ts\":{},\"price\":{}.{:02},\"text\":\"",
+                rand() % 50,
+                rand() % 100_000,
+                rand() % 1000,
+                1_700_000_000_000u64 + u64::from(rand() % 1_000_000),
+                rand() % 1000,
+                rand() % 100,
+            );
+            while m.len() < size {
+                m.push_str(WORDS[(rand() % 16) as usize]);
+                m.push(' ');
+            }
+            // ASCII throughout, so any cut is still UTF-8.
+            m.truncate(size.saturating_sub(2));
+            m.push_str("\"}");
+            m.into_bytes()
+        })
+        .collect()
 }
 
 /// A streaming parser of server frames that counts complete data messages
@@ -98,6 +261,8 @@ pub(crate) struct Frames {
     head_len: usize,
     /// Payload bytes of the current frame still to skip; `None` between frames.
     remaining: Option<u64>,
+    /// Payload bytes of the data frames parsed so far.
+    pub(crate) data_bytes: u64,
     fin: bool,
     opcode: u8,
     control: Vec<u8>,
@@ -109,6 +274,7 @@ impl Frames {
             head: [0; 14],
             head_len: 0,
             remaining: None,
+            data_bytes: 0,
             fin: false,
             opcode: 0,
             control: Vec::new(),
@@ -125,6 +291,8 @@ impl Frames {
                 let n = remaining.min(data.len() as u64) as usize;
                 if self.opcode >= OP_CLOSE {
                     self.control.extend_from_slice(&data[..n]);
+                } else {
+                    self.data_bytes += n as u64;
                 }
                 data = &data[n..];
                 self.remaining = Some(remaining - n as u64);

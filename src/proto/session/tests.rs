@@ -319,7 +319,7 @@ impl Extension for Xor {
         Ok(payload.iter().map(|b| b ^ 0x55).collect())
     }
 
-    fn encode(&mut self, payload: &[u8]) -> Option<Bytes> {
+    fn encode(&mut self, payload: &Bytes) -> Option<Bytes> {
         Some(payload.iter().map(|b| b ^ 0x55).collect())
     }
 }
@@ -388,8 +388,156 @@ fn the_tally_counts_data_messages_both_ways() {
             messages_in: 1,
             bytes_in: 3,
             messages_out: 2,
-            bytes_out: 5
+            bytes_out: 5,
+            extension: ExtensionTally::default(),
         }
     );
     assert_eq!(s.take_tally(), Tally::default());
+}
+
+/// A session with permessage-deflate agreed as `response` says, and a
+/// client-side compressor/decompressor pair for it.
+fn with_deflate(clock: &Clock, mode: crate::proto::deflate::CompressionMode) -> Session {
+    use crate::proto::deflate::{Compression, PermessageDeflate};
+    use crate::proto::extension::ExtensionNegotiator;
+    let n = PermessageDeflate::new(Compression::builder(mode).threshold(0).build().unwrap());
+    let peer = "127.0.0.1:1".parse().unwrap();
+    let req = crate::proto::http::Request::synthetic(
+        "GET",
+        "/",
+        &[("Sec-WebSocket-Extensions", "permessage-deflate")],
+        peer,
+    );
+    let offers = crate::proto::extension::offers(&req);
+    let (ext, _) = n.accept(&offers).unwrap();
+    Session::new(config(), Some(ext), &[], clock.now())
+}
+
+/// A masked client frame of any length.
+fn long_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut f = vec![b0];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n < 65536 => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+fn deflated(data: &[u8]) -> Vec<u8> {
+    let mut c = crate::proto::deflate::testing::compressor(15);
+    c(data)
+}
+
+#[test]
+fn a_compressed_message_is_inflated_and_an_answer_compressed() {
+    use crate::proto::deflate::CompressionMode;
+    let clock = Clock::start();
+    let t = clock.now();
+    for mode in [CompressionMode::Shared, CompressionMode::Dedicated] {
+        let mut s = with_deflate(&clock, mode);
+        let text = "{\"hello\":\"world\",\"hello2\":\"world\"}".repeat(20);
+        s.receive(
+            &long_frame(0x80 | 0x40 | 0x1, &deflated(text.as_bytes())),
+            t,
+        );
+        assert_eq!(
+            s.poll_message(t),
+            Some(Message::text(text.clone())),
+            "{mode:?}"
+        );
+        s.send(&Message::text(text.clone()));
+        let out = drain(&mut s);
+        assert_eq!(out[0], 0x80 | 0x40 | 0x1, "RSV1 on the compressed frame");
+        let n = usize::from(out[1]);
+        assert!(n < 126, "{text} compresses to under 126 bytes");
+        let plain = crate::proto::deflate::testing::inflate(&out[2..2 + n]);
+        assert_eq!(plain, text.as_bytes());
+        let tally = s.take_tally();
+        assert_eq!(tally.extension.plain_in as usize, text.len());
+        assert_eq!(tally.extension.plain_out as usize, text.len());
+        assert_eq!(tally.extension.wire_out as usize, n);
+        // Pongs stay plain.
+        s.receive(&client(0x9, b"p"), t);
+        assert_eq!(s.poll_message(t), None);
+        assert_eq!(drain(&mut s), [0x8a, 1, b'p']);
+    }
+}
+
+#[test]
+fn a_zip_bomb_costs_at_most_the_limit_and_closes_1009() {
+    let clock = Clock::start();
+    let t = clock.now();
+    let mut s = with_deflate(&clock, crate::proto::deflate::CompressionMode::Shared);
+    // 64 MiB of zeros deflate to about 64 KiB; the limit is 64 KiB.
+    let bomb = deflated(&vec![0u8; 64 << 20]);
+    assert!(bomb.len() < 1 << 16, "{}", bomb.len());
+    s.receive(&long_frame(0x80 | 0x40 | 0x2, &bomb), t);
+    assert_eq!(s.poll_message(t), None);
+    let out = drain(&mut s);
+    assert_eq!(out[0], 0x88);
+    assert_eq!(&out[2..4], &[0x03, 0xf1], "1009");
+}
+
+#[test]
+fn a_corrupt_stream_or_bad_text_closes_1007_with_a_reason() {
+    let clock = Clock::start();
+    let t = clock.now();
+    let mut s = with_deflate(&clock, crate::proto::deflate::CompressionMode::Dedicated);
+    // BTYPE 11 is reserved.
+    s.receive(&frame_with(0x80 | 0x40 | 0x1, &[0xff, 0xff, 0xff]), t);
+    assert_eq!(s.poll_message(t), None);
+    let out = drain(&mut s);
+    assert_eq!(&out[2..4], &[0x03, 0xef], "1007");
+    assert_eq!(&out[4..], b"invalid block type");
+
+    let mut s = with_deflate(&clock, crate::proto::deflate::CompressionMode::Shared);
+    s.receive(&frame_with(0x80 | 0x40 | 0x1, &deflated(&[0xff, 0xfe])), t);
+    assert_eq!(s.poll_message(t), None);
+    assert_eq!(&drain(&mut s)[2..4], &[0x03, 0xef], "1007");
+}
+
+#[test]
+fn rsv1_on_a_continuation_or_control_frame_is_a_protocol_error() {
+    let clock = Clock::start();
+    let t = clock.now();
+    let mut s = with_deflate(&clock, crate::proto::deflate::CompressionMode::Shared);
+    let mut input = frame_with(0x40 | 0x1, &deflated(b"ab"));
+    input.extend(frame_with(0x80 | 0x40, b""));
+    s.receive(&input, t);
+    assert_eq!(s.poll_message(t), None);
+    assert_eq!(&drain(&mut s)[2..4], &[0x03, 0xea], "1002");
+
+    let mut s = with_deflate(&clock, crate::proto::deflate::CompressionMode::Shared);
+    s.receive(&frame_with(0x80 | 0x40 | 0xA, b""), t);
+    assert_eq!(s.poll_message(t), None);
+    assert_eq!(&drain(&mut s)[2..4], &[0x03, 0xea], "1002");
+}
+
+#[test]
+fn a_fragmented_compressed_message_is_joined_then_inflated() {
+    let clock = Clock::start();
+    let t = clock.now();
+    let mut s = with_deflate(&clock, crate::proto::deflate::CompressionMode::Dedicated);
+    let z = deflated(b"fragmented and compressed, fragmented and compressed");
+    let (a, b) = z.split_at(z.len() / 2);
+    let mut input = frame_with(0x40 | 0x1, a);
+    input.extend(client(0x9, b"p"));
+    input.extend(frame_with(0x80, b));
+    s.receive(&input, t);
+    assert_eq!(
+        s.poll_message(t),
+        Some(Message::text(
+            "fragmented and compressed, fragmented and compressed"
+        ))
+    );
 }
