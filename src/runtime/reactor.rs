@@ -96,10 +96,15 @@ const EVENTS: usize = 256;
 /// Readiness bits. `EOF` (the peer shut down, hung up or reset) keeps
 /// `READ` set for good, `HUP` (hung up or failed) keeps `WRITE` set: a
 /// short read may leave the end of the stream (or a reset) unread, and its
-/// edge has already come, folded into the data's.
+/// edge has already come, folded into the data's. (Elsewhere than Linux
+/// there is no nested epoll, so nothing sets them.)
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const READ: u8 = 1;
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const WRITE: u8 = 2;
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const EOF: u8 = 4;
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const HUP: u8 = 8;
 
 /// One worker's reactor. Shared by its reactor task and every registration.
@@ -135,6 +140,7 @@ struct Entry {
     /// Bumped on every reuse of the slot.
     generation: u32,
     /// Bumped (wrapping) on every readiness event.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     seq: u16,
     ready: u8,
     live: bool,
@@ -369,6 +375,7 @@ impl Reactor {
     }
 }
 
+#[cfg(target_os = "linux")]
 fn split(key: u64) -> (u32, u32) {
     // Truncation is the point: the low half is the index, the high half
     // the generation.
@@ -452,6 +459,7 @@ pub(crate) struct Token {
 }
 
 impl Token {
+    #[cfg(target_os = "linux")]
     fn key(&self) -> u64 {
         u64::from(self.index) | (u64::from(self.generation) << 32)
     }
