@@ -548,19 +548,7 @@ impl Session {
     /// any more, and the unfinished message and read buffer freed now. The
     /// peer is not waited for.
     pub(crate) fn abort(&mut self, frame: CloseFrame, now: Instant) {
-        self.state = match std::mem::replace(&mut self.state, State::Done(placeholder())) {
-            State::Open { close_by, .. } => State::Ending {
-                why: Ending::Failed { sent: frame },
-                due: true,
-                deadline: close_by.unwrap_or(now + self.config.close_timeout),
-            },
-            State::Closing { sent, deadline } => State::Ending {
-                why: Ending::Failed { sent },
-                due: false,
-                deadline,
-            },
-            other => other,
-        };
+        self.fail_with(frame, now);
         self.decoder.clear();
         self.rbuf = BytesMut::new();
     }
@@ -623,11 +611,15 @@ impl Session {
     /// The peer broke the protocol: our Close with the failure's code (unless
     /// ours is out already), then nothing.
     fn fail(&mut self, fail: Fail, now: Instant) {
+        self.fail_with(fail.to_close_frame(), now);
+    }
+
+    /// Our Close with `frame` (unless ours is out already), then nothing:
+    /// a protocol failure and the budget's abort end the same way.
+    fn fail_with(&mut self, frame: CloseFrame, now: Instant) {
         self.state = match std::mem::replace(&mut self.state, State::Done(placeholder())) {
             State::Open { close_by, .. } => State::Ending {
-                why: Ending::Failed {
-                    sent: fail.to_close_frame(),
-                },
+                why: Ending::Failed { sent: frame },
                 due: true,
                 deadline: close_by.unwrap_or(now + self.config.close_timeout),
             },
