@@ -45,6 +45,11 @@ fn node(redis: &Redis, name: &str, history: usize, ttl: Duration) -> Server {
         .mount(Mount::http("/readyz", Ready))
         .build()
         .unwrap();
+    start_ready(vhost, broker)
+}
+
+/// A context with `vhost` on `broker`, once the broker says it is ready.
+fn start_ready(vhost: VhostConfig, broker: RedisBroker) -> Server {
     let server = Server::start(
         Config::builder()
             .vhost(vhost)
@@ -431,17 +436,7 @@ fn a_cluster_broadcast_room_spans_the_nodes() {
             .mount(Mount::websocket("/room", ["broadcast"]))
             .build()
             .unwrap();
-        let server = Server::start(
-            Config::builder()
-                .vhost(vhost)
-                .broker(broker)
-                .build()
-                .unwrap(),
-        );
-        wait_until(Duration::from_secs(10), "node ready", || {
-            server.handle.is_ready()
-        });
-        server
+        start_ready(vhost, broker)
     };
     let (a, b) = (room("a"), room("b"));
     run(async {
