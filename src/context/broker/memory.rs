@@ -112,23 +112,35 @@ impl MemoryBroker {
         }
     }
 
-    /// The topic called `topic`, created if `create` (and, for a publish,
-    /// `within` the number of topics).
-    fn topic(&self, topic: &str, create: bool) -> Option<Arc<Topic>> {
-        self.topic_within(topic, create, usize::MAX)
+    /// The topic called `topic`, if it exists.
+    fn topic(&self, topic: &str) -> Option<Arc<Topic>> {
+        lock(&self.map).get(topic).cloned()
     }
 
-    fn topic_within(&self, topic: &str, create: bool, within: usize) -> Option<Arc<Topic>> {
+    /// Runs `f` on the topic called `topic` (created if there are fewer
+    /// than `within` topics), with the topic's lock taken before the map's
+    /// is let go: an unsubscribe or a sweep, which judge a topic unused
+    /// under the map's lock, cannot drop it between the lookup and `f`
+    /// (a subscription or a history entry would go to a topic nobody finds).
+    fn with_topic<R>(
+        &self,
+        topic: &str,
+        within: usize,
+        f: impl FnOnce(&mut TopicState) -> R,
+    ) -> Option<R> {
         let mut map = lock(&self.map);
-        if let Some(t) = map.get(topic) {
-            return Some(t.clone());
-        }
-        if !create || map.len() >= within {
-            return None;
-        }
-        let t = Arc::new(Topic::default());
-        map.insert(Arc::from(topic), t.clone());
-        Some(t)
+        let t = match map.get(topic) {
+            Some(t) => t.clone(),
+            None if map.len() < within => {
+                let t = Arc::new(Topic::default());
+                map.insert(Arc::from(topic), t.clone());
+                t
+            }
+            None => return None,
+        };
+        let mut state = lock(&t.state);
+        drop(map);
+        Some(f(&mut state))
     }
 
     /// Drops the topic if nothing keeps it: no subscriber and no live history.
@@ -235,34 +247,32 @@ impl Broker for MemoryBroker {
     }
 
     fn subscribe_with(&self, topic: &str, session: &SessionHandle, request: SubscribeRequest) {
-        let Some(t) = self.topic(topic, true) else {
-            return;
-        };
         let now = Instant::now();
-        let mut state = lock(&t.state);
-        // Under the topic's lock: no publish comes between the replay and
-        // the live messages, so nothing is lost or doubled.
-        let mut recovery = Recovery::default();
-        let mut replay = Vec::new();
-        if let Some(log) = state.live_log(now) {
-            recovery.position = Some(log.position());
-            if let Some(since) = request.position()
-                && let Some(missed) = log.missed_since(since)
-            {
-                replay.extend(missed.cloned());
-                recovery.recovered = true;
-                recovery.replayed = replay.len();
+        self.with_topic(topic, usize::MAX, |state| {
+            // Under the topic's lock: no publish comes between the replay and
+            // the live messages, so nothing is lost or doubled.
+            let mut recovery = Recovery::default();
+            let mut replay = Vec::new();
+            if let Some(log) = state.live_log(now) {
+                recovery.position = Some(log.position());
+                if let Some(since) = request.position()
+                    && let Some(missed) = log.missed_since(since)
+                {
+                    replay.extend(missed.cloned());
+                    recovery.recovered = true;
+                    recovery.replayed = replay.len();
+                }
             }
-        }
-        request.acknowledged(session, &recovery);
-        for m in replay {
-            let _ = session.try_send(m);
-        }
-        state.add(session);
+            request.acknowledged(session, &recovery);
+            for m in replay {
+                let _ = session.try_send(m);
+            }
+            state.add(session);
+        });
     }
 
     fn unsubscribe(&self, topic: &str, id: SessionId) {
-        let Some(t) = self.topic(topic, false) else {
+        let Some(t) = self.topic(topic) else {
             return;
         };
         let empty = {
@@ -290,7 +300,7 @@ impl Broker for MemoryBroker {
 
     fn publish_stamped(&self, topic: &str, message: &Message, stamp: Stamp) -> Published {
         let Some(history) = self.history else {
-            let Some(t) = self.topic(topic, false) else {
+            let Some(t) = self.topic(topic) else {
                 return Published::default();
             };
             let subscribers = lock(&t.state).subscribers.clone();
@@ -301,49 +311,43 @@ impl Broker for MemoryBroker {
             self.since_sweep.store(0, Ordering::Relaxed);
             self.sweep(now);
         }
-        let t = match self.topic_within(topic, true, MAX_HISTORY_TOPICS) {
-            Some(t) => t,
-            None => {
-                // Too many topics: sweep, and if that does not make room,
-                // this topic (which nobody subscribes to) keeps no history.
-                self.sweep(now);
-                match self.topic_within(topic, true, MAX_HISTORY_TOPICS) {
-                    Some(t) => t,
-                    None => return Published::default(),
-                }
+        // Too many topics: this one (which nobody subscribes to) keeps no
+        // history until the periodic sweep above makes room. (Sweeping
+        // here would walk every topic on every such publish, and the
+        // publisher chooses the names.)
+        self.with_topic(topic, MAX_HISTORY_TOPICS, |state| {
+            if state.live_log(now).is_none() {
+                state.log = Some(Log {
+                    epoch: new_epoch(),
+                    last: 0,
+                    entries: VecDeque::new(),
+                    expires: now,
+                });
             }
-        };
-        let mut state = lock(&t.state);
-        if state.live_log(now).is_none() {
-            state.log = Some(Log {
-                epoch: new_epoch(),
-                last: 0,
-                entries: VecDeque::new(),
-                expires: now,
-            });
-        }
-        let TopicState { subscribers, log } = &mut *state;
-        let Some(log) = log.as_mut() else {
-            return Published::default();
-        };
-        log.last += 1;
-        log.expires = now + history.ttl;
-        let position = log.position();
-        let delivered = match stamp {
-            Stamp::Json => position.stamp(message).unwrap_or_else(|| message.clone()),
-            _ => message.clone(),
-        };
-        if log.entries.len() >= history.size {
-            log.entries.pop_front();
-        }
-        log.entries.push_back((position.offset, delivered.clone()));
-        // Under the topic's lock, so that every subscriber gets the offsets
-        // in increasing order, whichever thread published them.
-        fan_out(subscribers, &delivered)
+            let TopicState { subscribers, log } = state;
+            let Some(log) = log.as_mut() else {
+                return Published::default();
+            };
+            log.last += 1;
+            log.expires = now + history.ttl;
+            let position = log.position();
+            let delivered = match stamp {
+                Stamp::Json => position.stamp(message).unwrap_or_else(|| message.clone()),
+                _ => message.clone(),
+            };
+            if log.entries.len() >= history.size {
+                log.entries.pop_front();
+            }
+            log.entries.push_back((position.offset, delivered.clone()));
+            // Under the topic's lock, so that every subscriber gets the
+            // offsets in increasing order, whichever thread published them.
+            fan_out(subscribers, &delivered)
+        })
+        .unwrap_or_default()
     }
 
     fn presence(&self, topic: &str) -> Presence {
-        let Some(t) = self.topic(topic, false) else {
+        let Some(t) = self.topic(topic) else {
             return Presence::default();
         };
         let state = lock(&t.state);
