@@ -200,8 +200,8 @@ pub mod metrics {
 pub mod pubsub {
     pub use crate::context::broker::{
         Acknowledge, Broker, BrokerContext, BrokerFuture, BrokerStats, MAX_EPOCH_BYTES,
-        MAX_HISTORY_TOPICS, MemoryBroker, Position, Presence, Published, Recovery, Remote, Stamp,
-        SubscribeRequest, new_epoch,
+        MAX_HISTORY_SIZE, MAX_HISTORY_TOPICS, MemoryBroker, Position, Presence, Published,
+        Recovery, Remote, Stamp, SubscribeRequest, new_epoch,
     };
 }
 

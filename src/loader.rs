@@ -56,7 +56,7 @@ use crate::context::protocol::{ErasedProtocol, Protocol, bind_handler_arc, bind_
 use crate::error::ConfigError;
 use crate::handlers::{Demo, Health, Index, MetricsHandler, Ready};
 use crate::protocols::{Broadcast, Echo, Increment, Pubsub};
-use crate::pubsub::MemoryBroker;
+use crate::pubsub::{MAX_HISTORY_SIZE, MemoryBroker};
 
 type ProtocolFactory = dyn Fn(&Options) -> Result<Arc<dyn ErasedProtocol>, String> + Send + Sync;
 
@@ -416,9 +416,6 @@ impl ConfigFile {
         .at_line(self.line(&tls.span())))
     }
 }
-
-/// Most messages a topic's history may keep.
-const MAX_HISTORY_SIZE: usize = 1_000_000;
 
 /// The `[broker]` table, built: the in-process broker (with its history),
 /// or the Redis broker (feature `redis`).

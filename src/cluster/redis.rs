@@ -102,8 +102,7 @@ pub struct RedisBrokerBuilder {
     prefix: String,
 }
 
-/// Most messages a topic's history may keep.
-pub const MAX_HISTORY_SIZE: usize = 1_000_000;
+pub use crate::context::broker::MAX_HISTORY_SIZE;
 
 impl RedisBroker {
     /// Settings for a broker on the Redis at `url`: `redis://[user:password@]host[:port][/db]`,

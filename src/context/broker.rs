@@ -53,7 +53,7 @@ use crate::{Message, SendError};
 
 mod memory;
 
-pub use memory::{MAX_HISTORY_TOPICS, MemoryBroker, new_epoch};
+pub use memory::{MAX_HISTORY_SIZE, MAX_HISTORY_TOPICS, MemoryBroker, new_epoch};
 
 /// Who is subscribed to a topic.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -92,6 +92,11 @@ const SWEEP_EVERY: u64 = 4096;
 /// it, a publish to a topic nobody subscribes to keeps no history.
 pub const MAX_HISTORY_TOPICS: usize = 100_000;
 
+/// Most messages a topic's history may keep, in every broker
+/// ([`MemoryBroker::with_history`] takes a larger `size` as this; the Redis
+/// broker's builder and the TOML `history_size` refuse it).
+pub const MAX_HISTORY_SIZE: usize = 1_000_000;
+
 impl MemoryBroker {
     /// An empty broker without history.
     pub fn new() -> Self {
@@ -107,7 +112,10 @@ impl MemoryBroker {
     /// what they missed. A `size` of 0 or a zero `ttl` keeps no history.
     pub fn with_history(size: usize, ttl: Duration) -> Self {
         Self {
-            history: (size > 0 && !ttl.is_zero()).then_some(History { size, ttl }),
+            history: (size > 0 && !ttl.is_zero()).then_some(History {
+                size: size.min(MAX_HISTORY_SIZE),
+                ttl,
+            }),
             ..Self::new()
         }
     }
