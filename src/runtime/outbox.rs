@@ -171,12 +171,17 @@ impl Outbox {
         }
         // One message larger than the whole bound may still go out alone, or it
         // could never be sent at all; its size is the application's choice.
-        // The context's memory budget is a bound too: a message that would
-        // take it over finds the queue full, however empty the queue is.
+        // The context's memory budget is a bound the same way: a message
+        // that would take it over finds a non-empty queue full, and an empty
+        // queue takes it (the budget is overshot by at most one message per
+        // session, a fast reader's queue is usually empty, and a waiting
+        // `send` always has a pop coming that wakes it: a budget that never
+        // relents cannot hold it forever).
         let full = |q: &Queue| {
-            (!q.messages.is_empty()
-                && (q.bytes + size > self.max_bytes || q.messages.len() >= self.max_messages))
-                || self.budget.as_ref().is_some_and(|b| !b.fits(size))
+            !q.messages.is_empty()
+                && (q.bytes + size > self.max_bytes
+                    || q.messages.len() >= self.max_messages
+                    || self.budget.as_ref().is_some_and(|b| !b.fits(size)))
         };
         let mut dropped = 0;
         if full(&q) {
@@ -214,6 +219,7 @@ impl Outbox {
                     };
                 }
                 OverflowPolicy::DropOldest => {
+                    // An empty queue is never full.
                     while full(&q) {
                         let Some(old) = q.messages.pop_front() else {
                             break;
@@ -222,14 +228,6 @@ impl Outbox {
                         dropped += 1;
                         // What the budget gets back is room for this one.
                         self.give_back(old.len());
-                    }
-                    if full(&q) {
-                        // Nothing left to drop and still over the budget:
-                        // this one goes instead.
-                        return Pushed {
-                            result: Err(SendError::Full(message)),
-                            dropped: dropped + 1,
-                        };
                     }
                 }
             }
