@@ -391,3 +391,56 @@ fn slow_readers_on_a_busy_topic_meet_their_overflow_policy_at_the_budget() {
     });
     drop(server);
 }
+
+/// Sends one message bigger than the whole budget from a task the session
+/// spawned at `open`.
+struct BigHello;
+
+impl wsgate::Protocol for BigHello {
+    type State = ();
+
+    fn name(&self) -> &str {
+        "big-hello"
+    }
+
+    fn open(
+        &self,
+        _request: &wsgate::Request,
+        session: &wsgate::SessionHandle,
+    ) -> Result<(), wsgate::Reject> {
+        let handle = session.clone();
+        let _ = session.spawn(async move {
+            let _ = handle.send(Message::binary(vec![7u8; 2 * MIB])).await;
+        });
+        Ok(())
+    }
+
+    fn message(&self, _: &mut (), _: &wsgate::SessionHandle, _: Message) {}
+}
+
+/// A waiting `send` into an empty queue is not held by the budget: like the
+/// queue's own bounds, the budget lets one message go out alone (otherwise a
+/// message the budget can never fit would wait for a pop that never comes).
+#[test]
+fn a_send_into_an_empty_queue_is_not_held_by_the_budget() {
+    let vhost = VhostConfig::builder("big")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .protocol(BigHello)
+        .mount(Mount::websocket("/big", ["big-hello"]))
+        .limits(Limits::default().max_queue_bytes(4 * MIB))
+        .build()
+        .unwrap();
+    let config = Config::builder()
+        .vhost(vhost)
+        .memory_budget(Some(MIB))
+        .build()
+        .unwrap();
+    let server = Server::start(config);
+    let addr = server.addr();
+    support::run(async move {
+        let mut ws = connect(addr, "/big").await;
+        let got = ws.next().await.unwrap().unwrap();
+        assert_eq!(got.len(), 2 * MIB);
+    });
+    drop(server);
+}
