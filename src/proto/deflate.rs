@@ -311,7 +311,6 @@ impl PermessageDeflate {
             cache: self.cache.clone(),
             compressor: None,
             inflater: None,
-            reset_inflater: false,
         }
     }
 }
@@ -353,9 +352,6 @@ pub(crate) struct Deflate {
     /// Ours, with the client's context takeover: allocated on the first
     /// compressed message received.
     inflater: Option<Inflater>,
-    /// The client ended its stream (a final block): the next message starts
-    /// a new one.
-    reset_inflater: bool,
 }
 
 impl Deflate {
@@ -397,14 +393,15 @@ impl Extension for Deflate {
             return codec::inflate_shared(&payload, max_size).map(Bytes::from);
         }
         let window = self.agreed.client_window;
-        if std::mem::take(&mut self.reset_inflater) {
-            // A new stream (the client ended its last one), with the same
-            // window: a fresh decompressor.
-            self.inflater = None;
-        }
         let inflater = self.inflater.get_or_insert_with(|| Inflater::new(window));
         let (out, ended) = inflater.inflate(&payload, max_size)?;
-        self.reset_inflater = ended;
+        if ended {
+            // The client ended its stream: its next message starts a new
+            // one, with the same window, in a fresh decompressor (zlib-rs's
+            // reset would widen the window to 15 bits). Dropped now, so the
+            // memory budget sees the window go.
+            self.inflater = None;
+        }
         Ok(Bytes::from(out))
     }
 

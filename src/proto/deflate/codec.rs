@@ -102,6 +102,11 @@ impl Compressor {
             return None;
         }
         out.truncate(out.len() - TAIL.len());
+        // The buffer was sized for the input: without this a queued frame
+        // would hold about its uncompressed size while the queue and the
+        // memory budget count its compressed length (and `Bytes` takes a
+        // Vec whose length is its capacity without a separate header).
+        out.shrink_to_fit();
         Some(Bytes::from(out))
     }
 
@@ -195,6 +200,7 @@ impl Inflater {
                         return Err(ExtensionError::Invalid("data after the final block"));
                     }
                     out.truncate(written);
+                    out.shrink_to_fit();
                     return Ok((out, true));
                 }
                 if consumed == input.len() && written < out.len() {
@@ -207,7 +213,10 @@ impl Inflater {
                 }
             }
         }
+        // Grown by doubling: up to twice the message, which the application
+        // and the budget count by its length.
         out.truncate(written);
+        out.shrink_to_fit();
         Ok((out, false))
     }
 }
