@@ -345,37 +345,26 @@ impl Session {
         if !self.takes_messages() {
             return;
         }
-        let len = match message {
-            Message::Text(t) => t.len(),
-            Message::Binary(b) => b.len(),
+        // The message's own buffer, borrowed (a text's bytes are a `Bytes`
+        // too), so that a message sent to many sessions is one key for the
+        // extension's cache.
+        let (op, payload): (u8, &Bytes) = match message {
+            Message::Text(t) => (opcode::TEXT, t.as_ref()),
+            Message::Binary(b) => (opcode::BINARY, b),
             _ => return,
         };
+        let len = payload.len();
         self.tally.messages_out = self.tally.messages_out.saturating_add(1);
         self.tally.bytes_out = self.tally.bytes_out.saturating_add(saturate(len));
-        let transformed = self.extension.as_mut().and_then(|e| {
-            // The message's own buffer (a text's bytes are shared, not
-            // copied), so that a message sent to many sessions is one key.
-            let payload = match message {
-                Message::Text(t) => Bytes::from(t.clone()),
-                Message::Binary(b) => b.clone(),
-                _ => return None,
-            };
-            let rsv = e.rsv();
-            e.encode(&payload).map(|p| (rsv, p))
-        });
-        match transformed {
-            Some((rsv, p)) => {
-                let ext = &mut self.tally.extension;
-                ext.plain_out = ext.plain_out.saturating_add(saturate(len));
-                ext.wire_out = ext.wire_out.saturating_add(saturate(p.len()));
-                let op = if matches!(message, Message::Text(_)) {
-                    opcode::TEXT
-                } else {
-                    opcode::BINARY
-                };
-                self.out.push_payload(op, rsv, p);
-            }
-            None => self.out.push(message),
+        if let Some(e) = self.extension.as_mut()
+            && let Some(p) = e.encode(payload)
+        {
+            let ext = &mut self.tally.extension;
+            ext.plain_out = ext.plain_out.saturating_add(saturate(len));
+            ext.wire_out = ext.wire_out.saturating_add(saturate(p.len()));
+            self.out.push_payload(op, e.rsv(), p);
+        } else {
+            self.out.push(message);
         }
     }
 
