@@ -80,7 +80,7 @@ use crate::common::lock;
 
 pub(crate) mod deadlines;
 
-use deadlines::{Deadlines, NONE, Table, Ticks};
+use deadlines::{Deadlines, NONE, Table, Tick, Ticks};
 
 /// The granularity of session deadlines.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
@@ -123,7 +123,7 @@ struct State {
     /// The reactor task's waker, to move its timer earlier.
     drive: Option<Waker>,
     /// The tick the reactor task's timer is set for ([`NONE`]: none).
-    drive_at: u32,
+    drive_at: Tick,
 }
 
 /// The table: pages of entries and a free list.
@@ -284,22 +284,28 @@ impl Reactor {
     }
 
     /// The tick at or after `at`.
-    fn tick_at(&self, at: Instant) -> u32 {
+    fn tick_at(&self, at: Instant) -> Tick {
         let nanos = at.saturating_duration_since(self.epoch).as_nanos();
         let tick = nanos.div_ceil(TICK.as_nanos());
-        u32::try_from(tick).unwrap_or(NONE - 1).min(NONE - 1)
+        Tick::try_from(tick).unwrap_or(NONE - 1).min(NONE - 1)
     }
 
     /// The tick that `now` is in.
-    fn tick_of(&self, now: Instant) -> u32 {
+    fn tick_of(&self, now: Instant) -> Tick {
         let nanos = now.saturating_duration_since(self.epoch).as_nanos();
-        u32::try_from(nanos / TICK.as_nanos())
+        Tick::try_from(nanos / TICK.as_nanos())
             .unwrap_or(NONE - 1)
             .min(NONE - 1)
     }
 
-    fn instant_of(&self, tick: u32) -> Instant {
-        self.epoch + TICK * tick
+    fn instant_of(&self, tick: Tick) -> Instant {
+        let nanos = u128::from(tick).saturating_mul(TICK.as_nanos());
+        let since = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
+        // Ticks come from real instants, so this does not overflow; if it
+        // did, a far instant (never early).
+        self.epoch
+            .checked_add(since)
+            .unwrap_or_else(|| self.epoch + Duration::from_secs(u64::from(u32::MAX)))
     }
 
     /// Drains the nested epoll without blocking, marks the sockets ready and
@@ -354,7 +360,7 @@ impl Reactor {
     }
 
     /// Fires every deadline due at `now`; returns the next queued tick.
-    fn expire(&self, now: Instant, drive: &Waker) -> u32 {
+    fn expire(&self, now: Instant, drive: &Waker) -> Tick {
         let now = self.tick_of(now);
         let mut state = lock(&self.state);
         let State {
@@ -389,7 +395,7 @@ pub(crate) struct Drive {
     /// Sleeps until the earliest deadline.
     timer: Timer,
     /// The tick `timer` is set for ([`NONE`]: far away).
-    timer_at: u32,
+    timer_at: Tick,
     /// The last drain found events: drain again before re-arming.
     busy: bool,
 }

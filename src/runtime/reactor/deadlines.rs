@@ -15,16 +15,21 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+/// A tick: 10 ms since the reactor's start. 64 bits, so that a worker can
+/// run for longer than 32-bit ticks last (497 days) without its deadlines
+/// saturating.
+pub(crate) type Tick = u64;
+
 /// No tick: not queued, or no deadline.
-pub(crate) const NONE: u32 = u32::MAX;
+pub(crate) const NONE: Tick = Tick::MAX;
 
 /// An entry's two ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ticks {
     /// The tick the entry is queued at, or [`NONE`].
-    pub(crate) armed: u32,
+    pub(crate) armed: Tick,
     /// The tick it must fire at, or [`NONE`].
-    pub(crate) deadline: u32,
+    pub(crate) deadline: Tick,
 }
 
 impl Ticks {
@@ -49,14 +54,14 @@ pub(crate) trait Table {
 #[derive(Debug, Default)]
 pub(crate) struct Deadlines {
     /// (tick, entry index).
-    heap: BinaryHeap<Reverse<(u32, u32)>>,
+    heap: BinaryHeap<Reverse<(Tick, u32)>>,
 }
 
 impl Deadlines {
     /// Asks for the entry at `index` to fire at `tick`: queues it unless it
     /// is queued at that tick or earlier already. Returns `true` if it was
     /// queued (the earliest tick may have moved earlier).
-    pub(crate) fn arm(&mut self, index: u32, ticks: &mut Ticks, tick: u32) -> bool {
+    pub(crate) fn arm(&mut self, index: u32, ticks: &mut Ticks, tick: Tick) -> bool {
         ticks.deadline = tick;
         if ticks.armed <= tick {
             return false;
@@ -67,7 +72,7 @@ impl Deadlines {
     }
 
     /// The earliest queued tick.
-    pub(crate) fn next(&self) -> Option<u32> {
+    pub(crate) fn next(&self) -> Option<Tick> {
         self.heap.peek().map(|Reverse((tick, _))| *tick)
     }
 
@@ -82,7 +87,7 @@ impl Deadlines {
     /// moved later is queued again at it; stale items are dropped.
     pub(crate) fn expire<T: Table>(
         &mut self,
-        now: u32,
+        now: Tick,
         table: &mut T,
         mut fire: impl FnMut(&mut T, u32),
     ) {
@@ -125,7 +130,7 @@ mod tests {
         }
     }
 
-    fn fired(d: &mut Deadlines, now: u32, e: &mut Entries) -> Vec<u32> {
+    fn fired(d: &mut Deadlines, now: super::Tick, e: &mut Entries) -> Vec<u32> {
         let mut out = Vec::new();
         d.expire(now, e, |_, i| out.push(i));
         out.sort_unstable();
@@ -193,11 +198,25 @@ mod tests {
         let mut d = Deadlines::default();
         let mut e = Entries((0..100).map(|_| Some(Ticks::IDLE)).collect());
         for i in 0..100u32 {
-            d.arm(i, e.0[i as usize].as_mut().unwrap(), i * 7);
+            d.arm(i, e.0[i as usize].as_mut().unwrap(), u64::from(i) * 7);
         }
         let all = fired(&mut d, 10_000, &mut e);
         assert_eq!(all, (0..100).collect::<Vec<_>>());
         assert_eq!(d.next(), None);
         assert!(e.0.iter().all(|t| t.unwrap().armed == NONE));
+    }
+
+    #[test]
+    fn ticks_past_32_bits_keep_their_order() {
+        // More than 497 days of 10 ms ticks after the worker started.
+        let far = u64::from(u32::MAX) + 1_000;
+        let mut d = Deadlines::default();
+        let mut e = Entries(vec![Some(Ticks::IDLE), Some(Ticks::IDLE)]);
+        d.arm(0, e.0[0].as_mut().unwrap(), far + 500);
+        d.arm(1, e.0[1].as_mut().unwrap(), far);
+        assert_eq!(fired(&mut d, far - 1, &mut e), Vec::<u32>::new());
+        assert_eq!(fired(&mut d, far, &mut e), vec![1]);
+        assert_eq!(d.next(), Some(far + 500));
+        assert_eq!(fired(&mut d, far + 500, &mut e), vec![0]);
     }
 }
