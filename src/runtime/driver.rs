@@ -176,6 +176,15 @@ struct Charged {
     compression: usize,
 }
 
+impl Charged {
+    /// Charges `budget` with what the session holds now, by kind.
+    fn update(&mut self, budget: &Budget, inbound: usize, outbound: usize, compression: usize) {
+        budget.reconcile(Kind::Inbound, &mut self.inbound, inbound);
+        budget.reconcile(Kind::Outbound, &mut self.outbound, outbound);
+        budget.reconcile(Kind::Compression, &mut self.compression, compression);
+    }
+}
+
 impl<S: Transport> Driver<S> {
     /// A driver for `io`, whose first bytes (`leftover`, read with the
     /// request head) are already in hand; its deadlines go to `reactor`
@@ -412,13 +421,11 @@ impl<S: Transport> Driver<S> {
                     progress = true;
                     break;
                 }
-                let mut taken = false;
+                if batch.is_empty() {
+                    break;
+                }
                 for m in batch.drain() {
                     self.session.send(&m);
-                    taken = true;
-                }
-                if !taken {
-                    break;
                 }
                 progress = true;
             }
@@ -486,17 +493,11 @@ impl<S: Transport> Driver<S> {
             return;
         };
         let held = self.session.buffered_in();
-        budget.reconcile(Kind::Inbound, &mut self.charged.inbound, held);
-        budget.reconcile(
-            Kind::Outbound,
-            &mut self.charged.outbound,
+        self.charged.update(
+            budget,
+            held,
             self.session.pending(),
-        );
-        let compression = self.session.extension_memory();
-        budget.reconcile(
-            Kind::Compression,
-            &mut self.charged.compression,
-            compression,
+            self.session.extension_memory(),
         );
         let unfinished = if self.session.is_reading() { held } else { 0 };
         if unfinished >= HEAVY && self.heavy.is_none() {
@@ -675,9 +676,7 @@ impl<S> Drop for Driver<S> {
             if let Some(heavy) = &self.heavy {
                 budget.settle(heavy);
             }
-            budget.reconcile(Kind::Inbound, &mut self.charged.inbound, 0);
-            budget.reconcile(Kind::Outbound, &mut self.charged.outbound, 0);
-            budget.reconcile(Kind::Compression, &mut self.charged.compression, 0);
+            self.charged.update(budget, 0, 0, 0);
         }
     }
 }

@@ -232,20 +232,13 @@ impl AcceptLoop {
                     // The worker's task set is gone (teardown).
                     None => return,
                 };
-                match Async::new(stream) {
-                    Ok(stream) => {
-                        worker.spawn(serve(Tcp(stream), peer, service, slot, accepted_at));
-                    }
-                    Err(e) => tracing::debug!(%peer, error = %e, "cannot register connection"),
+                if let Some(stream) = register(stream, peer) {
+                    worker.spawn(serve(Tcp(stream), peer, service, slot, accepted_at));
                 }
             }
             Some(acceptor) => {
-                let stream = match Async::new(stream) {
-                    Ok(stream) => stream,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "cannot register connection");
-                        return;
-                    }
+                let Some(stream) = register(stream, peer) else {
+                    return;
                 };
                 let mut accepting = acceptor.accept(stream, peer);
                 // The acceptor's handshake (TLS) and the request head share
@@ -276,4 +269,12 @@ impl AcceptLoop {
             }
         }
     }
+}
+
+/// An accepted stream registered with async-io, or `None` (logged) if the
+/// reactor refuses it; the connection is then dropped.
+fn register(stream: TcpStream, peer: SocketAddr) -> Option<Async<TcpStream>> {
+    Async::new(stream)
+        .inspect_err(|e| tracing::debug!(%peer, error = %e, "cannot register connection"))
+        .ok()
 }

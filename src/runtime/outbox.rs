@@ -93,6 +93,10 @@ impl Batch {
         }
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     fn is_full(&self) -> bool {
         self.len == BATCH
     }
