@@ -77,7 +77,7 @@ pub(crate) fn admit(request: &Request, table: &Table) -> Admission {
     // `Host` was known: a request for another vhost than the one the client
     // verified must not be served with it (RFC 9110 §15.5.20).
     if let Some(tls) = request.tls()
-        && sni_site(table, tls.sni()) != Some(site)
+        && site_for_name(table, tls.sni()) != Some(site)
     {
         return Admission::Refuse(Refused::Misdirected);
     }
@@ -123,17 +123,14 @@ pub(crate) fn admit(request: &Request, table: &Table) -> Admission {
 /// first whose `*.` wildcard matches it, else the first without names, else
 /// the first.
 pub(crate) fn route(table: &Table, request: &Request) -> Option<usize> {
-    let host = request.host();
-    pick_site(
-        table.sites.iter().map(|s| s.hosts.as_slice()),
-        host.as_deref(),
-    )
+    site_for_name(table, request.host().as_deref())
 }
 
-/// The site a TLS server name chose (the same rule as [`route`]; without a
-/// name, the default site): the one whose certificate the client saw.
-pub(crate) fn sni_site(table: &Table, sni: Option<&str>) -> Option<usize> {
-    pick_site(table.sites.iter().map(|s| s.hosts.as_slice()), sni)
+/// The site a name chose (a `Host`, or a TLS server name: the one whose
+/// certificate the client saw), by [`route`]'s rule; without a name, the
+/// default site.
+pub(crate) fn site_for_name(table: &Table, name: Option<&str>) -> Option<usize> {
+    pick_site(table.sites.iter().map(|s| s.hosts.as_slice()), name)
 }
 
 /// The mount serving `path`: an exact match, else the longest prefix mount.
