@@ -307,7 +307,9 @@ fn default_node() -> String {
 /// reach local subscribers only ([`Remote::Unavailable`]).
 const MAX_QUEUED: usize = 65_536;
 const MAX_QUEUED_BYTES: usize = 64 << 20;
-/// Live messages kept for a subscriber while its recovery is read.
+/// Live messages kept for a subscriber while its recovery is read, at most
+/// (and never more than its session's queue takes: `finish` queues them all
+/// at once, so the rest would only meet the overflow policy there).
 const MAX_BUFFERED: usize = 65_536;
 
 struct Inner {
@@ -436,7 +438,8 @@ impl Inner {
         let mut pending = lock(&self.pending);
         if let Some(list) = pending.get_mut(topic) {
             for p in list {
-                if p.buffer.len() < MAX_BUFFERED {
+                let cap = MAX_BUFFERED.min(p.session.vhost().limits().max_queue_messages);
+                if p.buffer.len() < cap {
                     p.buffer.push((offset, message.clone()));
                 } else {
                     p.overflowed = true;
