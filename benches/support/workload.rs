@@ -43,7 +43,17 @@ pub(crate) enum Kind {
     /// writes `window` messages at once and every subscriber reads them all
     /// before the next batch.
     Broadcast { subs: usize, window: usize },
+    /// `conns` connections to `/echo` opened inside the window and left
+    /// idle (after a warm-up of echo round trips on [`IDLE_WARM`] others):
+    /// what the server still holds at the window's end is what an idle
+    /// connection costs. `measured` counts the connections.
+    Idle { conns: usize },
 }
+
+/// Connections that warm the server up before an idle scenario's window
+/// (one echo round trip each: the thread's read buffer, the tables' first
+/// growth).
+const IDLE_WARM: usize = 10;
 
 /// One scenario: its name, what it does, and how many messages (round trips
 /// for echo, published messages for broadcast) go through the warm-up and
@@ -94,13 +104,25 @@ impl Scenario {
                 warmup: n(2_000),
                 measured: n(20_000),
             },
+            Self {
+                name: "idle",
+                label: "idle connections",
+                kind: Kind::Idle { conns: 2_000 },
+                warmup: 10,
+                measured: 2_000,
+            },
         ]
+    }
+
+    /// Whether this is the idle scenario (its figures are per connection).
+    pub(crate) fn is_idle(&self) -> bool {
+        matches!(self.kind, Kind::Idle { .. })
     }
 
     /// Messages each copy of which the server delivers (1 for echo).
     pub(crate) fn fan_out(&self) -> u64 {
         match self.kind {
-            Kind::Echo { .. } => 1,
+            Kind::Echo { .. } | Kind::Idle { .. } => 1,
             Kind::Broadcast { subs, .. } => subs as u64,
         }
     }
@@ -111,6 +133,7 @@ impl Scenario {
         match self.kind {
             Kind::Echo { conns, inflight } => (conns * inflight) as u64,
             Kind::Broadcast { window, .. } => window as u64,
+            Kind::Idle { .. } => IDLE_WARM as u64,
         }
     }
 
@@ -164,12 +187,20 @@ where
     let gates = Arc::new(Gates::default());
     let (started_tx, started_rx) = mpsc::channel();
     let (window_tx, window_rx) = mpsc::channel::<()>();
+    let (closed_tx, closed_rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = mpsc::channel();
     let server_gates = gates.clone();
     thread::Builder::new()
         .name("wsgate-server".into())
         .spawn(move || {
-            let result = serve(&server_gates, &started_tx, &window_tx, measure);
+            let result = serve(
+                &server_gates,
+                &started_tx,
+                &window_tx,
+                &closed_tx,
+                scenario.is_idle(),
+                measure,
+            );
             let _ = done_tx.send(result);
         })
         .map_err(|e| format!("spawn the server thread: {e}"))?;
@@ -185,7 +216,7 @@ where
     thread::Builder::new()
         .name("clients".into())
         .spawn(move || {
-            let _ = client_tx.send(drive(scenario, addr, &client_gates, &window_rx));
+            let _ = client_tx.send(drive(scenario, addr, &client_gates, &window_rx, &closed_rx));
         })
         .map_err(|e| format!("spawn the client thread: {e}"))?;
     let left = deadline.saturating_duration_since(Instant::now());
@@ -220,11 +251,15 @@ where
 type Started = Result<(SocketAddr, wsgate::ContextHandle), wsgate::Error>;
 
 /// The server thread: attaches, runs the warm-up, the measured window inside
-/// `measure`, then serves until shutdown and drains.
+/// `measure`, then serves until shutdown and drains. With `settle`, the
+/// window ends only once no task is left to run (the last sessions'
+/// first polls), and `window_closed` tells the clients that they may go.
 fn serve<M, F>(
     gates: &Gates,
     started: &mpsc::Sender<Started>,
     window_started: &mpsc::Sender<()>,
+    window_closed: &mpsc::Sender<()>,
+    settle: bool,
     measure: F,
 ) -> Result<(M, DrainReport), String>
 where
@@ -252,7 +287,13 @@ where
     // The clients may start the window now: whatever they send waits in the
     // sockets until the loop runs again, inside `measure`.
     let _ = window_started.send(());
-    let measurement = measure(&mut || run_until(&gates.measured));
+    let measurement = measure(&mut || {
+        run_until(&gates.measured);
+        if settle {
+            while ex.try_tick() {}
+        }
+    });
+    let _ = window_closed.send(());
     async_io::block_on(ex.run(handle.shutdown_requested()));
     let report = ctx
         .destroy()
@@ -320,7 +361,11 @@ fn drive(
     addr: SocketAddr,
     gates: &Gates,
     window_started: &mpsc::Receiver<()>,
+    window_closed: &mpsc::Receiver<()>,
 ) -> Result<(Duration, u64), String> {
+    if let Kind::Idle { conns } = scenario.kind {
+        return drive_idle(conns, addr, gates, window_started, window_closed);
+    }
     let batch = scenario.batch();
     let rounds = |n: u64| n.div_ceil(batch);
     let (warm_rounds, measured_rounds) = (rounds(scenario.warmup), rounds(scenario.measured));
@@ -339,6 +384,41 @@ fn drive(
     let window = started.elapsed();
     gates.measured.set();
     Ok((window, measured_rounds * batch))
+}
+
+/// The idle scenario: echo round trips on [`IDLE_WARM`] connections, then
+/// `conns` handshakes inside the window; the connections stay open until
+/// the server has closed the window.
+fn drive_idle(
+    conns: usize,
+    addr: SocketAddr,
+    gates: &Gates,
+    window_started: &mpsc::Receiver<()>,
+    window_closed: &mpsc::Receiver<()>,
+) -> Result<(Duration, u64), String> {
+    let mut warm = Clients::connect(
+        Kind::Echo {
+            conns: IDLE_WARM,
+            inflight: 1,
+        },
+        addr,
+    )?;
+    warm.round()?;
+    gates.warm.set();
+    window_started
+        .recv_timeout(IO_TIMEOUT)
+        .map_err(|_| "the server did not open the window".to_owned())?;
+    let started = Instant::now();
+    let idle = (0..conns)
+        .map(|_| handshake(addr, "/echo"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let window = started.elapsed();
+    gates.measured.set();
+    window_closed
+        .recv_timeout(SCENARIO_LIMIT)
+        .map_err(|_| "the server did not close the window".to_owned())?;
+    drop((idle, warm));
+    Ok((window, conns as u64))
 }
 
 /// The client connections of one scenario, with their pre-encoded batch.
@@ -364,6 +444,7 @@ impl Clients {
                     .collect::<Result<Vec<_>, _>>()?,
                 inflight,
             ),
+            Kind::Idle { .. } => return Err("an idle scenario has no batches".to_owned()),
             Kind::Broadcast { subs, window } => {
                 // Subscribers first: each joins the room before its 101.
                 let mut all = (0..subs)
@@ -390,7 +471,7 @@ impl Clients {
     /// and compared byte for byte.
     fn round(&mut self) -> Result<(), String> {
         let readers = match self.kind {
-            Kind::Echo { .. } => {
+            Kind::Echo { .. } | Kind::Idle { .. } => {
                 for c in &mut self.conns {
                     c.write_all(&self.batch)
                         .map_err(|e| format!("write: {e}"))?;

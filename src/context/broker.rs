@@ -462,15 +462,16 @@ impl Topics {
         request: SubscribeRequest,
     ) -> Result<bool, crate::Error> {
         let max = session.vhost().limits().max_subscriptions;
-        let mut mine = lock(&session.shared.topics);
+        let mut guard = lock(&session.shared.topics);
         // Checked under the session's topic lock: a session that ends marks
         // itself closed before it leaves its topics under the same lock, so
         // either this sees it closed or `leave_all` sees this subscription.
         if !session.is_open() {
             return Err(crate::Error::SessionClosed);
         }
+        let mine = guard.get_or_insert_with(Box::default);
         if mine.iter().any(|t| &**t == topic) {
-            drop(mine);
+            drop(guard);
             request.acknowledged(session, &Recovery::default());
             return Ok(false);
         }
@@ -485,6 +486,9 @@ impl Topics {
     /// Removes `session` from `topic`; returns whether it was there.
     pub(crate) fn unsubscribe(&self, topic: &str, session: &SessionHandle) -> bool {
         let mut mine = lock(&session.shared.topics);
+        let Some(mine) = mine.as_mut() else {
+            return false;
+        };
         let Some(pos) = mine.iter().position(|t| &**t == topic) else {
             return false;
         };
@@ -496,7 +500,11 @@ impl Topics {
     /// Removes a session that ended from all of its topics.
     pub(crate) fn leave_all(&self, session: &SessionHandle) {
         let mut mine = lock(&session.shared.topics);
-        for t in mine.drain(..) {
+        for t in mine
+            .take()
+            .into_iter()
+            .flat_map(|topics| topics.into_iter())
+        {
             self.broker.unsubscribe(&t, session.id());
         }
     }

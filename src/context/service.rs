@@ -18,7 +18,7 @@ use super::ContextShared;
 use super::metrics::CompressionCounters;
 use super::protocol::SessionCallbacks;
 use super::session::{SessionHandle, SessionId};
-use super::vhost::{SessionSlot, SlotRefused, Vhost};
+use super::vhost::{SlotRefused, Vhost};
 use crate::common::lock;
 use crate::proto::admission::{Admission, Table, admit};
 use crate::proto::close::CloseReason;
@@ -228,8 +228,8 @@ fn open(
         SessionId(ctx.next_id()),
         request.peer(),
         vhost.clone(),
-        request.path().to_owned(),
-        name.to_owned(),
+        request.path(),
+        protocol.clone(),
         worker.clone(),
     );
     let callbacks = match protocol.open(&request, &handle) {
@@ -247,6 +247,8 @@ fn open(
     let compression = (extension_name == Some("permessage-deflate"))
         .then(|| ctx.metrics.count_compressed_session(vhost.name()));
     let limits = vhost.limits();
+    // From here on the session's end gives the place back (`OpenSession`).
+    slot.hand_over();
     let response = switching_protocols(
         &up.accept,
         echo.then_some(name),
@@ -259,7 +261,6 @@ fn open(
         budget: ctx.budget().cloned(),
         extension,
         hooks: Box::new(OpenSession {
-            _slot: slot,
             ctx: ctx.clone(),
             handle,
             callbacks: Some(callbacks),
@@ -305,13 +306,15 @@ fn negotiate_extension<'v>(
 /// A session between registration and its end: its callbacks, and the
 /// bookkeeping that must be undone however it ends. Unregisters it when
 /// dropped, also when its task is dropped by a forced teardown (then
-/// running `close` first).
+/// running `close` first). It holds the session's place under its vhost's
+/// limits (handed over by the handshake's `SessionSlot`), given back last.
 pub(crate) struct OpenSession {
-    _slot: SessionSlot,
     ctx: Arc<ContextShared>,
     handle: SessionHandle,
     callbacks: Option<Box<dyn SessionCallbacks>>,
-    outcome: Option<CloseReason>,
+    /// How the session ended (boxed: an open session carries only the
+    /// pointer).
+    outcome: Option<Box<CloseReason>>,
     /// The vhost's permessage-deflate counters, if negotiated.
     compression: Option<Arc<CompressionCounters>>,
 }
@@ -339,7 +342,7 @@ impl SessionHooks for OpenSession {
         if let Some(cb) = self.callbacks.take() {
             cb.close(&self.handle, &reason);
         }
-        self.outcome = Some(reason);
+        self.outcome = Some(Box::new(reason));
     }
 }
 
@@ -352,6 +355,9 @@ impl Drop for OpenSession {
                 &CloseReason::abnormal("forced closed by teardown"),
             );
         }
-        self.ctx.unregister(&self.handle, self.outcome.as_ref());
+        self.ctx.unregister(&self.handle, self.outcome.as_deref());
+        // The place the handshake reserved (see `OpenSession`).
+        let peer = self.handle.peer().ip();
+        self.handle.vhost().release_slot(peer);
     }
 }

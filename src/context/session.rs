@@ -14,6 +14,7 @@ use async_executor::Task;
 
 use crate::common::lock;
 use crate::context::broker::SubscribeRequest;
+use crate::context::protocol::ErasedProtocol;
 use crate::error::SendError;
 use crate::runtime::outbox::Outbox;
 use crate::runtime::tasks::Spawner;
@@ -51,20 +52,39 @@ pub(crate) struct SessionShared {
     id: SessionId,
     peer: SocketAddr,
     vhost: Vhost,
-    path: String,
-    protocol: String,
+    path: Box<str>,
+    /// The negotiated protocol (its name is the session's protocol).
+    protocol: Arc<dyn ErasedProtocol>,
     /// The bounded queue in front of the session's single writer.
     pub(crate) outbox: Outbox,
     /// Messages dropped by the overflow policy.
     dropped: AtomicU64,
-    /// Topics this session is subscribed to, unsubscribed when it ends.
-    pub(crate) topics: Mutex<Vec<Arc<str>>>,
+    /// Topics this session is subscribed to, unsubscribed when it ends
+    /// (boxed on the first subscription: an idle session that subscribes to
+    /// nothing carries only the pointer).
+    #[expect(
+        clippy::box_collection,
+        reason = "8 bytes on every session instead of a Vec's 24; most never subscribe"
+    )]
+    pub(crate) topics: Mutex<Option<Box<Vec<Arc<str>>>>>,
     /// The task set of the worker serving the session, where
     /// [`SessionHandle::spawn`] puts its tasks.
     spawner: Spawner,
-    /// The tasks [`SessionHandle::spawn`] started, cancelled when the session
-    /// ends (`None` from then on: no more can be spawned).
-    tasks: Mutex<Option<Vec<Task<()>>>>,
+    /// The tasks [`SessionHandle::spawn`] started (boxed on the first),
+    /// cancelled when the session ends.
+    tasks: Mutex<Tasks>,
+}
+
+/// The tasks a session spawned.
+#[derive(Default)]
+struct Tasks {
+    /// The session has ended: no more can be spawned.
+    ended: bool,
+    #[expect(
+        clippy::box_collection,
+        reason = "8 bytes on every session instead of a Vec's 24; most never spawn"
+    )]
+    list: Option<Box<Vec<Task<()>>>>,
 }
 
 impl SessionHandle {
@@ -72,8 +92,8 @@ impl SessionHandle {
         id: SessionId,
         peer: SocketAddr,
         vhost: Vhost,
-        path: String,
-        protocol: String,
+        path: &str,
+        protocol: Arc<dyn ErasedProtocol>,
         spawner: Spawner,
     ) -> Self {
         let limits = vhost.limits();
@@ -89,13 +109,13 @@ impl SessionHandle {
                 id,
                 peer,
                 vhost,
-                path,
+                path: path.into(),
                 protocol,
                 outbox,
                 dropped: AtomicU64::new(0),
-                topics: Mutex::new(Vec::new()),
+                topics: Mutex::new(None),
                 spawner,
-                tasks: Mutex::new(Some(Vec::new())),
+                tasks: Mutex::new(Tasks::default()),
             }),
         }
     }
@@ -122,7 +142,7 @@ impl SessionHandle {
 
     /// The negotiated protocol's name.
     pub fn protocol(&self) -> &str {
-        &self.shared.protocol
+        self.shared.protocol.name()
     }
 
     /// Whether the session still accepts messages.
@@ -187,6 +207,7 @@ impl SessionHandle {
     pub fn subscriptions(&self) -> Vec<String> {
         lock(&self.shared.topics)
             .iter()
+            .flat_map(|topics| topics.iter())
             .map(|t| t.to_string())
             .collect()
     }
@@ -216,10 +237,11 @@ impl SessionHandle {
         // Under the lock, so that a session ending at this moment either
         // sees the task and cancels it, or refuses it.
         let mut tasks = lock(&self.shared.tasks);
-        let Some(tasks) = tasks.as_mut() else {
+        if tasks.ended {
             return Err(crate::Error::SessionClosed);
-        };
+        }
         let task = spawner.spawn_task(task).ok_or(crate::Error::Closed)?;
+        let tasks = tasks.list.get_or_insert_with(Box::default);
         // Bounded by what is still running: finished tasks are let go here.
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);
@@ -288,7 +310,11 @@ impl SessionShared {
     /// Cancels the tasks the session spawned and refuses new ones: the
     /// session has ended.
     pub(crate) fn cancel_tasks(&self) {
-        let tasks = lock(&self.tasks).take();
+        let tasks = {
+            let mut tasks = lock(&self.tasks);
+            tasks.ended = true;
+            tasks.list.take()
+        };
         // Dropped outside the lock: a task's drop may run arbitrary code.
         drop(tasks);
     }

@@ -245,7 +245,21 @@ impl Vhost {
             return Err(SlotRefused::Address);
         }
         *n += 1;
-        Ok(SessionSlot(self.clone(), ip))
+        Ok(SessionSlot(Some((self.clone(), ip))))
+    }
+
+    /// Gives back a slot that [`reserve_session`](Self::reserve_session)
+    /// reserved for `ip` and a session took over.
+    pub(crate) fn release_slot(&self, ip: IpAddr) {
+        let mut per_ip = lock(&self.0.per_ip);
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+        drop(per_ip);
+        self.release_session();
     }
 
     /// Gives back a session place; the last one of a retired vhost runs its
@@ -371,8 +385,19 @@ impl fmt::Debug for Vhost {
 }
 
 /// A place under a vhost's `max_sessions` and `max_sessions_per_ip`,
-/// released when dropped.
-pub(crate) struct SessionSlot(Vhost, IpAddr);
+/// released when dropped, or handed over to an open session
+/// ([`SessionSlot::hand_over`]), which releases it with
+/// [`Vhost::release_slot`] when it ends.
+pub(crate) struct SessionSlot(Option<(Vhost, IpAddr)>);
+
+impl SessionSlot {
+    /// The session that took the slot releases it itself (its vhost and
+    /// peer address are its own already: an idle connection does not carry
+    /// them twice).
+    pub(crate) fn hand_over(mut self) {
+        self.0 = None;
+    }
+}
 
 /// Which session limit refused a handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -387,16 +412,9 @@ pub(crate) enum SlotRefused {
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
-        let inner = &self.0.0;
-        let mut per_ip = lock(&inner.per_ip);
-        if let Some(n) = per_ip.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.1);
-            }
+        if let Some((vhost, ip)) = self.0.take() {
+            vhost.release_slot(ip);
         }
-        drop(per_ip);
-        self.0.release_session();
     }
 }
 

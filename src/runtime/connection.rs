@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use async_io::Timer;
 use event_listener::EventListener;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
-use tracing::Instrument;
 
 use super::budget::Budget;
 use super::driver::{Driver, DriverConfig, SessionHooks};
@@ -226,8 +225,11 @@ async fn upgrade<S: Transport>(
         driver: Some(driver),
         hooks: Some(hooks),
         conn: Some(conn),
+        // A disabled span (no subscriber wants it) costs an idle session
+        // nothing but the pointer.
+        span: (!span.is_disabled()).then(|| Box::new(span)),
     };
-    spawner.spawn(task.instrument(span));
+    spawner.spawn(task);
 }
 
 /// An open session as a task: the driver, the session's hooks and the
@@ -238,6 +240,20 @@ struct SessionTask<S> {
     driver: Option<Driver<S>>,
     hooks: Option<Box<dyn SessionHooks>>,
     conn: Option<ConnectionSlot>,
+    /// The session's span, entered while the task runs and while it is
+    /// dropped (`tracing::Instrumented` would keep it inline, 40 bytes on
+    /// every connection even when nothing records it).
+    span: Option<Box<tracing::Span>>,
+}
+
+impl<S> Drop for SessionTask<S> {
+    fn drop(&mut self) {
+        let _entered = self.span.as_deref().map(tracing::Span::enter);
+        // In this order, as when the session ends by itself.
+        self.driver = None;
+        self.hooks = None;
+        self.conn = None;
+    }
 }
 
 impl<S: Transport> Future for SessionTask<S> {
@@ -245,6 +261,7 @@ impl<S: Transport> Future for SessionTask<S> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
         let this = &mut *self;
+        let _entered = this.span.as_deref().map(tracing::Span::enter);
         let (Some(driver), Some(hooks)) = (this.driver.as_mut(), this.hooks.as_mut()) else {
             return Poll::Ready(());
         };

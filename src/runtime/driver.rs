@@ -128,7 +128,7 @@ pub(crate) fn driver_config(limits: &Limits) -> DriverConfig {
 pub(crate) struct Driver<S> {
     io: S,
     session: Session,
-    config: DriverConfig,
+    config: Sizes,
     /// The last read returned less than asked: the socket is drained, so
     /// wait for readiness before the next read call.
     read_dry: bool,
@@ -137,11 +137,9 @@ pub(crate) struct Driver<S> {
     flush_pending: bool,
     /// The queue has been told the session is no longer open.
     outbox_closed: bool,
-    /// The time of the last read (what `poll_message` measures from).
-    now: Instant,
     /// The session's entry in its worker's reactor for its deadline, when
     /// its stream has none of its own (see [`Driver::token`]).
-    timer: Option<Token>,
+    timer: Option<Box<Token>>,
     /// The deadline last armed (lazily: see [`Driver::poll_timer`]).
     timer_at: Instant,
     /// The context's memory budget, and what this session has charged to it.
@@ -157,6 +155,27 @@ pub(crate) struct Driver<S> {
     linger: Option<Box<Linger>>,
 }
 
+/// [`DriverConfig`] as every session's driver keeps it: 32-bit sizes
+/// (saturated: more than 4 GiB in flight is no bound anyone sets), so that
+/// an idle connection carries 12 bytes rather than 24.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    read_size: u32,
+    write_batch: u32,
+    max_out: u32,
+}
+
+impl Sizes {
+    fn of(config: DriverConfig) -> Self {
+        let cap = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Self {
+            read_size: cap(config.read_size.clamp(1, SCRATCH_SIZE)),
+            write_batch: cap(config.write_batch),
+            max_out: cap(config.max_out),
+        }
+    }
+}
+
 /// A failed session's last moments (see [`LINGER_TIME`]).
 struct Linger {
     reason: CloseReason,
@@ -168,20 +187,28 @@ struct Linger {
     until: Instant,
 }
 
-/// What a session has charged to the memory budget, by kind.
+/// What a session has charged to the memory budget, by kind (32 bits: a
+/// session's buffers are bounded far below 4 GiB by its limits; a count
+/// beyond is charged as 4 GiB).
 #[derive(Debug, Default)]
 struct Charged {
-    inbound: usize,
-    outbound: usize,
-    compression: usize,
+    inbound: u32,
+    outbound: u32,
+    compression: u32,
 }
 
 impl Charged {
     /// Charges `budget` with what the session holds now, by kind.
     fn update(&mut self, budget: &Budget, inbound: usize, outbound: usize, compression: usize) {
-        budget.reconcile(Kind::Inbound, &mut self.inbound, inbound);
-        budget.reconcile(Kind::Outbound, &mut self.outbound, outbound);
-        budget.reconcile(Kind::Compression, &mut self.compression, compression);
+        let reconcile = |kind, charged: &mut u32, now: usize| {
+            let now = u32::try_from(now).unwrap_or(u32::MAX);
+            let mut wide = *charged as usize;
+            budget.reconcile(kind, &mut wide, now as usize);
+            *charged = now;
+        };
+        reconcile(Kind::Inbound, &mut self.inbound, inbound);
+        reconcile(Kind::Outbound, &mut self.outbound, outbound);
+        reconcile(Kind::Compression, &mut self.compression, compression);
     }
 }
 
@@ -200,19 +227,17 @@ impl<S: Transport> Driver<S> {
     ) -> Self {
         let now = Instant::now();
         let session = Session::new(session, extension, leftover, now);
-        let timer = registered(&io).is_none().then(|| reactor.deadline());
+        let timer = registered(&io)
+            .is_none()
+            .then(|| Box::new(reactor.deadline()));
         Self {
             io,
             session,
-            config: DriverConfig {
-                read_size: config.read_size.clamp(1, SCRATCH_SIZE),
-                ..config
-            },
+            config: Sizes::of(config),
             read_dry: false,
             over_bound: false,
             flush_pending: false,
             outbox_closed: false,
-            now,
             timer,
             // Nothing armed yet: the first park arms the session's deadline.
             timer_at: now,
@@ -303,6 +328,10 @@ impl<S: Transport> Driver<S> {
         hooks: &mut dyn SessionHooks,
     ) -> Poll<CloseReason> {
         let mut budget = BUDGET;
+        // A read in this poll took the time (the session's last receive); the timer check
+        // then uses it instead of reading the clock again (microseconds
+        // apart, against deadlines of seconds).
+        let mut fresh = false;
         loop {
             // Outbound: queued messages (or a requested Close) into the
             // session, then as much of its output as the socket takes.
@@ -344,7 +373,7 @@ impl<S: Transport> Driver<S> {
             // closing, to see the peer's Close).
             if self.session.is_reading()
                 && (!self.session.is_open() || !self.over_bound)
-                && self.session.pending() < self.config.max_out
+                && self.session.pending() < self.config.max_out as usize
             {
                 if self.deliver(hooks, &mut budget) {
                     progress = true;
@@ -355,6 +384,7 @@ impl<S: Transport> Driver<S> {
                             progress = true;
                         }
                         Poll::Ready(Ok(_)) => {
+                            fresh = true;
                             self.deliver(hooks, &mut budget);
                             progress = true;
                         }
@@ -378,7 +408,7 @@ impl<S: Transport> Driver<S> {
             // the socket, its writability wakes us instead, so a stalled
             // subscriber costs a publisher no wake-up per message.
             let wants_data =
-                self.session.is_open() && self.session.pending() < self.config.write_batch;
+                self.session.is_open() && self.session.pending() < self.config.write_batch as usize;
             let park = hooks.outbox().park(cx.waker(), wants_data);
             // A close requested while queued messages cannot leave (the peer
             // stopped reading) must not wait for the idle timeout: its close
@@ -389,7 +419,13 @@ impl<S: Transport> Driver<S> {
             if park.retry {
                 continue;
             }
-            if self.poll_timer(cx, hooks.outbox()) {
+            let now = if fresh {
+                self.session.last_receive()
+            } else {
+                Instant::now()
+            };
+            if self.poll_timer(cx, hooks.outbox(), now) {
+                fresh = false;
                 continue;
             }
             return Poll::Pending;
@@ -406,10 +442,8 @@ impl<S: Transport> Driver<S> {
             self.over_bound = false;
             let mut batch = Batch::new();
             loop {
-                let room = self
-                    .config
-                    .write_batch
-                    .saturating_sub(self.session.pending());
+                let room =
+                    (self.config.write_batch as usize).saturating_sub(self.session.pending());
                 if room == 0 {
                     self.over_bound = outbox.over_bound();
                     break;
@@ -444,8 +478,9 @@ impl<S: Transport> Driver<S> {
         let before = (self.session.is_reading(), self.session.pending());
         let mut delivered = false;
         let mut batch = 0;
-        while *budget > 1 && batch < self.config.write_batch {
-            let Some(message) = self.session.poll_message(self.now) else {
+        let now = self.session.last_receive();
+        while *budget > 1 && batch < self.config.write_batch as usize {
+            let Some(message) = self.session.poll_message(now) else {
                 break;
             };
             batch += message.len();
@@ -523,35 +558,31 @@ impl<S: Transport> Driver<S> {
                 }
             }
         }
-        let want = self.config.read_size;
+        let want = self.config.read_size as usize;
         let (io, session) = (&mut self.io, &mut self.session);
         let read = SCRATCH.with(|scratch| {
             // No callback runs while the buffer is borrowed, so no other
             // session on this thread can want it at the same time.
             let Ok(mut scratch) = scratch.try_borrow_mut() else {
-                return (Poll::Ready(Err(io::Error::other("read buffer busy"))), None);
+                return Poll::Ready(Err(io::Error::other("read buffer busy")));
             };
             let buf = &mut scratch[..want];
             match Pin::new(io).poll_read(cx, buf) {
                 Poll::Ready(Ok(n)) if n > 0 => {
-                    let now = Instant::now();
                     // In bounds: `n <= buf.len()` by the `AsyncRead` contract.
-                    session.receive(&buf[..n], now);
-                    (Poll::Ready(Ok(n)), Some(now))
+                    session.receive(&buf[..n], Instant::now());
+                    Poll::Ready(Ok(n))
                 }
-                other => (other, None),
+                other => other,
             }
         });
         match read {
-            (Poll::Ready(Ok(n)), now) => {
-                if let Some(now) = now {
-                    self.now = now;
-                }
+            Poll::Ready(Ok(n)) => {
                 self.read_dry = n < want;
                 Poll::Ready(Ok(n))
             }
-            (Poll::Ready(Err(e)), _) => Poll::Ready(Err(e)),
-            (Poll::Pending, _) => {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
                 // The stream registered for readability: until it fires,
                 // another read call would only say "would block" again.
                 self.read_dry = true;
@@ -606,7 +637,7 @@ impl<S: Transport> Driver<S> {
     /// The session's entry in its worker's reactor: its stream's, when the
     /// stream is registered there, or its own.
     fn token(&self) -> Option<&Token> {
-        self.timer.as_ref().or_else(|| registered(&self.io))
+        self.timer.as_deref().or_else(|| registered(&self.io))
     }
 
     /// Asks to be woken once `at` has passed.
@@ -618,11 +649,10 @@ impl<S: Transport> Driver<S> {
 
     /// Runs the session's timeout if its deadline has passed (returns `true`:
     /// there may be new work), or makes sure it will be woken for it.
-    fn poll_timer(&mut self, cx: &mut TaskContext<'_>, outbox: &Outbox) -> bool {
+    fn poll_timer(&mut self, cx: &mut TaskContext<'_>, outbox: &Outbox, now: Instant) -> bool {
         let Some(target) = self.session.poll_timeout() else {
             return false;
         };
-        let now = Instant::now();
         if now < target {
             // Activity only moves the target later. The armed deadline is
             // left where it is (reading a message never touches the

@@ -16,6 +16,7 @@
 //!   push from its own callbacks (an echo) costs no wake-up.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
@@ -38,6 +39,19 @@ pub(crate) struct Outbox {
     /// The context's memory budget, which counts every queued byte.
     budget: Option<Arc<Budget>>,
     queue: Mutex<Queue>,
+    /// Whether the queue holds messages or a requested Close: written under
+    /// the lock on every change, read without it by [`Outbox::pop_batch`],
+    /// so that the driver looking at an empty queue (twice per message in
+    /// ping-pong traffic) takes no lock. A stale `false` is harmless: the
+    /// driver looks again under the lock before it sleeps ([`Outbox::park`]).
+    has_work: AtomicBool,
+    /// Whether a push should wake the driver: only while it is parked
+    /// waiting for messages. Set under the lock by [`Outbox::park`], read
+    /// and cleared under it by a push; the driver also clears it without
+    /// the lock when it starts looking (a push that still sees it set wakes
+    /// a running driver once, for nothing; one that sees it clear relies on
+    /// the driver's next look under the lock).
+    wants_data: AtomicBool,
     /// Notified when room frees up or the session closes.
     room: Event,
 }
@@ -48,9 +62,6 @@ struct Queue {
     state: QueueState,
     /// The driver's waker, left by [`Outbox::park`].
     waker: Option<Waker>,
-    /// Whether a push should wake the driver: only while it is parked
-    /// waiting for messages.
-    wants_data: bool,
     /// A waiting sender found the queue full: the next pop tells `room`.
     /// (Notifying an event nobody listens to still takes its lock, and the
     /// first notification allocates its list.)
@@ -61,7 +72,7 @@ struct Queue {
 enum QueueState {
     Open,
     /// A close was requested; it goes out once the queue is empty.
-    Closing(CloseFrame),
+    Closing(Box<CloseFrame>),
     /// The Close has been handed to the writer, or the session is over.
     Closed,
 }
@@ -140,9 +151,10 @@ impl Outbox {
                 bytes: 0,
                 state: QueueState::Open,
                 waker: None,
-                wants_data: false,
                 room_wanted: false,
             }),
+            has_work: AtomicBool::new(false),
+            wants_data: AtomicBool::new(false),
             room: Event::new(),
         }
     }
@@ -205,7 +217,9 @@ impl Outbox {
                     };
                 }
                 OverflowPolicy::Close(code) => {
-                    q.state = QueueState::Closing(close_frame(code, "outbound queue full"));
+                    q.state =
+                        QueueState::Closing(Box::new(close_frame(code, "outbound queue full")));
+                    self.has_work.store(true, Ordering::Release);
                     let waker = q.waker.take();
                     drop(q);
                     tracing::debug!("outbound queue full, closing");
@@ -241,8 +255,9 @@ impl Outbox {
             b.add(Kind::Outbound, size);
         }
         q.messages.push_back(message);
-        let waker = if q.wants_data {
-            q.wants_data = false;
+        self.has_work.store(true, Ordering::Release);
+        let waker = if self.wants_data.load(Ordering::Relaxed) {
+            self.wants_data.store(false, Ordering::Relaxed);
             q.waker.take()
         } else {
             None
@@ -262,7 +277,8 @@ impl Outbox {
         if !matches!(q.state, QueueState::Open) {
             return false;
         }
-        q.state = QueueState::Closing(close_frame(code, reason));
+        q.state = QueueState::Closing(Box::new(close_frame(code, reason)));
+        self.has_work.store(true, Ordering::Release);
         // A close wakes the driver even while it waits for the socket instead
         // of for messages: its close deadline must start now.
         let waker = q.waker.take();
@@ -279,8 +295,11 @@ impl Outbox {
     /// if any. The driver is running, so pushes stop waking it until it
     /// parks again.
     pub(crate) fn pop_batch(&self, batch: &mut Batch, max_bytes: usize) -> Option<CloseFrame> {
+        self.wants_data.store(false, Ordering::Relaxed);
+        if !self.has_work.load(Ordering::Acquire) {
+            return None;
+        }
         let mut q = lock(&self.queue);
-        q.wants_data = false;
         let mut taken = 0;
         let mut count = 0;
         while !batch.is_full() {
@@ -298,6 +317,10 @@ impl Outbox {
         }
         if count > 0 {
             q.bytes -= taken;
+            self.has_work.store(
+                !q.messages.is_empty() || matches!(q.state, QueueState::Closing(_)),
+                Ordering::Release,
+            );
             let notify = std::mem::take(&mut q.room_wanted);
             drop(q);
             self.give_back(taken);
@@ -307,7 +330,10 @@ impl Outbox {
             return None;
         }
         match std::mem::replace(&mut q.state, QueueState::Closed) {
-            QueueState::Closing(frame) => Some(frame),
+            QueueState::Closing(frame) => {
+                self.has_work.store(false, Ordering::Release);
+                Some(*frame)
+            }
             other => {
                 q.state = other;
                 None
@@ -335,7 +361,7 @@ impl Outbox {
             Some(w) if w.will_wake(waker) => {}
             _ => q.waker = Some(waker.clone()),
         }
-        q.wants_data = wants_data;
+        self.wants_data.store(wants_data, Ordering::Relaxed);
         Park {
             retry: false,
             closing,
@@ -348,6 +374,7 @@ impl Outbox {
         let mut q = lock(&self.queue);
         q.state = QueueState::Closed;
         q.messages.clear();
+        self.has_work.store(false, Ordering::Release);
         let bytes = std::mem::take(&mut q.bytes);
         let waker = q.waker.take();
         drop(q);
@@ -420,6 +447,58 @@ mod tests {
         assert_eq!(texts(&mut batch), ["aaaa"]);
         assert!(o.pop_batch(&mut batch, 8).is_none());
         assert_eq!(texts(&mut batch), ["bbbb", "cccc"]);
+    }
+
+    #[test]
+    fn a_close_by_the_overflow_policy_or_a_request_is_seen_by_the_next_pop() {
+        // The driver looks at an empty queue without the lock: whatever
+        // makes it non-empty must say so.
+        let o = Outbox::new(4, 1, OverflowPolicy::Close(CloseCode::Policy), None);
+        let mut batch = Batch::new();
+        assert!(o.pop_batch(&mut batch, usize::MAX).is_none());
+        assert!(o.push(Message::text("full"), true).result.is_ok());
+        assert!(o.push(Message::text("over"), true).result.is_err());
+        assert!(o.pop_batch(&mut batch, usize::MAX).is_none());
+        assert_eq!(texts(&mut batch), ["full"]);
+        let close = o.pop_batch(&mut batch, usize::MAX);
+        assert_eq!(close.map(|f| f.code), Some(CloseCode::Policy));
+        assert!(o.pop_batch(&mut batch, usize::MAX).is_none());
+
+        let o = outbox(1 << 20, 1000);
+        assert!(o.request_close(CloseCode::Away, "bye"));
+        let close = o.pop_batch(&mut batch, usize::MAX);
+        assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
+        assert!(texts(&mut batch).is_empty());
+    }
+
+    #[test]
+    fn a_push_wakes_a_parked_driver_once_and_a_looking_one_not_at_all() {
+        use std::sync::atomic::AtomicUsize;
+        use std::task::Wake;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let o = outbox(1 << 20, 1000);
+        let park = o.park(&waker, true);
+        assert!(!park.retry);
+        assert!(o.push(Message::text("a"), true).result.is_ok());
+        assert!(o.push(Message::text("b"), true).result.is_ok());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken once");
+        let mut batch = Batch::new();
+        assert!(o.pop_batch(&mut batch, usize::MAX).is_none());
+        assert_eq!(texts(&mut batch), ["a", "b"]);
+        // Looking (even at an empty queue) means running: no wake-up.
+        assert!(!o.park(&waker, true).retry);
+        assert!(o.pop_batch(&mut batch, usize::MAX).is_none());
+        assert!(o.push(Message::text("c"), true).result.is_ok());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        // Parked with something queued: look again instead.
+        assert!(o.park(&waker, true).retry);
     }
 
     #[test]

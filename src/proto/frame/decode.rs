@@ -84,6 +84,12 @@ impl Decoder {
         self.message.len()
     }
 
+    /// Between messages, at a frame boundary, holding nothing: a fresh
+    /// decoder with the same settings would go on from here.
+    pub(crate) fn is_at_rest(&self) -> bool {
+        matches!(self.state, State::Header) && self.kind.is_none() && self.message.is_empty()
+    }
+
     /// The memory the message buffer holds (its capacity: what the
     /// allocator gave, which grows ahead of what arrived).
     pub(crate) fn held(&self) -> usize {

@@ -80,6 +80,48 @@ fn a_silent_peer_is_pinged_after_the_interval_and_not_before() {
 }
 
 #[test]
+fn the_buffers_exist_only_while_messages_move() {
+    let mut clock = Clock::start();
+    let mut s = session(&clock);
+    assert!(!s.holds_buffers(), "nothing received yet");
+    s.receive(&client(0x1, b"hi"), clock.now());
+    assert!(matches!(s.poll_message(clock.now()), Some(Message::Text(t)) if t == "hi"));
+    s.send(&Message::text("hi"));
+    assert_eq!(drain(&mut s), [0x81, 0x02, b'h', b'i']);
+    s.compact();
+    assert!(s.holds_buffers(), "kept while messages move");
+
+    // A ping interval of silence: the ping goes out, then the buffers.
+    let due = clock.advance(PING);
+    assert_eq!(s.handle_timeout(due), Expired::Pinged);
+    s.compact();
+    assert!(s.holds_buffers(), "the ping is not out yet");
+    assert_eq!(drain(&mut s), [0x89, 0x00]);
+    s.compact();
+    assert!(!s.holds_buffers());
+
+    // The pong brings them back only until it is decoded.
+    s.receive(&client(0xA, b""), clock.now());
+    assert!(s.poll_message(clock.now()).is_none());
+    s.release_read_buffer();
+    s.compact();
+    assert!(!s.holds_buffers());
+
+    // Half a frame keeps them, and its message keeps them for good.
+    let frame = client(0x2, b"abc");
+    s.receive(&frame[..3], clock.now());
+    assert!(s.poll_message(clock.now()).is_none());
+    s.compact();
+    assert!(s.holds_buffers(), "an unfinished frame is kept");
+    s.receive(&frame[3..], clock.now());
+    assert!(matches!(s.poll_message(clock.now()), Some(Message::Binary(b)) if b == b"abc"[..]));
+    s.release_read_buffer();
+    s.compact();
+    assert!(s.holds_buffers(), "a message ends the quiet");
+    assert_eq!(s.poll_timeout(), Some(clock.now() + PING));
+}
+
+#[test]
 fn traffic_moves_the_ping_later() {
     let mut clock = Clock::start();
     let mut s = session(&clock);
