@@ -136,7 +136,6 @@ pub(crate) struct Session {
     /// When the peer last sent anything.
     last_rx: Instant,
     extension: Option<Box<dyn Extension>>,
-    tally: Tally,
     /// No data message either way since a ping went out after a silent
     /// interval (a pong does not count): once nothing is buffered, the
     /// buffers go.
@@ -156,6 +155,9 @@ struct Buffers {
     decoder: Decoder,
     rbuf: BytesMut,
     out: Output,
+    /// The traffic since the last [`Session::take_tally`] (only messages
+    /// count, and they need the buffers).
+    tally: Tally,
 }
 
 impl Buffers {
@@ -164,12 +166,14 @@ impl Buffers {
             decoder: Decoder::with_extension_bits(limits, rsv),
             rbuf: BytesMut::new(),
             out: Output::default(),
+            tally: Tally::default(),
         }
     }
 
     /// Holds nothing that the next bytes would need.
     fn is_at_rest(&self) -> bool {
         self.rbuf.is_empty()
+            && self.tally == Tally::default()
             && self.out.len == 0
             && self.out.scratch.is_empty()
             && self.decoder.is_at_rest()
@@ -259,7 +263,6 @@ impl Session {
             bufs,
             last_rx: now,
             extension,
-            tally: Tally::default(),
             quiet: false,
         }
     }
@@ -412,19 +415,21 @@ impl Session {
         };
         let len = payload.len();
         self.quiet = false;
-        self.tally.messages_out = self.tally.messages_out.saturating_add(1);
-        self.tally.bytes_out = self.tally.bytes_out.saturating_add(saturate(len));
         let encoded = self
             .extension
             .as_mut()
             .and_then(|e| e.encode(payload).map(|p| (e.rsv(), p)));
+        let bufs = self.bufs();
+        let tally = &mut bufs.tally;
+        tally.messages_out = tally.messages_out.saturating_add(1);
+        tally.bytes_out = tally.bytes_out.saturating_add(saturate(len));
         if let Some((rsv, p)) = encoded {
-            let ext = &mut self.tally.extension;
+            let ext = &mut tally.extension;
             ext.plain_out = ext.plain_out.saturating_add(saturate(len));
             ext.wire_out = ext.wire_out.saturating_add(saturate(p.len()));
-            self.bufs().out.push_payload(op, rsv, p);
+            bufs.out.push_payload(op, rsv, p);
         } else {
-            self.bufs().out.push(message);
+            bufs.out.push(message);
         }
     }
 
@@ -645,14 +650,18 @@ impl Session {
 
     /// The traffic since the last call.
     pub(crate) fn take_tally(&mut self) -> Tally {
-        std::mem::take(&mut self.tally)
+        self.bufs
+            .as_mut()
+            .map(|b| std::mem::take(&mut b.tally))
+            .unwrap_or_default()
     }
 
     // Helpers.
 
     fn count_in(&mut self, len: usize) {
-        self.tally.messages_in = self.tally.messages_in.saturating_add(1);
-        self.tally.bytes_in = self.tally.bytes_in.saturating_add(saturate(len));
+        let tally = &mut self.bufs().tally;
+        tally.messages_in = tally.messages_in.saturating_add(1);
+        tally.bytes_in = tally.bytes_in.saturating_add(saturate(len));
     }
 
     /// Restores a message through the extension, then checks its text.
@@ -667,7 +676,7 @@ impl Session {
                 ExtensionError::TooBig => Fail::size("message too big"),
                 ExtensionError::Invalid(reason) => Fail::invalid(reason),
             })?;
-        let t = &mut self.tally.extension;
+        let t = &mut self.bufs().tally.extension;
         t.wire_in = t.wire_in.saturating_add(saturate(wire));
         t.plain_in = t.plain_in.saturating_add(saturate(data.len()));
         if text {

@@ -137,14 +137,22 @@ pub(crate) struct Driver<S> {
     flush_pending: bool,
     /// The queue has been told the session is no longer open.
     outbox_closed: bool,
-    /// The session's entry in its worker's reactor for its deadline, when
-    /// its stream has none of its own (see [`Driver::token`]).
-    timer: Option<Box<Token>>,
     /// The deadline last armed (lazily: see [`Driver::poll_timer`]).
     timer_at: Instant,
     /// The context's memory budget, and what this session has charged to it.
     budget: Option<Arc<Budget>>,
     charged: Charged,
+    /// What few sessions need, boxed on first use (one pointer on every
+    /// connection instead of four).
+    cold: Option<Box<Cold>>,
+}
+
+/// A driver's rarely used state.
+#[derive(Default)]
+struct Cold {
+    /// The session's entry in its worker's reactor for its deadline, when
+    /// its stream has none of its own (see [`Driver::token`]).
+    timer: Option<Token>,
     /// This session's entry in the budget's shedding list, from the first
     /// time it held an unfinished message of at least [`HEAVY`] bytes.
     heavy: Option<Arc<Heavy>>,
@@ -152,7 +160,7 @@ pub(crate) struct Driver<S> {
     paused: Option<EventListener>,
     /// The session has ended in failure; the peer's input is being
     /// discarded before the socket closes.
-    linger: Option<Box<Linger>>,
+    linger: Option<Linger>,
 }
 
 /// [`DriverConfig`] as every session's driver keeps it: 32-bit sizes
@@ -227,9 +235,12 @@ impl<S: Transport> Driver<S> {
     ) -> Self {
         let now = Instant::now();
         let session = Session::new(session, extension, leftover, now);
-        let timer = registered(&io)
-            .is_none()
-            .then(|| Box::new(reactor.deadline()));
+        let cold = registered(&io).is_none().then(|| {
+            Box::new(Cold {
+                timer: Some(reactor.deadline()),
+                ..Cold::default()
+            })
+        });
         Self {
             io,
             session,
@@ -238,14 +249,11 @@ impl<S: Transport> Driver<S> {
             over_bound: false,
             flush_pending: false,
             outbox_closed: false,
-            timer,
             // Nothing armed yet: the first park arms the session's deadline.
             timer_at: now,
             budget,
             charged: Charged::default(),
-            heavy: None,
-            paused: None,
-            linger: None,
+            cold,
         }
     }
 
@@ -262,7 +270,7 @@ impl<S: Transport> Driver<S> {
         cx: &mut TaskContext<'_>,
         hooks: &mut dyn SessionHooks,
     ) -> Poll<CloseReason> {
-        if self.linger.is_some() {
+        if self.lingering() {
             return self.poll_linger(cx);
         }
         let poll = self.poll_session(cx, hooks);
@@ -275,7 +283,7 @@ impl<S: Transport> Driver<S> {
             return Poll::Pending;
         };
         hooks.outbox().mark_closed();
-        if self.linger.is_some() {
+        if self.lingering() {
             // The session failed: its Close is out; discard what the peer
             // still sends for a moment so the Close is not reset away.
             return self.poll_linger(cx);
@@ -286,7 +294,7 @@ impl<S: Transport> Driver<S> {
     /// Half-closes, then reads and discards until the peer closes too, the
     /// byte allowance is used up, or the time is over.
     fn poll_linger(&mut self, cx: &mut TaskContext<'_>) -> Poll<CloseReason> {
-        let Some(linger) = self.linger.as_mut() else {
+        let Some(linger) = self.cold.as_mut().and_then(|c| c.linger.as_mut()) else {
             return Poll::Ready(CloseReason::abnormal("session ended"));
         };
         let finished = loop {
@@ -318,7 +326,11 @@ impl<S: Transport> Driver<S> {
                 return Poll::Pending;
             }
         }
-        let reason = self.linger.take().map(|l| l.reason);
+        let reason = self
+            .cold
+            .as_mut()
+            .and_then(|c| c.linger.take())
+            .map(|l| l.reason);
         Poll::Ready(reason.unwrap_or_else(|| CloseReason::abnormal("session ended")))
     }
 
@@ -345,23 +357,23 @@ impl<S: Transport> Driver<S> {
             let failing = self.session.is_failing();
             if let Some(reason) = self.session.poll_end(flushed) {
                 if failing {
-                    self.linger = Some(Box::new(Linger {
+                    self.cold().linger = Some(Linger {
                         reason: reason.clone(),
                         left: LINGER_BYTES,
                         shut: false,
                         until: Instant::now() + LINGER_TIME,
-                    }));
+                    });
                 }
                 return Poll::Ready(reason);
             }
 
             // The memory budget picked this session to shed: close it with
             // 1013 and free what it holds now.
-            if self.session.is_reading() && self.heavy.as_ref().is_some_and(|h| h.is_shed()) {
+            if self.session.is_reading() && self.heavy().is_some_and(|h| h.is_shed()) {
                 tracing::debug!("shed by the memory budget");
                 let frame = close_frame(CloseCode::Again, "memory budget exhausted");
                 self.session.abort(frame, Instant::now());
-                if let (Some(budget), Some(heavy)) = (&self.budget, &self.heavy) {
+                if let (Some(budget), Some(heavy)) = (&self.budget, self.heavy()) {
                     // Before the buffers go back (`account`), so that the
                     // shedder may look again when they do.
                     budget.settle(heavy);
@@ -500,20 +512,23 @@ impl<S: Transport> Driver<S> {
             return true;
         };
         if !budget.under_pressure() || !self.session.is_unfinished() {
-            self.paused = None;
+            if let Some(cold) = self.cold.as_mut() {
+                cold.paused = None;
+            }
             return true;
         }
-        if self.paused.is_none() {
+        let cold = self.cold.get_or_insert_with(Box::default);
+        if cold.paused.is_none() {
             budget.count_pause();
         }
         loop {
-            let relieved = self.paused.get_or_insert_with(|| budget.relieved());
+            let relieved = cold.paused.get_or_insert_with(|| budget.relieved());
             if !budget.under_pressure() {
-                self.paused = None;
+                cold.paused = None;
                 return true;
             }
             match Pin::new(relieved).poll(cx) {
-                Poll::Ready(()) => self.paused = None,
+                Poll::Ready(()) => cold.paused = None,
                 Poll::Pending => return false,
             }
         }
@@ -535,12 +550,12 @@ impl<S: Transport> Driver<S> {
             self.session.extension_memory(),
         );
         let unfinished = if self.session.is_reading() { held } else { 0 };
-        if unfinished >= HEAVY && self.heavy.is_none() {
+        if unfinished >= HEAVY && self.heavy().is_none() {
             let h = Heavy::new();
             budget.enlist(&h);
-            self.heavy = Some(h);
+            self.cold.get_or_insert_with(Box::default).heavy = Some(h);
         }
-        if let Some(heavy) = &self.heavy {
+        if let Some(heavy) = self.heavy() {
             heavy.update(unfinished, cx.waker());
         }
     }
@@ -634,10 +649,28 @@ impl<S: Transport> Driver<S> {
         Poll::Ready(Ok(()))
     }
 
+    /// The rarely used state, created if need be.
+    fn cold(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_with(Box::default)
+    }
+
+    /// Whether the failed session's input is being discarded.
+    fn lingering(&self) -> bool {
+        self.cold.as_ref().is_some_and(|c| c.linger.is_some())
+    }
+
+    /// The session's entry in the budget's shedding list, if it has one.
+    fn heavy(&self) -> Option<&Arc<Heavy>> {
+        self.cold.as_ref().and_then(|c| c.heavy.as_ref())
+    }
+
     /// The session's entry in its worker's reactor: its stream's, when the
     /// stream is registered there, or its own.
     fn token(&self) -> Option<&Token> {
-        self.timer.as_deref().or_else(|| registered(&self.io))
+        self.cold
+            .as_ref()
+            .and_then(|c| c.timer.as_ref())
+            .or_else(|| registered(&self.io))
     }
 
     /// Asks to be woken once `at` has passed.
@@ -703,7 +736,7 @@ impl<S> Drop for Driver<S> {
     fn drop(&mut self) {
         // Whatever this session still charged goes back with it.
         if let Some(budget) = &self.budget {
-            if let Some(heavy) = &self.heavy {
+            if let Some(heavy) = self.cold.as_ref().and_then(|c| c.heavy.as_ref()) {
                 budget.settle(heavy);
             }
             self.charged.update(budget, 0, 0, 0);

@@ -139,11 +139,11 @@ impl TaskSet {
             }
         })
         .detach();
-        let spawner = Spawner {
+        let spawner = Spawner(Arc::new(SpawnerInner {
             exec: Arc::downgrade(&exec),
             live: live.clone(),
             reactor: Arc::downgrade(&reactor),
-        };
+        }));
         (
             Self {
                 exec: Some(exec),
@@ -215,9 +215,12 @@ pub(crate) fn force_all(
     ticks
 }
 
-/// Spawns onto a context's task set from anywhere; counts live tasks.
+/// Spawns onto a context's task set from anywhere; counts live tasks. A
+/// pointer: every session keeps its worker's (for `SessionHandle::spawn`).
 #[derive(Clone)]
-pub(crate) struct Spawner {
+pub(crate) struct Spawner(Arc<SpawnerInner>);
+
+struct SpawnerInner {
     exec: Weak<Executor<'static>>,
     live: Arc<Live>,
     /// The worker's reactor: its sockets' readiness and its sessions'
@@ -327,34 +330,34 @@ impl Spawner {
         &self,
         fut: impl Future<Output = ()> + Send + 'static,
     ) -> Option<Task<()>> {
-        let exec = self.exec.upgrade()?;
-        self.live.count.fetch_add(1, Ordering::AcqRel);
+        let exec = self.0.exec.upgrade()?;
+        self.0.live.count.fetch_add(1, Ordering::AcqRel);
         Some(exec.spawn(Guarded {
             fut: futures_lite::FutureExt::catch_unwind(AssertUnwindSafe(fut)),
-            guard: LiveGuard(self.live.clone()),
+            guard: LiveGuard(self.0.live.clone()),
         }))
     }
 
     /// The worker's reactor; `None` once the task set is gone.
     pub(crate) fn reactor(&self) -> Option<Arc<Reactor>> {
-        self.reactor.upgrade()
+        self.0.reactor.upgrade()
     }
 
     /// The context's live count and stall watch.
     pub(crate) fn live_state(&self) -> &Arc<Live> {
-        &self.live
+        &self.0.live
     }
 
     /// Tasks spawned and not yet finished (or dropped), on every worker of
     /// the context.
     pub(crate) fn live(&self) -> usize {
-        self.live.count.load(Ordering::Acquire)
+        self.0.live.count.load(Ordering::Acquire)
     }
 
     /// Resolves once no task is left on any worker.
     pub(crate) async fn idle(&self) {
         loop {
-            let l = self.live.zero.listen();
+            let l = self.0.live.zero.listen();
             if self.live() == 0 {
                 return;
             }

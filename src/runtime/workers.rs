@@ -62,13 +62,14 @@ impl Workers {
 /// task ends (or is dropped by a forced teardown).
 pub(crate) struct ConnectionSlot {
     workers: Arc<Workers>,
-    worker: Option<usize>,
+    /// 32 bits: an open connection carries 16 bytes here, not 24.
+    worker: Option<u32>,
 }
 
 impl ConnectionSlot {
     /// The spawner of the worker serving this connection.
     pub(crate) fn spawner(&self) -> &Spawner {
-        &self.workers.spawners[self.worker.unwrap_or(0)]
+        &self.workers.spawners[self.worker.map_or(0, |w| w as usize)]
     }
 
     /// Hands the connection to the worker serving the fewest connections (the
@@ -81,8 +82,11 @@ impl ConnectionSlot {
     pub(crate) fn hand_off(&mut self) -> Spawner {
         let w = &self.workers;
         let index = least_loaded(w.loads.iter().map(|l| l.load(Ordering::Acquire)));
-        if let Some(previous) = self.worker.replace(index) {
-            w.loads[previous].fetch_sub(1, Ordering::AcqRel);
+        // A worker per service thread: far fewer than 2^32.
+        let slot = u32::try_from(index).unwrap_or(0);
+        let index = slot as usize;
+        if let Some(previous) = self.worker.replace(slot) {
+            w.loads[previous as usize].fetch_sub(1, Ordering::AcqRel);
         }
         w.loads[index].fetch_add(1, Ordering::AcqRel);
         w.spawners[index].clone()
@@ -93,7 +97,7 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.workers.connections.fetch_sub(1, Ordering::AcqRel);
         if let Some(index) = self.worker {
-            self.workers.loads[index].fetch_sub(1, Ordering::AcqRel);
+            self.workers.loads[index as usize].fetch_sub(1, Ordering::AcqRel);
         }
     }
 }

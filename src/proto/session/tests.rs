@@ -90,6 +90,8 @@ fn the_buffers_exist_only_while_messages_move() {
     assert_eq!(drain(&mut s), [0x81, 0x02, b'h', b'i']);
     s.compact();
     assert!(s.holds_buffers(), "kept while messages move");
+    // The driver takes the traffic after every poll; until then it is kept.
+    assert_eq!(s.take_tally().messages_in, 1);
 
     // A ping interval of silence: the ping goes out, then the buffers.
     let due = clock.advance(PING);
