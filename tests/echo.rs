@@ -179,3 +179,85 @@ fn client_close_is_echoed_and_reported_clean() {
     let report = server.shutdown();
     assert_eq!(report.forced, 0, "{report:?}");
 }
+
+/// Answers each message `n` with "n.0" .. "n.3" on its own session, has
+/// another thread queue "n.side" in between (while the callback waits for
+/// it), sends "n.4", and on "bye" also closes with 1000.
+struct Replies;
+
+impl Protocol for Replies {
+    type State = ();
+
+    fn name(&self) -> &str {
+        "replies"
+    }
+
+    fn open(&self, _request: &Request, _session: &SessionHandle) -> Result<(), Reject> {
+        Ok(())
+    }
+
+    fn message(&self, _state: &mut (), session: &SessionHandle, message: Message) {
+        let text = message.into_text().expect("text").to_string();
+        for i in 0..4 {
+            session
+                .try_send(Message::text(format!("{text}.{i}")))
+                .unwrap();
+        }
+        // A send from elsewhere, finished before the callback goes on: it
+        // must not be overtaken by what the callback sends after it.
+        let other = session.clone();
+        let side = format!("{text}.side");
+        std::thread::spawn(move || other.try_send(Message::text(side)).unwrap())
+            .join()
+            .unwrap();
+        session
+            .try_send(Message::text(format!("{text}.4")))
+            .unwrap();
+        if text == "bye" {
+            session.close(CloseCode::Normal, "done").unwrap();
+            // After the close request: refused, and nothing goes out.
+            assert!(session.try_send(Message::text("late")).is_err());
+        }
+    }
+}
+
+/// What a callback sends to its own session leaves in the order it was
+/// sent, interleaved correctly with what other threads queued meanwhile,
+/// and before the Close it requested (the callbacks' own replies take a
+/// shorter path than the queue; the order is the contract either way).
+#[test]
+fn a_callbacks_replies_keep_their_order_with_other_senders_and_its_close() {
+    let vhost = VhostConfig::builder("default")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .protocol(Replies)
+        .mount(Mount::websocket("/replies", ["replies"]))
+        .build()
+        .unwrap();
+    let server = Server::start(Config::builder().vhost(vhost).build().unwrap());
+    run(async {
+        let mut ws = connect(server.addr(), "/replies").await;
+        // Pipelined: several messages in one read, each answered in turn.
+        for m in ["a", "b", "bye"] {
+            ws.feed(Message::text(m)).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+        let mut got = Vec::new();
+        let ending = loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => got.push(t.to_string()),
+                Some(Ok(Message::Close(frame))) => break frame,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        let expected: Vec<String> = ["a", "b", "bye"]
+            .iter()
+            .flat_map(|m| {
+                ["0", "1", "2", "3", "side", "4"]
+                    .iter()
+                    .map(move |s| format!("{m}.{s}"))
+            })
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(ending.map(|f| f.code), Some(CloseCode::Normal));
+    });
+}

@@ -35,7 +35,7 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::budget::{Budget, HEAVY, Heavy, Kind};
-use super::outbox::{Batch, Outbox};
+use super::outbox::{Batch, Lane, Outbox};
 use super::reactor::{Reactor, Token};
 use super::transport::Transport;
 use crate::config::Limits;
@@ -491,12 +491,22 @@ impl<S: Transport> Driver<S> {
         let mut delivered = false;
         let mut batch = 0;
         let now = self.session.last_receive();
+        // What the callbacks send back to this session meanwhile is encoded
+        // as each returns, without the queue (see `Lane`).
+        let lane = Lane::open(
+            hooks.outbox(),
+            self.session.pending(),
+            self.config.write_batch as usize,
+        );
         while *budget > 1 && batch < self.config.write_batch as usize {
             let Some(message) = self.session.poll_message(now) else {
                 break;
             };
             batch += message.len();
             hooks.message(message);
+            let session = &mut self.session;
+            lane.drain(|m| session.send(&m));
+            lane.set_pending(session.pending());
             *budget -= 1;
             delivered = true;
         }

@@ -15,6 +15,7 @@
 //!   its sleep. A push wakes the driver only while it waits for messages; a
 //!   push from its own callbacks (an echo) costs no wake-up.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,12 +40,14 @@ pub(crate) struct Outbox {
     /// The context's memory budget, which counts every queued byte.
     budget: Option<Arc<Budget>>,
     queue: Mutex<Queue>,
-    /// Whether the queue holds messages or a requested Close: written under
-    /// the lock on every change, read without it by [`Outbox::pop_batch`],
-    /// so that the driver looking at an empty queue (twice per message in
-    /// ping-pong traffic) takes no lock. A stale `false` is harmless: the
-    /// driver looks again under the lock before it sleeps ([`Outbox::park`]).
-    has_work: AtomicBool,
+    /// Whether the queue is anything but open and empty (it holds messages,
+    /// a Close is requested, or it is closed): written under the lock on
+    /// every change, read without it. The driver looking at an empty queue
+    /// (twice per message in ping-pong traffic) takes no lock, and the
+    /// direct lane ([`Lane`]) is only taken while it is clear. A stale
+    /// `false` in the driver is harmless: it looks again under the lock
+    /// before it sleeps ([`Outbox::park`]).
+    busy: AtomicBool,
     /// Whether a push should wake the driver: only while it is parked
     /// waiting for messages. Set under the lock by [`Outbox::park`], read
     /// and cleared under it by a push; the driver also clears it without
@@ -153,7 +156,7 @@ impl Outbox {
                 waker: None,
                 room_wanted: false,
             }),
-            has_work: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
             wants_data: AtomicBool::new(false),
             room: Event::new(),
         }
@@ -177,6 +180,15 @@ impl Outbox {
     /// Queues `message`. With `apply_policy` a full queue applies the
     /// overflow policy; without, it hands the message back as `Full`.
     pub(crate) fn push(&self, message: Message, apply_policy: bool) -> Pushed {
+        let (message, ahead) = match self.offer_to_lane(message) {
+            Ok(()) => {
+                return Pushed {
+                    result: Ok(()),
+                    dropped: 0,
+                };
+            }
+            Err(back) => back,
+        };
         let size = message.len();
         let mut q = lock(&self.queue);
         if !matches!(q.state, QueueState::Open) {
@@ -193,10 +205,12 @@ impl Outbox {
         // session, a fast reader's queue is usually empty, and a waiting
         // `send` always has a pop coming that wakes it: a budget that never
         // relents cannot hold it forever).
+        // What the direct lane took before this message counts as queued
+        // ahead of it (see `Lane`).
         let full = |q: &Queue| {
-            !q.messages.is_empty()
-                && (q.bytes + size > self.max_bytes
-                    || q.messages.len() >= self.max_messages
+            (!q.messages.is_empty() || ahead.bytes > 0 || ahead.messages > 0)
+                && (q.bytes + ahead.bytes + size > self.max_bytes
+                    || q.messages.len() + ahead.messages >= self.max_messages
                     || self.budget.as_ref().is_some_and(|b| !b.fits(size)))
         };
         let mut dropped = 0;
@@ -219,7 +233,7 @@ impl Outbox {
                 OverflowPolicy::Close(code) => {
                     q.state =
                         QueueState::Closing(Box::new(close_frame(code, "outbound queue full")));
-                    self.has_work.store(true, Ordering::Release);
+                    self.busy.store(true, Ordering::Release);
                     let waker = q.waker.take();
                     drop(q);
                     tracing::debug!("outbound queue full, closing");
@@ -255,7 +269,7 @@ impl Outbox {
             b.add(Kind::Outbound, size);
         }
         q.messages.push_back(message);
-        self.has_work.store(true, Ordering::Release);
+        self.busy.store(true, Ordering::Release);
         let waker = if self.wants_data.load(Ordering::Relaxed) {
             self.wants_data.store(false, Ordering::Relaxed);
             q.waker.take()
@@ -278,7 +292,7 @@ impl Outbox {
             return false;
         }
         q.state = QueueState::Closing(Box::new(close_frame(code, reason)));
-        self.has_work.store(true, Ordering::Release);
+        self.busy.store(true, Ordering::Release);
         // A close wakes the driver even while it waits for the socket instead
         // of for messages: its close deadline must start now.
         let waker = q.waker.take();
@@ -296,7 +310,7 @@ impl Outbox {
     /// parks again.
     pub(crate) fn pop_batch(&self, batch: &mut Batch, max_bytes: usize) -> Option<CloseFrame> {
         self.wants_data.store(false, Ordering::Relaxed);
-        if !self.has_work.load(Ordering::Acquire) {
+        if !self.busy.load(Ordering::Acquire) {
             return None;
         }
         let mut q = lock(&self.queue);
@@ -317,8 +331,8 @@ impl Outbox {
         }
         if count > 0 {
             q.bytes -= taken;
-            self.has_work.store(
-                !q.messages.is_empty() || matches!(q.state, QueueState::Closing(_)),
+            self.busy.store(
+                !q.messages.is_empty() || !matches!(q.state, QueueState::Open),
                 Ordering::Release,
             );
             let notify = std::mem::take(&mut q.room_wanted);
@@ -330,10 +344,8 @@ impl Outbox {
             return None;
         }
         match std::mem::replace(&mut q.state, QueueState::Closed) {
-            QueueState::Closing(frame) => {
-                self.has_work.store(false, Ordering::Release);
-                Some(*frame)
-            }
+            // Closed from now on: `busy` stays set.
+            QueueState::Closing(frame) => Some(*frame),
             other => {
                 q.state = other;
                 None
@@ -374,7 +386,7 @@ impl Outbox {
         let mut q = lock(&self.queue);
         q.state = QueueState::Closed;
         q.messages.clear();
-        self.has_work.store(false, Ordering::Release);
+        self.busy.store(true, Ordering::Release);
         let bytes = std::mem::take(&mut q.bytes);
         let waker = q.waker.take();
         drop(q);
@@ -385,10 +397,187 @@ impl Outbox {
 }
 
 impl Outbox {
+    /// Hands `message` to the direct lane if this thread is delivering to
+    /// this very session, nothing is queued before it, and it fits (see
+    /// [`Lane`]); otherwise hands it back for the queue.
+    /// Otherwise hands it back with what the lane holds for this session
+    /// (nothing unless this thread is delivering to it), which the queue's
+    /// bounds count as ahead of it.
+    fn offer_to_lane(&self, message: Message) -> Result<(), (Message, Ahead)> {
+        let me = std::ptr::from_ref(self).addr();
+        let size = message.len();
+        let busy = self.busy.load(Ordering::Acquire);
+        let mut slot = Some(message);
+        let mut ahead = Ahead::default();
+        // Unreachable (the thread is ending): the queue.
+        let _ = LANE.try_with(|lane| {
+            let Ok(mut lane) = lane.try_borrow_mut() else {
+                return;
+            };
+            if lane.owner != me {
+                return;
+            }
+            if !busy
+                && size <= lane.room
+                && lane.messages.len() < self.max_messages
+                && let Some(message) = slot.take()
+            {
+                lane.room -= size;
+                lane.bytes += size;
+                lane.messages.push(message);
+                return;
+            }
+            ahead = Ahead {
+                bytes: lane.bytes,
+                messages: lane.messages.len(),
+            };
+        });
+        match slot {
+            None => Ok(()),
+            Some(message) => Err((message, ahead)),
+        }
+    }
+
     /// Gives `n` queued bytes back to the budget.
     fn give_back(&self, n: usize) {
         if let Some(b) = &self.budget {
             b.sub(Kind::Outbound, n);
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's direct lane (see [`Lane`]).
+    static LANE: RefCell<LaneState> = const {
+        RefCell::new(LaneState {
+            owner: 0,
+            room: 0,
+            bytes: 0,
+            messages: Vec::new(),
+        })
+    };
+}
+
+struct LaneState {
+    /// The address of the outbox whose session is being delivered to (0:
+    /// none). Compared, never followed.
+    owner: usize,
+    /// Bytes the lane still takes.
+    room: usize,
+    /// Bytes of `messages`.
+    bytes: usize,
+    messages: Vec<Message>,
+}
+
+/// What the direct lane holds for a session (taken by the callback running
+/// now), counted by the queue's bounds as queued ahead.
+#[derive(Debug, Default, Clone, Copy)]
+struct Ahead {
+    bytes: usize,
+    messages: usize,
+}
+
+/// The direct lane. While a session's driver hands a message to the
+/// application, what the application's callbacks send to that same session
+/// (an echo, a reply) skips the queue: no lock, no memory-budget charge, no
+/// wake-up; the driver encodes it as soon as the callback returns. Only
+/// while the queue is open and empty (so nothing queued earlier is
+/// overtaken), and only while its bytes plus what the session has yet to
+/// write stay under the driver's write batch and the queue's byte bound,
+/// and its messages under the queue's message bound. What does not fit goes to the queue, which counts
+/// the lane's messages as queued ahead of it: one callback still queues at
+/// most the bound, the overflow policy applies beyond, and a queue over its
+/// bound stops the reading as before (a peer that does not read is held by
+/// TCP). A callback that sends elsewhere, or a session that is not being
+/// delivered to, uses the queue as before.
+pub(crate) struct Lane {
+    open: bool,
+    /// The most the session's output may hold with the lane's messages.
+    max_bytes: usize,
+}
+
+impl Lane {
+    /// Opens this thread's lane for `outbox`'s session, which has `pending`
+    /// bytes yet to write and writes in batches of `write_batch`: the lane
+    /// takes what keeps the session's output under the smaller of that and
+    /// the queue's bound (so a session's output grows no larger than
+    /// without the lane). A lane already open (a driver inside a driver:
+    /// not something wsgate does) stays as it is, and this one is not
+    /// opened.
+    pub(crate) fn open(outbox: &Outbox, pending: usize, write_batch: usize) -> Self {
+        let me = std::ptr::from_ref(outbox).addr();
+        let max_bytes = outbox.max_bytes.min(write_batch);
+        let open = LANE
+            .try_with(|lane| match lane.try_borrow_mut() {
+                Ok(mut lane) if lane.owner == 0 => {
+                    lane.owner = me;
+                    lane.room = max_bytes.saturating_sub(pending);
+                    true
+                }
+                _ => false,
+            })
+            .unwrap_or(false);
+        Self { open, max_bytes }
+    }
+
+    /// Hands what the lane holds, in order, to `sink`.
+    pub(crate) fn drain(&self, mut sink: impl FnMut(Message)) {
+        if !self.open {
+            return;
+        }
+        let mut messages = LANE
+            .try_with(|lane| {
+                lane.try_borrow_mut()
+                    .map(|mut lane| {
+                        lane.bytes = 0;
+                        std::mem::take(&mut lane.messages)
+                    })
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        if messages.is_empty() {
+            return;
+        }
+        for message in messages.drain(..) {
+            sink(message);
+        }
+        // The emptied vector goes back: its capacity is the lane's.
+        let _ = LANE.try_with(|lane| {
+            if let Ok(mut lane) = lane.try_borrow_mut()
+                && lane.messages.is_empty()
+            {
+                lane.messages = messages;
+            }
+        });
+    }
+
+    /// The session now has `pending` bytes to write: the lane takes the
+    /// rest of its bound.
+    pub(crate) fn set_pending(&self, pending: usize) {
+        if !self.open {
+            return;
+        }
+        let room = self.max_bytes.saturating_sub(pending);
+        let _ = LANE.try_with(|lane| {
+            if let Ok(mut lane) = lane.try_borrow_mut() {
+                lane.room = room;
+            }
+        });
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = LANE.try_with(|lane| {
+                if let Ok(mut lane) = lane.try_borrow_mut() {
+                    lane.owner = 0;
+                    lane.bytes = 0;
+                    // Left only if a callback's send raced a panic out of
+                    // the driver; nothing more to do with them.
+                    lane.messages.clear();
+                }
+            });
         }
     }
 }
@@ -499,6 +688,51 @@ mod tests {
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         // Parked with something queued: look again instead.
         assert!(o.park(&waker, true).retry);
+    }
+
+    #[test]
+    fn the_lane_takes_its_own_sessions_sends_within_the_queues_bounds() {
+        let o = outbox(10, 100);
+        let other = outbox(10, 100);
+        let mut batch = Batch::new();
+        {
+            let lane = Lane::open(&o, 0, usize::MAX);
+            assert!(o.push(Message::text("aaaa"), true).result.is_ok());
+            assert!(o.push(Message::text("bbbb"), true).result.is_ok());
+            // Not in the queue: in the lane.
+            assert!(o.pop_batch(&mut batch, usize::MAX).is_none());
+            assert!(texts(&mut batch).is_empty());
+            // Over the bound with what the lane holds: refused.
+            assert!(matches!(
+                o.push(Message::text("cccc"), true).result,
+                Err(SendError::Full(_))
+            ));
+            // Another session's queue is its own.
+            assert!(other.push(Message::text("dddd"), true).result.is_ok());
+            assert_eq!(other.queued_bytes(), 4);
+            let mut taken = Vec::new();
+            lane.drain(|m| taken.push(m.into_text().unwrap().to_string()));
+            assert_eq!(taken, ["aaaa", "bbbb"]);
+            // The session now has 8 bytes to write: 2 left for the lane.
+            lane.set_pending(8);
+            assert!(o.push(Message::text("ee"), true).result.is_ok());
+            assert_eq!(o.queued_bytes(), 0);
+            // What does not fit goes to the queue (behind the lane's).
+            assert!(o.push(Message::text("fff"), true).result.is_ok());
+            assert_eq!(o.queued_bytes(), 3);
+            // Once something is queued, everything is, in order.
+            lane.set_pending(0);
+            assert!(o.push(Message::text("g"), true).result.is_ok());
+            assert_eq!(o.queued_bytes(), 4);
+            let mut taken = Vec::new();
+            lane.drain(|m| taken.push(m.into_text().unwrap().to_string()));
+            assert_eq!(taken, ["ee"]);
+        }
+        assert!(o.pop_batch(&mut batch, usize::MAX).is_none());
+        assert_eq!(texts(&mut batch), ["fff", "g"]);
+        // The lane is closed: the queue again.
+        assert!(o.push(Message::text("h"), true).result.is_ok());
+        assert_eq!(o.queued_bytes(), 1);
     }
 
     #[test]
