@@ -15,7 +15,7 @@
 //!   its sleep. A push wakes the driver only while it waits for messages; a
 //!   push from its own callbacks (an echo) costs no wake-up.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -405,6 +405,11 @@ impl Outbox {
     /// bounds count as ahead of it.
     fn offer_to_lane(&self, message: Message) -> Result<(), (Message, Ahead)> {
         let me = std::ptr::from_ref(self).addr();
+        // The common case of a push from elsewhere (a publish to many
+        // subscribers) costs one thread-local load.
+        if LANE_OWNER.get() != me {
+            return Err((message, Ahead::default()));
+        }
         let size = message.len();
         let busy = self.busy.load(Ordering::Acquire);
         let mut slot = Some(message);
@@ -447,6 +452,10 @@ impl Outbox {
 }
 
 thread_local! {
+    /// The address of the outbox whose session this thread is delivering
+    /// to (0: none); the same as [`LaneState`]'s, in a cell of its own so
+    /// that a push for another session looks at nothing else.
+    static LANE_OWNER: Cell<usize> = const { Cell::new(0) };
     /// This thread's direct lane (see [`Lane`]).
     static LANE: RefCell<LaneState> = const {
         RefCell::new(LaneState {
@@ -511,6 +520,7 @@ impl Lane {
             .try_with(|lane| match lane.try_borrow_mut() {
                 Ok(mut lane) if lane.owner == 0 => {
                     lane.owner = me;
+                    LANE_OWNER.set(me);
                     lane.room = max_bytes.saturating_sub(pending);
                     true
                 }
@@ -569,6 +579,7 @@ impl Lane {
 impl Drop for Lane {
     fn drop(&mut self) {
         if self.open {
+            LANE_OWNER.set(0);
             let _ = LANE.try_with(|lane| {
                 if let Ok(mut lane) = lane.try_borrow_mut() {
                     lane.owner = 0;
