@@ -98,11 +98,13 @@ fn main() -> ExitCode {
             // connections' cost (the warm-up paid for one-time growth).
             let n = o.messages as f64;
             idle_rows.push(format!(
-                "| {} | {} conns | {:.2} | {:.0} | {:.0} |",
+                "| {} | {} conns | {:.2} | {:.0} | {:.1} | {:.0} | {:.0} |",
                 scenario.label,
                 o.messages,
                 info.count_current as f64 / n,
                 info.bytes_current as f64 / n,
+                info.count_total as f64 / n,
+                info.bytes_total as f64 / n,
                 n / o.window.as_secs_f64()
             ));
             continue;
@@ -158,15 +160,18 @@ fn main() -> ExitCode {
          Where the rest comes from: cargo bench --bench alloc_sites"
     );
     if !idle_rows.is_empty() {
-        println!("\n| scenario | measured | live allocs/conn | live bytes/conn | handshakes/s |");
-        println!("|---|---|---|---|---|");
+        println!(
+            "\n| scenario | measured | live allocs/conn | live bytes/conn | allocs/handshake | bytes/handshake | handshakes/s |"
+        );
+        println!("|---|---|---|---|---|---|---|");
         for row in &idle_rows {
             println!("{row}");
         }
         println!(
             "\nlive allocs/conn and bytes/conn: what the server thread allocated while the \
              connections opened and still holds\nonce they are idle (heap only: payload bytes as \
-             requested, without the allocator's own overhead or the kernel's socket buffers)."
+             requested, without the allocator's own overhead or the kernel's socket buffers);\n\
+             allocs/handshake and bytes/handshake: all it allocated meanwhile (freed since or not), per connection."
         );
     }
     if failed {

@@ -17,33 +17,97 @@ use super::tls::{Certificate, TlsInfo};
 
 /// A parsed HTTP request head, as seen by [`Protocol::open`](crate::Protocol::open)
 /// and HTTP handlers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Request {
-    method: String,
-    path: String,
-    query: Option<String>,
+    /// The head's method, target and header names and values, copied once
+    /// side by side (two allocations per request, this and `headers`,
+    /// rather than two per header).
+    raw: Box<[u8]>,
+    method: Span,
+    path: Span,
+    query: Option<Span>,
     minor_version: u8,
-    headers: Vec<(String, Vec<u8>)>,
+    /// Each header's name and value in `raw`, in arrival order.
+    headers: Vec<(Span, Span)>,
     peer: SocketAddr,
     /// The TLS handshake's facts, on a TLS connection (shared by every
     /// request of the connection).
     tls: Option<Arc<TlsInfo>>,
 }
 
+/// A range of [`Request::raw`] (heads are bounded by `max_head_bytes`,
+/// far below 4 GiB).
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
 impl Request {
+    /// A request from its parts (method, target, and UTF-8 parts as
+    /// httparse validated them: the ranges they get are valid UTF-8).
+    fn from_parts<'a>(
+        method: &str,
+        target: &str,
+        minor_version: u8,
+        headers: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
+        peer: SocketAddr,
+    ) -> Self {
+        let size = method.len()
+            + target.len()
+            + headers
+                .clone()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>();
+        let mut raw = Vec::with_capacity(size);
+        let mut put = |bytes: &[u8]| {
+            let start = u32::try_from(raw.len()).unwrap_or(u32::MAX);
+            raw.extend_from_slice(bytes);
+            let end = u32::try_from(raw.len()).unwrap_or(u32::MAX);
+            Span { start, end }
+        };
+        let method = put(method.as_bytes());
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (put(p.as_bytes()), Some(put(q.as_bytes()))),
+            None => (put(target.as_bytes()), None),
+        };
+        let headers = headers.map(|(n, v)| (put(n.as_bytes()), put(v))).collect();
+        Self {
+            raw: raw.into_boxed_slice(),
+            method,
+            path,
+            query,
+            minor_version,
+            headers,
+            peer,
+            tls: None,
+        }
+    }
+
+    fn bytes(&self, span: Span) -> &[u8] {
+        self.raw
+            .get(span.start as usize..span.end as usize)
+            .unwrap_or_default()
+    }
+
+    /// A part that was UTF-8 when it was stored.
+    fn text(&self, span: Span) -> &str {
+        std::str::from_utf8(self.bytes(span)).unwrap_or_default()
+    }
+
     /// The method (`GET`).
     pub fn method(&self) -> &str {
-        &self.method
+        self.text(self.method)
     }
 
     /// The path, without the query.
     pub fn path(&self) -> &str {
-        &self.path
+        self.text(self.path)
     }
 
     /// The query string after `?`, if any (not decoded).
     pub fn query(&self) -> Option<&str> {
-        self.query.as_deref()
+        self.query.map(|q| self.text(q))
     }
 
     /// The value of query parameter `name` (not percent-decoded).
@@ -57,21 +121,21 @@ impl Request {
 
     /// The first header called `name` (case-insensitive), if it is valid UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
+        self.headers()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
     /// All headers in arrival order, names as sent.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+        self.headers
+            .iter()
+            .map(|&(n, v)| (self.text(n), self.bytes(v)))
     }
 
     /// The value of cookie `name`, if sent.
     pub fn cookie(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
+        self.headers()
             .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
             .filter_map(|(_, v)| std::str::from_utf8(v).ok())
             .flat_map(|v| v.split(';'))
@@ -151,16 +215,14 @@ impl Request {
     /// not UTF-8 comes back as a value no allow-list contains, so it can
     /// never pass as "no Origin".
     pub(crate) fn origin(&self) -> Option<&str> {
-        self.headers
-            .iter()
+        self.headers()
             .find(|(n, _)| n.eq_ignore_ascii_case("origin"))
             .map(|(_, v)| std::str::from_utf8(v).unwrap_or("\u{fffd}"))
     }
 
     /// Whether any header `name` has the comma-separated token `token`.
     pub(crate) fn has_token(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .iter()
+        self.headers()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
             .filter_map(|(_, v)| std::str::from_utf8(v).ok())
             .flat_map(|v| v.split(','))
@@ -191,26 +253,31 @@ impl Request {
         headers: &[(&str, &str)],
         peer: SocketAddr,
     ) -> Self {
-        let (path, query) = split_target(target);
-        Self {
-            method: method.to_owned(),
-            path,
-            query,
-            minor_version: 1,
-            headers: headers
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), v.as_bytes().to_vec()))
-                .collect(),
+        Self::from_parts(
+            method,
+            target,
+            1,
+            headers.iter().map(|(n, v)| (*n, v.as_bytes())),
             peer,
-            tls: None,
-        }
+        )
     }
 }
 
-fn split_target(target: &str) -> (String, Option<String>) {
-    match target.split_once('?') {
-        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-        None => (target.to_owned(), None),
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, String)> = self
+            .headers()
+            .map(|(n, v)| (n, String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        f.debug_struct("Request")
+            .field("method", &self.method())
+            .field("path", &self.path())
+            .field("query", &self.query())
+            .field("minor_version", &self.minor_version)
+            .field("headers", &headers)
+            .field("peer", &self.peer)
+            .field("tls", &self.tls)
+            .finish()
     }
 }
 
@@ -600,30 +667,32 @@ pub(crate) fn parse_head(
     if end > max_head_bytes {
         return Err(Refused::HeadTooLarge);
     }
-    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
-    let mut req = httparse::Request::new(&mut headers);
+    // The default limit's worth of header slots on the stack (2 KiB, no
+    // allocation per request); a larger limit allocates.
+    const ON_STACK: usize = 64;
+    let mut stack = [httparse::EMPTY_HEADER; ON_STACK];
+    let mut heap = Vec::new();
+    let slots = if max_headers <= ON_STACK {
+        stack.get_mut(..max_headers).unwrap_or_default()
+    } else {
+        heap.resize(max_headers, httparse::EMPTY_HEADER);
+        &mut heap[..]
+    };
+    let mut req = httparse::Request::new(slots);
     match req.parse(&buf[..end]) {
         Ok(httparse::Status::Complete(n)) => {
-            let method = req.method.unwrap_or_default().to_owned();
-            let (path, query) = split_target(req.path.unwrap_or_default());
-            if !path.starts_with('/') {
+            let target = req.path.unwrap_or_default();
+            if !target.starts_with('/') {
                 return Err(Refused::TargetNotAbsolute);
             }
-            let headers = req
-                .headers
-                .iter()
-                .map(|h| (h.name.to_owned(), h.value.to_vec()))
-                .collect();
             Ok(Head::Complete(
-                Request {
-                    method,
-                    path,
-                    query,
-                    minor_version: req.version.unwrap_or(1),
-                    headers,
+                Request::from_parts(
+                    req.method.unwrap_or_default(),
+                    target,
+                    req.version.unwrap_or(1),
+                    req.headers.iter().map(|h| (h.name, h.value)),
                     peer,
-                    tls: None,
-                },
+                ),
                 n,
             ))
         }

@@ -18,7 +18,8 @@ use event_listener::EventListener;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
 
 use super::budget::Budget;
-use super::driver::{Driver, DriverConfig, SessionHooks};
+use super::driver::{Driver, DriverConfig, SessionHooks, registered};
+use super::reactor::{Sleep, Token};
 use super::tasks::Spawner;
 use super::transport::Transport;
 use super::workers::ConnectionSlot;
@@ -190,6 +191,7 @@ async fn upgrade<S: Transport>(
         hooks,
         span,
     } = up;
+    let alarm = registered(&stream).map(Token::alarm);
     let written = future::or(
         async {
             stream
@@ -199,7 +201,7 @@ async fn upgrade<S: Transport>(
                 .is_ok()
         },
         async {
-            Timer::after(limit).await;
+            Sleep::until(alarm, Instant::now() + limit).await;
             false
         },
     )
@@ -289,9 +291,10 @@ async fn read_head<S>(
     first: bool,
 ) -> HeadOutcome
 where
-    S: AsyncRead + Unpin,
+    S: Transport,
 {
     let deadline = since + limits.handshake_timeout;
+    let alarm = registered(&*stream).map(Token::alarm);
     let read = async {
         loop {
             if !buf.is_empty() {
@@ -325,7 +328,7 @@ where
         }
     };
     let timeout = async {
-        Timer::at(deadline).await;
+        Sleep::until(alarm, deadline).await;
         None
     };
     let torn_down = async {

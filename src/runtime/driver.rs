@@ -728,7 +728,7 @@ impl<S: Transport> Driver<S> {
 
 /// The stream's own entry in its worker's reactor, if it is registered
 /// there (a plain TCP connection on Linux).
-fn registered<S: Transport>(io: &S) -> Option<&Token> {
+pub(crate) fn registered<S: Transport>(io: &S) -> Option<&Token> {
     #[cfg(target_os = "linux")]
     {
         (io as &dyn Any)

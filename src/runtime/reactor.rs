@@ -475,31 +475,100 @@ impl Token {
     /// (the first wake-up comes at the earlier one); an earlier one takes
     /// effect.
     pub(crate) fn arm(&self, at: Instant, waker: &Waker) {
-        let reactor = &self.reactor;
-        let tick = reactor.tick_at(at);
-        let mut state = lock(&reactor.state);
-        let State {
-            entries,
-            deadlines,
-            drive,
-            drive_at,
-        } = &mut *state;
-        let Some(e) = entries.live(self.index, self.generation) else {
-            return;
-        };
-        match &e.waker {
-            Some(w) if w.will_wake(waker) => {}
-            _ => e.waker = Some(waker.clone()),
-        }
-        if deadlines.arm(self.index, &mut e.ticks, tick) && tick < *drive_at {
-            // Earlier than the reactor task sleeps: let it set its timer.
-            *drive_at = tick;
-            if let Some(w) = drive {
-                w.wake_by_ref();
-            }
-        }
+        arm(&self.reactor, self.index, self.generation, at, waker);
     }
 
+    /// A handle on this entry for deadlines alone (see [`Sleep`]).
+    pub(crate) fn alarm(&self) -> Alarm {
+        Alarm {
+            reactor: self.reactor.clone(),
+            index: self.index,
+            generation: self.generation,
+        }
+    }
+}
+
+/// Arms entry `index` of `reactor` (see [`Token::arm`]); `false` if the
+/// entry is gone.
+fn arm(reactor: &Reactor, index: u32, generation: u32, at: Instant, waker: &Waker) -> bool {
+    let tick = reactor.tick_at(at);
+    let mut state = lock(&reactor.state);
+    let State {
+        entries,
+        deadlines,
+        drive,
+        drive_at,
+    } = &mut *state;
+    let Some(e) = entries.live(index, generation) else {
+        return false;
+    };
+    match &e.waker {
+        Some(w) if w.will_wake(waker) => {}
+        _ => e.waker = Some(waker.clone()),
+    }
+    if deadlines.arm(index, &mut e.ticks, tick) && tick < *drive_at {
+        // Earlier than the reactor task sleeps: let it set its timer.
+        *drive_at = tick;
+        if let Some(w) = drive {
+            w.wake_by_ref();
+        }
+    }
+    true
+}
+
+/// An entry of a worker's reactor, for deadlines only: it neither owns nor
+/// removes the entry (its stream's [`Token`] does), and arming it once the
+/// entry is gone does nothing.
+#[derive(Clone)]
+pub(crate) struct Alarm {
+    reactor: Arc<Reactor>,
+    index: u32,
+    generation: u32,
+}
+
+/// Completes once `at` has passed (up to a [`TICK`] later), woken by the
+/// worker's reactor when the stream has an entry there, so that a timeout
+/// on a plain TCP connection's handshake costs no async-io timer (each of
+/// those takes async-io's timer queue and a tree of its own); otherwise, or
+/// if the entry goes, by an async-io `Timer`.
+pub(crate) struct Sleep {
+    alarm: Option<Alarm>,
+    at: Instant,
+    timer: Option<Timer>,
+}
+
+impl Sleep {
+    pub(crate) fn until(alarm: Option<Alarm>, at: Instant) -> Self {
+        Self {
+            alarm,
+            at,
+            timer: None,
+        }
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if Instant::now() >= this.at {
+            return Poll::Ready(());
+        }
+        if this.timer.is_none()
+            && let Some(a) = &this.alarm
+            && arm(&a.reactor, a.index, a.generation, this.at, cx.waker())
+        {
+            return Poll::Pending;
+        }
+        let at = this.at;
+        Pin::new(this.timer.get_or_insert_with(|| Timer::at(at)))
+            .poll(cx)
+            .map(|_| ())
+    }
+}
+
+impl Token {
     /// Ready (with the sequence number seen) if the socket is marked ready
     /// for `dir`; otherwise registers `cx`'s waker.
     #[cfg(target_os = "linux")]
