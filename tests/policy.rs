@@ -15,7 +15,8 @@ use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use futures_util::StreamExt;
 use support::{
-    HttpReply, Server, TcpEnd, http_until_closed, raw_http, run, try_connect, upgrade_request,
+    HttpReply, LIMIT, Server, TcpEnd, http_until_closed, raw_http, run, try_connect,
+    upgrade_request, wait_until,
 };
 use wsgate::{
     Config, Message, Mount, Protocol, Reject, Request, SessionHandle, VhostConfig,
@@ -108,6 +109,11 @@ fn an_allowed_origin_is_accepted_in_any_case_and_with_a_trailing_slash() {
 fn a_handshake_without_origin_is_accepted() {
     let server = origin_server();
     assert_accepted(server.addr(), "/echo", &[]);
+    // The client has seen the TCP close; the server counts the session
+    // closed just after its socket closes (the session ends after it).
+    wait_until(LIMIT, "the session counted closed", || {
+        counters(&server).2 == 0
+    });
     assert_eq!(counters(&server), (1, 0, 0));
 }
 

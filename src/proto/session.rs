@@ -248,23 +248,21 @@ impl Session {
         leftover: &[u8],
         now: Instant,
     ) -> Self {
-        let bufs = (!leftover.is_empty()).then(|| {
-            let rsv = extension.as_ref().map_or(0, |e| e.rsv());
-            let mut bufs = Buffers::new(config.limits, rsv);
-            bufs.rbuf.extend_from_slice(leftover);
-            Box::new(bufs)
-        });
-        Self {
+        let mut session = Self {
             state: State::Open {
                 pinged: false,
                 close_by: None,
             },
             config,
-            bufs,
+            bufs: None,
             last_rx: now,
             extension,
             quiet: false,
+        };
+        if !leftover.is_empty() {
+            session.bufs().rbuf.extend_from_slice(leftover);
         }
+        session
     }
 
     /// The buffers, created if the session had none.
@@ -318,14 +316,12 @@ impl Session {
                 Event::Text(text) => {
                     self.count_in(text.len());
                     if open {
-                        self.quiet = false;
                         return Some(Message::Text(text));
                     }
                 }
                 Event::Binary(data) => {
                     self.count_in(data.len());
                     if open {
-                        self.quiet = false;
                         return Some(Message::Binary(data));
                     }
                 }
@@ -337,7 +333,6 @@ impl Session {
                     match self.restore(text, rsv, payload) {
                         Ok(message) => {
                             self.count_in(message.len());
-                            self.quiet = false;
                             return Some(message);
                         }
                         Err(fail) => {
@@ -658,7 +653,10 @@ impl Session {
 
     // Helpers.
 
+    /// A data message of `len` bytes came in: counted, and the quiet
+    /// (see [`Session::compact`]) is over.
     fn count_in(&mut self, len: usize) {
+        self.quiet = false;
         let tally = &mut self.bufs().tally;
         tally.messages_in = tally.messages_in.saturating_add(1);
         tally.bytes_in = tally.bytes_in.saturating_add(saturate(len));

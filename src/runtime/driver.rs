@@ -88,15 +88,17 @@ pub(crate) trait SessionHooks: Send {
     fn finish(self: Box<Self>, reason: CloseReason);
 }
 
-/// How the driver schedules I/O for one session.
+/// How the driver schedules I/O for one session. 32-bit sizes (saturated:
+/// more than 4 GiB in flight is no bound anyone sets), so that every
+/// connection carries 12 bytes here rather than 24.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DriverConfig {
-    /// The most one read takes (at most [`SCRATCH_SIZE`]).
-    pub(crate) read_size: usize,
+    /// The most one read takes (1 to [`SCRATCH_SIZE`]).
+    read_size: u32,
     /// Stop taking messages from the queue above this many encoded bytes.
-    pub(crate) write_batch: usize,
+    write_batch: u32,
     /// Stop reading while this many bytes wait for the socket.
-    pub(crate) max_out: usize,
+    max_out: u32,
 }
 
 /// A session's timing and size limits, from its vhost's.
@@ -117,10 +119,11 @@ pub(crate) fn driver_config(limits: &Limits) -> DriverConfig {
     // Below this a batch would be a frame or two.
     const MIN_BATCH: usize = 1024;
     let write_batch = limits.write_buffer_size.max(MIN_BATCH);
+    let cap = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     DriverConfig {
-        read_size: limits.read_buffer_size,
-        write_batch,
-        max_out: limits.max_queue_bytes.max(write_batch),
+        read_size: cap(limits.read_buffer_size.clamp(1, SCRATCH_SIZE)),
+        write_batch: cap(write_batch),
+        max_out: cap(limits.max_queue_bytes.max(write_batch)),
     }
 }
 
@@ -128,7 +131,7 @@ pub(crate) fn driver_config(limits: &Limits) -> DriverConfig {
 pub(crate) struct Driver<S> {
     io: S,
     session: Session,
-    config: Sizes,
+    config: DriverConfig,
     /// The last read returned less than asked: the socket is drained, so
     /// wait for readiness before the next read call.
     read_dry: bool,
@@ -161,27 +164,6 @@ struct Cold {
     /// The session has ended in failure; the peer's input is being
     /// discarded before the socket closes.
     linger: Option<Linger>,
-}
-
-/// [`DriverConfig`] as every session's driver keeps it: 32-bit sizes
-/// (saturated: more than 4 GiB in flight is no bound anyone sets), so that
-/// an idle connection carries 12 bytes rather than 24.
-#[derive(Debug, Clone, Copy)]
-struct Sizes {
-    read_size: u32,
-    write_batch: u32,
-    max_out: u32,
-}
-
-impl Sizes {
-    fn of(config: DriverConfig) -> Self {
-        let cap = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        Self {
-            read_size: cap(config.read_size.clamp(1, SCRATCH_SIZE)),
-            write_batch: cap(config.write_batch),
-            max_out: cap(config.max_out),
-        }
-    }
 }
 
 /// A failed session's last moments (see [`LINGER_TIME`]).
@@ -244,7 +226,7 @@ impl<S: Transport> Driver<S> {
         Self {
             io,
             session,
-            config: Sizes::of(config),
+            config,
             read_dry: false,
             over_bound: false,
             flush_pending: false,
@@ -492,17 +474,21 @@ impl<S: Transport> Driver<S> {
         let mut batch = 0;
         let now = self.session.last_receive();
         // What the callbacks send back to this session meanwhile is encoded
-        // as each returns, without the queue (see `Lane`).
-        let lane = Lane::open(
-            hooks.outbox(),
-            self.session.pending(),
-            self.config.write_batch as usize,
-        );
+        // as each returns, without the queue (see `Lane`); opened with the
+        // first message.
+        let mut lane = None;
         while *budget > 1 && batch < self.config.write_batch as usize {
             let Some(message) = self.session.poll_message(now) else {
                 break;
             };
             batch += message.len();
+            let lane = lane.get_or_insert_with(|| {
+                Lane::open(
+                    hooks.outbox(),
+                    self.session.pending(),
+                    self.config.write_batch as usize,
+                )
+            });
             hooks.message(message);
             let session = &mut self.session;
             lane.drain(|m| session.send(&m));
@@ -563,7 +549,7 @@ impl<S: Transport> Driver<S> {
         if unfinished >= HEAVY && self.heavy().is_none() {
             let h = Heavy::new();
             budget.enlist(&h);
-            self.cold.get_or_insert_with(Box::default).heavy = Some(h);
+            self.cold().heavy = Some(h);
         }
         if let Some(heavy) = self.heavy() {
             heavy.update(unfinished, cx.waker());
@@ -659,21 +645,6 @@ impl<S: Transport> Driver<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// The rarely used state, created if need be.
-    fn cold(&mut self) -> &mut Cold {
-        self.cold.get_or_insert_with(Box::default)
-    }
-
-    /// Whether the failed session's input is being discarded.
-    fn lingering(&self) -> bool {
-        self.cold.as_ref().is_some_and(|c| c.linger.is_some())
-    }
-
-    /// The session's entry in the budget's shedding list, if it has one.
-    fn heavy(&self) -> Option<&Arc<Heavy>> {
-        self.cold.as_ref().and_then(|c| c.heavy.as_ref())
-    }
-
     /// The session's entry in its worker's reactor: its stream's, when the
     /// stream is registered there, or its own.
     fn token(&self) -> Option<&Token> {
@@ -742,11 +713,28 @@ pub(crate) fn registered<S: Transport>(io: &S) -> Option<&Token> {
     }
 }
 
+impl<S> Driver<S> {
+    /// The rarely used state, created if need be.
+    fn cold(&mut self) -> &mut Cold {
+        self.cold.get_or_insert_with(Box::default)
+    }
+
+    /// Whether the failed session's input is being discarded.
+    fn lingering(&self) -> bool {
+        self.cold.as_ref().is_some_and(|c| c.linger.is_some())
+    }
+
+    /// The session's entry in the budget's shedding list, if it has one.
+    fn heavy(&self) -> Option<&Arc<Heavy>> {
+        self.cold.as_ref().and_then(|c| c.heavy.as_ref())
+    }
+}
+
 impl<S> Drop for Driver<S> {
     fn drop(&mut self) {
         // Whatever this session still charged goes back with it.
         if let Some(budget) = &self.budget {
-            if let Some(heavy) = self.cold.as_ref().and_then(|c| c.heavy.as_ref()) {
+            if let Some(heavy) = self.heavy() {
                 budget.settle(heavy);
             }
             self.charged.update(budget, 0, 0, 0);

@@ -399,10 +399,9 @@ impl Outbox {
 impl Outbox {
     /// Hands `message` to the direct lane if this thread is delivering to
     /// this very session, nothing is queued before it, and it fits (see
-    /// [`Lane`]); otherwise hands it back for the queue.
-    /// Otherwise hands it back with what the lane holds for this session
-    /// (nothing unless this thread is delivering to it), which the queue's
-    /// bounds count as ahead of it.
+    /// [`Lane`]); otherwise hands it back for the queue, with what the lane
+    /// holds for this session (nothing unless this thread is delivering to
+    /// it), which the queue's bounds count as ahead of it.
     fn offer_to_lane(&self, message: Message) -> Result<(), (Message, Ahead)> {
         let me = std::ptr::from_ref(self).addr();
         // The common case of a push from elsewhere (a publish to many
@@ -419,15 +418,11 @@ impl Outbox {
             let Ok(mut lane) = lane.try_borrow_mut() else {
                 return;
             };
-            if lane.owner != me {
-                return;
-            }
             if !busy
-                && size <= lane.room
+                && lane.bytes + size <= lane.limit
                 && lane.messages.len() < self.max_messages
                 && let Some(message) = slot.take()
             {
-                lane.room -= size;
                 lane.bytes += size;
                 lane.messages.push(message);
                 return;
@@ -453,14 +448,13 @@ impl Outbox {
 
 thread_local! {
     /// The address of the outbox whose session this thread is delivering
-    /// to (0: none); the same as [`LaneState`]'s, in a cell of its own so
-    /// that a push for another session looks at nothing else.
+    /// to (0: none; compared, never followed), in a cell of its own so that
+    /// a push for another session looks at nothing else.
     static LANE_OWNER: Cell<usize> = const { Cell::new(0) };
     /// This thread's direct lane (see [`Lane`]).
     static LANE: RefCell<LaneState> = const {
         RefCell::new(LaneState {
-            owner: 0,
-            room: 0,
+            limit: 0,
             bytes: 0,
             messages: Vec::new(),
         })
@@ -468,11 +462,8 @@ thread_local! {
 }
 
 struct LaneState {
-    /// The address of the outbox whose session is being delivered to (0:
-    /// none). Compared, never followed.
-    owner: usize,
-    /// Bytes the lane still takes.
-    room: usize,
+    /// The most `messages` may hold, in bytes.
+    limit: usize,
     /// Bytes of `messages`.
     bytes: usize,
     messages: Vec<Message>,
@@ -493,11 +484,11 @@ struct Ahead {
 /// while the queue is open and empty (so nothing queued earlier is
 /// overtaken), and only while its bytes plus what the session has yet to
 /// write stay under the driver's write batch and the queue's byte bound,
-/// and its messages under the queue's message bound. What does not fit goes to the queue, which counts
-/// the lane's messages as queued ahead of it: one callback still queues at
-/// most the bound, the overflow policy applies beyond, and a queue over its
-/// bound stops the reading as before (a peer that does not read is held by
-/// TCP). A callback that sends elsewhere, or a session that is not being
+/// and its messages under the queue's message bound. What does not fit goes
+/// to the queue, which counts the lane's messages as queued ahead of it:
+/// one callback still queues at most the bound, the overflow policy applies
+/// beyond, and a queue over its bound stops the reading as before (a peer
+/// that does not read is held by TCP). A callback that sends elsewhere, or a session that is not being
 /// delivered to, uses the queue as before.
 pub(crate) struct Lane {
     open: bool,
@@ -516,15 +507,21 @@ impl Lane {
     pub(crate) fn open(outbox: &Outbox, pending: usize, write_batch: usize) -> Self {
         let me = std::ptr::from_ref(outbox).addr();
         let max_bytes = outbox.max_bytes.min(write_batch);
+        if LANE_OWNER.get() != 0 {
+            return Self {
+                open: false,
+                max_bytes,
+            };
+        }
         let open = LANE
             .try_with(|lane| match lane.try_borrow_mut() {
-                Ok(mut lane) if lane.owner == 0 => {
-                    lane.owner = me;
+                Ok(mut lane) => {
                     LANE_OWNER.set(me);
-                    lane.room = max_bytes.saturating_sub(pending);
+                    lane.limit = max_bytes.saturating_sub(pending);
+                    lane.bytes = 0;
                     true
                 }
-                _ => false,
+                Err(_) => false,
             })
             .unwrap_or(false);
         Self { open, max_bytes }
@@ -567,10 +564,10 @@ impl Lane {
         if !self.open {
             return;
         }
-        let room = self.max_bytes.saturating_sub(pending);
+        let limit = self.max_bytes.saturating_sub(pending);
         let _ = LANE.try_with(|lane| {
             if let Ok(mut lane) = lane.try_borrow_mut() {
-                lane.room = room;
+                lane.limit = limit;
             }
         });
     }
@@ -582,7 +579,6 @@ impl Drop for Lane {
             LANE_OWNER.set(0);
             let _ = LANE.try_with(|lane| {
                 if let Ok(mut lane) = lane.try_borrow_mut() {
-                    lane.owner = 0;
                     lane.bytes = 0;
                     // Left only if a callback's send raced a panic out of
                     // the driver; nothing more to do with them.

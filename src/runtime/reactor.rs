@@ -242,11 +242,11 @@ impl Reactor {
     /// registered here).
     pub(crate) fn deadline(self: &Arc<Self>) -> Token {
         let (index, generation) = lock(&self.state).entries.insert(0);
-        Token {
+        Token(Alarm {
             reactor: self.clone(),
             index,
             generation,
-        }
+        })
     }
 
     /// Registers `stream` edge-triggered in the nested epoll; `Err` gives
@@ -262,11 +262,11 @@ impl Reactor {
         // Ready at first: the request may be there already; the first read
         // finds out.
         let (index, generation) = lock(&self.state).entries.insert(READ | WRITE);
-        let token = Token {
+        let token = Token(Alarm {
             reactor: self.clone(),
             index,
             generation,
-        };
+        });
         let flags = epoll::EventFlags::IN
             | epoll::EventFlags::OUT
             | epoll::EventFlags::RDHUP
@@ -457,17 +457,14 @@ impl std::fmt::Debug for Drive {
 }
 
 /// An entry in a reactor: a registered socket's readiness, a deadline, and
-/// the waker of the task that owns them. Freed when dropped.
-pub(crate) struct Token {
-    reactor: Arc<Reactor>,
-    index: u32,
-    generation: u32,
-}
+/// the waker of the task that owns them. Freed when dropped (the [`Alarm`]
+/// it wraps only names it).
+pub(crate) struct Token(Alarm);
 
 impl Token {
     #[cfg(target_os = "linux")]
     fn key(&self) -> u64 {
-        u64::from(self.index) | (u64::from(self.generation) << 32)
+        u64::from(self.0.index) | (u64::from(self.0.generation) << 32)
     }
 
     /// Asks for the owner (`waker`) to be woken once `at` has passed (up to
@@ -475,45 +472,48 @@ impl Token {
     /// (the first wake-up comes at the earlier one); an earlier one takes
     /// effect.
     pub(crate) fn arm(&self, at: Instant, waker: &Waker) {
-        arm(&self.reactor, self.index, self.generation, at, waker);
+        self.0.arm(at, waker);
     }
 
     /// A handle on this entry for deadlines alone (see [`Sleep`]).
     pub(crate) fn alarm(&self) -> Alarm {
-        Alarm {
-            reactor: self.reactor.clone(),
-            index: self.index,
-            generation: self.generation,
-        }
+        self.0.clone()
     }
 }
 
-/// Arms entry `index` of `reactor` (see [`Token::arm`]); `false` if the
-/// entry is gone.
-fn arm(reactor: &Reactor, index: u32, generation: u32, at: Instant, waker: &Waker) -> bool {
-    let tick = reactor.tick_at(at);
-    let mut state = lock(&reactor.state);
-    let State {
-        entries,
-        deadlines,
-        drive,
-        drive_at,
-    } = &mut *state;
-    let Some(e) = entries.live(index, generation) else {
-        return false;
-    };
-    match &e.waker {
-        Some(w) if w.will_wake(waker) => {}
-        _ => e.waker = Some(waker.clone()),
-    }
-    if deadlines.arm(index, &mut e.ticks, tick) && tick < *drive_at {
-        // Earlier than the reactor task sleeps: let it set its timer.
-        *drive_at = tick;
-        if let Some(w) = drive {
-            w.wake_by_ref();
+impl Alarm {
+    /// Arms the entry (see [`Token::arm`]); `false` if it is gone.
+    fn arm(&self, at: Instant, waker: &Waker) -> bool {
+        let Self {
+            reactor,
+            index,
+            generation,
+        } = self;
+        let (index, generation) = (*index, *generation);
+        let tick = reactor.tick_at(at);
+        let mut state = lock(&reactor.state);
+        let State {
+            entries,
+            deadlines,
+            drive,
+            drive_at,
+        } = &mut *state;
+        let Some(e) = entries.live(index, generation) else {
+            return false;
+        };
+        match &e.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => e.waker = Some(waker.clone()),
         }
+        if deadlines.arm(index, &mut e.ticks, tick) && tick < *drive_at {
+            // Earlier than the reactor task sleeps: let it set its timer.
+            *drive_at = tick;
+            if let Some(w) = drive {
+                w.wake_by_ref();
+            }
+        }
+        true
     }
-    true
 }
 
 /// An entry of a worker's reactor, for deadlines only: it neither owns nor
@@ -557,7 +557,7 @@ impl Future for Sleep {
         }
         if this.timer.is_none()
             && let Some(a) = &this.alarm
-            && arm(&a.reactor, a.index, a.generation, this.at, cx.waker())
+            && a.arm(this.at, cx.waker())
         {
             return Poll::Pending;
         }
@@ -573,8 +573,8 @@ impl Token {
     /// for `dir`; otherwise registers `cx`'s waker.
     #[cfg(target_os = "linux")]
     fn poll_ready(&self, cx: &mut TaskContext<'_>, dir: u8) -> (u8, u16, bool) {
-        let mut state = lock(&self.reactor.state);
-        let Some(e) = state.entries.live(self.index, self.generation) else {
+        let mut state = lock(&self.0.reactor.state);
+        let Some(e) = state.entries.live(self.0.index, self.0.generation) else {
             // Cannot happen while the token lives; report ready so that the
             // caller's system call says what is wrong.
             return (READ | WRITE, 0, true);
@@ -593,8 +593,8 @@ impl Token {
     /// returns the table's view afterwards.
     #[cfg(target_os = "linux")]
     fn clear(&self, dir: u8, seq: u16) -> (u8, u16) {
-        let mut state = lock(&self.reactor.state);
-        match state.entries.live(self.index, self.generation) {
+        let mut state = lock(&self.0.reactor.state);
+        match state.entries.live(self.0.index, self.0.generation) {
             Some(e) => {
                 let sticky = if e.ready & EOF != 0 { READ } else { 0 }
                     | if e.ready & HUP != 0 { WRITE } else { 0 };
@@ -610,15 +610,17 @@ impl Token {
 
 impl Drop for Token {
     fn drop(&mut self) {
-        lock(&self.reactor.state)
+        lock(&self.0.reactor.state)
             .entries
-            .remove(self.index, self.generation);
+            .remove(self.0.index, self.0.generation);
     }
 }
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token").field("index", &self.index).finish()
+        f.debug_struct("Token")
+            .field("index", &self.0.index)
+            .finish()
     }
 }
 
