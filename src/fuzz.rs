@@ -116,8 +116,8 @@ pub fn request_head(data: &[u8]) {
         Some(m) => {
             let m = &mounts[m];
             assert!(path_matches(&m.path, m.prefix, req.path()));
-            if mounts.iter().any(|o| o.path == req.path()) {
-                assert_eq!(m.path, req.path(), "an exact mount wins");
+            if mounts.iter().any(|o| *o.path == *req.path()) {
+                assert_eq!(&*m.path, req.path(), "an exact mount wins");
             }
         }
         None => assert!(

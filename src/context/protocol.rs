@@ -6,11 +6,15 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
+use super::service::OpenSession;
 use super::session::SessionHandle;
 use super::vhost::Vhost;
 use crate::config::{Binding, Mount, Options, VhostBuilder};
 use crate::proto::close::CloseReason;
 use crate::proto::http::{Reject, Request, Response};
+use crate::proto::session::Tally;
+use crate::runtime::driver::SessionHooks;
+use crate::runtime::outbox::Outbox;
 use crate::{CloseCode, Message};
 
 /// An application protocol: the callbacks of one WebSocket endpoint.
@@ -162,6 +166,9 @@ impl fmt::Debug for Wake {
 /// The object-safe form of [`Protocol`] that a vhost stores.
 pub(crate) trait ErasedProtocol: Send + Sync {
     fn name(&self) -> &str;
+    /// Calls the protocol's `open`: the session's callbacks with its state
+    /// bound in, which become its hooks once the context has attached its
+    /// bookkeeping ([`SessionCallbacks::attach`]).
     fn open(
         self: Arc<Self>,
         request: &Request,
@@ -171,21 +178,30 @@ pub(crate) trait ErasedProtocol: Send + Sync {
     fn destroy(&self, vhost: &Vhost);
 }
 
-/// The callbacks of one open session, with its state bound in.
-pub(crate) trait SessionCallbacks: Send {
-    fn message(&mut self, session: &SessionHandle, message: Message);
-    fn close(self: Box<Self>, session: &SessionHandle, reason: &CloseReason);
+/// One open session as the driver sees it: the protocol's callbacks with
+/// the session's state bound in, and the context's bookkeeping, in one
+/// allocation (the idle session's fourth; the callbacks and the
+/// bookkeeping were two).
+pub(crate) trait SessionCallbacks: SessionHooks {
+    /// Hands over the context's bookkeeping (the session is registered and
+    /// holds its place): from now on its end, or its hooks being dropped,
+    /// undoes it.
+    fn attach(&mut self, open: OpenSession);
 }
 
 pub(crate) struct Erased<P>(pub(crate) P);
 
 struct Bound<P: Protocol> {
     protocol: Arc<Erased<P>>,
-    /// The session's state, handed to `close` in the end whatever happened.
-    state: P::State,
+    session: SessionHandle,
+    /// The session's state, handed to `close` in the end whatever happened
+    /// (taken then, so that `close` runs exactly once).
+    state: Option<P::State>,
     /// A callback panicked with the state borrowed: the state may be half
     /// updated, so `message` is not called again (but `close` still is).
     poisoned: bool,
+    /// The context's bookkeeping, once attached.
+    open: Option<OpenSession>,
 }
 
 // A panic in an application callback must not unwind into the host's loop
@@ -207,8 +223,10 @@ impl<P: Protocol> ErasedProtocol for Erased<P> {
             .unwrap_or_else(|| Err(Reject::new(500, "internal error")))?;
         Ok(Box::new(Bound {
             protocol: self,
-            state,
+            session: session.clone(),
+            state: Some(state),
             poisoned: false,
+            open: None,
         }))
     }
 
@@ -221,13 +239,45 @@ impl<P: Protocol> ErasedProtocol for Erased<P> {
     }
 }
 
+impl<P: Protocol> Bound<P> {
+    /// The session's end, once: no more sends, the protocol's `close`, then
+    /// the bookkeeping undone (`forced`: by a teardown or a dropped task,
+    /// which the metrics count as 1006).
+    fn end(&mut self, reason: &CloseReason, forced: bool) {
+        self.session.shared.outbox.mark_closed();
+        if let Some(state) = self.state.take() {
+            let protocol = &self.protocol.0;
+            let session = &self.session;
+            isolate(protocol.name(), "close", || {
+                protocol.close(state, session, reason);
+            });
+        }
+        if let Some(open) = self.open.take() {
+            open.end(&self.session, (!forced).then_some(reason));
+        }
+    }
+}
+
 impl<P: Protocol> SessionCallbacks for Bound<P> {
-    fn message(&mut self, session: &SessionHandle, message: Message) {
+    fn attach(&mut self, open: OpenSession) {
+        self.open = Some(open);
+    }
+}
+
+impl<P: Protocol> SessionHooks for Bound<P> {
+    fn outbox(&self) -> &Outbox {
+        &self.session.shared.outbox
+    }
+
+    fn message(&mut self, message: Message) {
         if self.poisoned {
             return;
         }
+        let Some(state) = self.state.as_mut() else {
+            return;
+        };
         let protocol = &self.protocol.0;
-        let state = &mut self.state;
+        let session = &self.session;
         if isolate(protocol.name(), "message", || {
             protocol.message(state, session, message);
         })
@@ -240,13 +290,22 @@ impl<P: Protocol> SessionCallbacks for Bound<P> {
         }
     }
 
-    fn close(self: Box<Self>, session: &SessionHandle, reason: &CloseReason) {
-        let Self {
-            protocol, state, ..
-        } = *self;
-        isolate(protocol.0.name(), "close", || {
-            protocol.0.close(state, session, reason);
-        });
+    fn traffic(&mut self, tally: Tally) {
+        if let Some(open) = &self.open {
+            open.traffic(tally);
+        }
+    }
+
+    fn finish(mut self: Box<Self>, reason: CloseReason) {
+        self.end(&reason, false);
+    }
+}
+
+impl<P: Protocol> Drop for Bound<P> {
+    fn drop(&mut self) {
+        if self.state.is_some() || self.open.is_some() {
+            self.end(&CloseReason::abnormal("forced closed by teardown"), true);
+        }
     }
 }
 

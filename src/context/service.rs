@@ -6,9 +6,10 @@
 //! upgrade check, the origin and token checks, a session place under the
 //! vhost's limits, the subprotocol and extension, then the protocol's
 //! `open`, which accepts with a state or refuses with a status. An accepted
-//! session is registered and handed back to the runtime with its hooks
-//! ([`OpenSession`]), which run the protocol's callbacks and, when the
-//! session ends (or is forced down), its `close` exactly once.
+//! session is registered and handed back to the runtime with its hooks (the
+//! protocol's callbacks and the context's [`OpenSession`] bookkeeping, one
+//! allocation), which run the callbacks and, when the session ends (or is
+//! forced down), its `close` exactly once.
 
 use std::sync::{Arc, Mutex, Weak};
 
@@ -16,9 +17,9 @@ use event_listener::EventListener;
 
 use super::ContextShared;
 use super::metrics::CompressionCounters;
-use super::protocol::SessionCallbacks;
 use super::session::{SessionHandle, SessionId};
 use super::vhost::{SlotRefused, Vhost};
+use crate::Limits;
 use crate::common::lock;
 use crate::proto::admission::{Admission, Table, admit};
 use crate::proto::close::CloseReason;
@@ -26,10 +27,8 @@ use crate::proto::extension;
 use crate::proto::http::{Refused, Request, Upgrade, switching_protocols};
 use crate::proto::session::Tally;
 use crate::runtime::connection::{Answer, HeadLimits, Service, Upgraded};
-use crate::runtime::driver::{SessionHooks, driver_config};
-use crate::runtime::outbox::Outbox;
+use crate::runtime::driver::driver_config;
 use crate::runtime::tasks::Spawner;
-use crate::{Limits, Message};
 
 /// The service of one listener: the vhosts that share it, in configuration
 /// order (the first without `Host` names is the default), and the routing
@@ -149,14 +148,19 @@ impl Service for ListenerService {
             }
             Admission::Upgrade {
                 site,
+                mount,
                 protocol,
                 echo,
                 upgrade: up,
-                ..
             } => {
                 let vhost = &routing.vhosts[site];
-                open(&ctx, vhost, request, &protocol, echo, &up, worker)
-                    .unwrap_or_else(Answer::Refuse)
+                let asked = Asked {
+                    mount_path: &routing.table.sites[site].mounts[mount].path,
+                    protocol: &protocol,
+                    echo,
+                    upgrade: &up,
+                };
+                open(&ctx, vhost, request, &asked, worker).unwrap_or_else(Answer::Refuse)
             }
         }
     }
@@ -191,17 +195,31 @@ fn http(
     }
 }
 
+/// The session a handshake asks for, as admission found it.
+struct Asked<'a> {
+    /// The path of the mount it matched.
+    mount_path: &'a Arc<str>,
+    protocol: &'a str,
+    /// The client offered the protocol: the `101` names it.
+    echo: bool,
+    upgrade: &'a Upgrade,
+}
+
 /// Opens the session admission let through: a place under the vhost's
 /// limits, the extension, then the protocol's `open`.
 fn open(
     ctx: &Arc<ContextShared>,
     vhost: &Vhost,
     request: Request,
-    name: &str,
-    echo: bool,
-    up: &Upgrade,
+    asked: &Asked<'_>,
     worker: &Spawner,
 ) -> Result<Answer, Refused> {
+    let &Asked {
+        mount_path,
+        protocol: name,
+        echo,
+        upgrade: up,
+    } = asked;
     if !ctx.is_running() || !vhost.is_serving() {
         return Err(Refused::ShuttingDown);
     }
@@ -228,11 +246,15 @@ fn open(
         SessionId(ctx.next_id()),
         request.peer(),
         vhost.clone(),
-        request.path(),
+        if **mount_path == *request.path() {
+            mount_path.clone()
+        } else {
+            request.path().into()
+        },
         protocol.clone(),
         worker.clone(),
     );
-    let callbacks = match protocol.open(&request, &handle) {
+    let mut callbacks = match protocol.open(&request, &handle) {
         Ok(cb) => cb,
         Err(reject) => {
             // The handle `open` saw must not outlive the refusal as a live
@@ -249,6 +271,10 @@ fn open(
     let limits = vhost.limits();
     // From here on the session's end gives the place back (`OpenSession`).
     slot.hand_over();
+    callbacks.attach(OpenSession {
+        ctx: ctx.clone(),
+        compression,
+    });
     let response = switching_protocols(
         &up.accept,
         echo.then_some(name),
@@ -260,13 +286,7 @@ fn open(
         driver: driver_config(limits),
         budget: ctx.budget().cloned(),
         extension,
-        hooks: Box::new(OpenSession {
-            ctx: ctx.clone(),
-            handle,
-            callbacks: Some(callbacks),
-            outcome: None,
-            compression,
-        }),
+        hooks: callbacks,
         span,
     })))
 }
@@ -303,61 +323,30 @@ fn negotiate_extension<'v>(
     (None, None, None)
 }
 
-/// A session between registration and its end: its callbacks, and the
-/// bookkeeping that must be undone however it ends. Unregisters it when
-/// dropped, also when its task is dropped by a forced teardown (then
-/// running `close` first). It holds the session's place under its vhost's
-/// limits (handed over by the handshake's `SessionSlot`), given back last.
+/// The context's bookkeeping for a session between its registration and
+/// its end, carried by its hooks (`protocol::Bound`), which end it exactly
+/// once, also when its task is dropped by a forced teardown (then after
+/// running `close`). It holds the session's place under its vhost's limits
+/// (handed over by the handshake's `SessionSlot`), given back last.
 pub(crate) struct OpenSession {
     ctx: Arc<ContextShared>,
-    handle: SessionHandle,
-    callbacks: Option<Box<dyn SessionCallbacks>>,
-    /// How the session ended (boxed: an open session carries only the
-    /// pointer).
-    outcome: Option<Box<CloseReason>>,
     /// The vhost's permessage-deflate counters, if negotiated.
     compression: Option<Arc<CompressionCounters>>,
 }
 
-impl SessionHooks for OpenSession {
-    fn outbox(&self) -> &Outbox {
-        &self.handle.shared.outbox
-    }
-
-    fn message(&mut self, message: Message) {
-        if let Some(cb) = self.callbacks.as_mut() {
-            cb.message(&self.handle, message);
-        }
-    }
-
-    fn traffic(&mut self, tally: Tally) {
+impl OpenSession {
+    pub(crate) fn traffic(&self, tally: Tally) {
         self.ctx.metrics.add_traffic(tally);
         if let Some(c) = &self.compression {
             c.add(tally.extension);
         }
     }
 
-    fn finish(mut self: Box<Self>, reason: CloseReason) {
-        self.handle.shared.outbox.mark_closed();
-        if let Some(cb) = self.callbacks.take() {
-            cb.close(&self.handle, &reason);
-        }
-        self.outcome = Some(Box::new(reason));
-    }
-}
-
-impl Drop for OpenSession {
-    fn drop(&mut self) {
-        self.handle.shared.outbox.mark_closed();
-        if let Some(cb) = self.callbacks.take() {
-            cb.close(
-                &self.handle,
-                &CloseReason::abnormal("forced closed by teardown"),
-            );
-        }
-        self.ctx.unregister(&self.handle, self.outcome.as_deref());
+    /// Unregisters `session` (`outcome`: how it ended; `None`: forced down)
+    /// and gives its place back.
+    pub(crate) fn end(self, session: &SessionHandle, outcome: Option<&CloseReason>) {
+        self.ctx.unregister(session, outcome);
         // The place the handshake reserved (see `OpenSession`).
-        let peer = self.handle.peer().ip();
-        self.handle.vhost().release_slot(peer);
+        session.vhost().release_slot(session.peer().ip());
     }
 }

@@ -52,7 +52,8 @@ pub(crate) struct SessionShared {
     id: SessionId,
     peer: SocketAddr,
     vhost: Vhost,
-    path: Box<str>,
+    /// Shared with its mount when the request asked for the mount's own path.
+    path: Arc<str>,
     /// The negotiated protocol (its name is the session's protocol).
     protocol: Arc<dyn ErasedProtocol>,
     /// The bounded queue in front of the session's single writer.
@@ -92,7 +93,7 @@ impl SessionHandle {
         id: SessionId,
         peer: SocketAddr,
         vhost: Vhost,
-        path: &str,
+        path: Arc<str>,
         protocol: Arc<dyn ErasedProtocol>,
         spawner: Spawner,
     ) -> Self {
@@ -109,7 +110,7 @@ impl SessionHandle {
                 id,
                 peer,
                 vhost,
-                path: path.into(),
+                path,
                 protocol,
                 outbox,
                 dropped: AtomicU64::new(0),

@@ -460,7 +460,7 @@ fn site(cfg: &VhostConfig) -> Site {
             .mounts
             .iter()
             .map(|m| Route {
-                path: m.path.clone(),
+                path: m.path.as_str().into(),
                 prefix: m.prefix,
                 protocols: match m.target() {
                     MountTarget::WebSocket(p) => Some(p.clone()),

@@ -11,6 +11,8 @@
 //! The connection code calls [`admit`]; so does the `request_head` fuzz
 //! target, on the same table type, so that what is fuzzed is what runs.
 
+use std::sync::Arc;
+
 use super::http::{Refused, Request, Upgrade, check_bearer, check_upgrade, negotiate};
 use super::tls::pick_site;
 
@@ -38,7 +40,9 @@ pub(crate) struct Site {
 /// One mount.
 #[derive(Debug, Clone)]
 pub(crate) struct Route {
-    pub(crate) path: String,
+    /// Shared with the sessions opened on it whose request path is this
+    /// one (what a session's `path` usually is), which then carry no copy.
+    pub(crate) path: Arc<str>,
     /// Also serves every path below `path`.
     pub(crate) prefix: bool,
     /// The protocols a WebSocket mount speaks (the first is the default);
@@ -139,7 +143,7 @@ pub(crate) fn find_mount(mounts: &[Route], path: &str) -> Option<usize> {
         .iter()
         .enumerate()
         .filter(|(_, m)| path_matches(&m.path, m.prefix, path))
-        .max_by_key(|(_, m)| (m.path == path, m.path.len()))
+        .max_by_key(|(_, m)| (*m.path == *path, m.path.len()))
         .map(|(i, _)| i)
 }
 

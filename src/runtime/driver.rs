@@ -42,7 +42,7 @@ use crate::config::Limits;
 use crate::proto::close::{CloseReason, close_frame};
 use crate::proto::extension::Extension;
 use crate::proto::frame::DecodeLimits;
-use crate::proto::session::{Expired, Session, SessionConfig, Tally};
+use crate::proto::session::{Expired, Session, SessionConfig, Stamp, Tally};
 
 /// How many frames a session handles per poll before yielding, so that one
 /// busy connection cannot starve the others on the same loop.
@@ -111,6 +111,7 @@ pub(crate) fn session_config(limits: &Limits) -> Arc<SessionConfig> {
             max_frame_size: limits.max_frame_size,
             max_message_size: limits.max_message_size,
         },
+        epoch: Instant::now(),
     })
 }
 
@@ -141,7 +142,7 @@ pub(crate) struct Driver<S> {
     /// The queue has been told the session is no longer open.
     outbox_closed: bool,
     /// The deadline last armed (lazily: see [`Driver::poll_timer`]).
-    timer_at: Instant,
+    timer_at: Stamp,
     /// The context's memory budget, and what this session has charged to it.
     budget: Option<Arc<Budget>>,
     charged: Charged,
@@ -217,6 +218,7 @@ impl<S: Transport> Driver<S> {
     ) -> Self {
         let now = Instant::now();
         let session = Session::new(session, extension, leftover, now);
+        let timer_at = session.stamp(now);
         let cold = registered(&io).is_none().then(|| {
             Box::new(Cold {
                 timer: Some(reactor.deadline()),
@@ -232,7 +234,7 @@ impl<S: Transport> Driver<S> {
             flush_pending: false,
             outbox_closed: false,
             // Nothing armed yet: the first park arms the session's deadline.
-            timer_at: now,
+            timer_at,
             budget,
             charged: Charged::default(),
             cold,
@@ -329,12 +331,17 @@ impl<S: Transport> Driver<S> {
         loop {
             // Outbound: queued messages (or a requested Close) into the
             // session, then as much of its output as the socket takes.
-            let mut progress = self.gather(hooks.outbox());
+            let (mut progress, batch_full) = self.gather(hooks.outbox());
             let before = self.session.pending();
             if let Poll::Ready(Err(e)) = self.poll_write(cx) {
                 return Poll::Ready(self.transport_end(&e));
             }
-            progress |= self.session.pending() < before;
+            // Writing is progress for the next round only where the output
+            // held the queue back (its room); everything else that depends
+            // on what is written (the end, the read gate, the park) looks
+            // after the write in this round. A ping-pong message takes two
+            // rounds (read and answer; write and find nothing), not three.
+            progress |= batch_full && self.session.pending() < before;
             let flushed = self.session.pending() == 0 && !self.flush_pending;
             let failing = self.session.is_failing();
             if let Some(reason) = self.session.poll_end(flushed) {
@@ -427,10 +434,13 @@ impl<S: Transport> Driver<S> {
     }
 
     /// Takes queued messages (then a requested Close) into the session until
-    /// a batch is gathered; returns whether it took any. Once the session is
-    /// no longer open, tells the queue (its handles then refuse sends).
-    fn gather(&mut self, outbox: &Outbox) -> bool {
+    /// a batch is gathered; returns whether it took any, and whether it
+    /// stopped for want of room in the output (the queue may hold more).
+    /// Once the session is no longer open, tells the queue (its handles then
+    /// refuse sends).
+    fn gather(&mut self, outbox: &Outbox) -> (bool, bool) {
         let mut progress = false;
+        let mut full = false;
         if self.session.takes_messages() {
             // An empty queue is not over its bound; a full batch looks.
             self.over_bound = false;
@@ -440,6 +450,7 @@ impl<S: Transport> Driver<S> {
                     (self.config.write_batch as usize).saturating_sub(self.session.pending());
                 if room == 0 {
                     self.over_bound = outbox.over_bound();
+                    full = true;
                     break;
                 }
                 // Many messages per lock; the ones taken are encoded
@@ -462,7 +473,7 @@ impl<S: Transport> Driver<S> {
             outbox.mark_closed();
             self.outbox_closed = true;
         }
-        progress
+        (progress, full)
     }
 
     /// Hands every whole message already read to the application, within
@@ -672,14 +683,15 @@ impl<S: Transport> Driver<S> {
             // left where it is (reading a message never touches the
             // reactor) until it passes: the wake-up then re-arms at the
             // target. An earlier target is armed at once.
-            if target < self.timer_at || now >= self.timer_at {
+            let armed = self.session.instant(self.timer_at);
+            if target < armed || now >= armed {
                 self.arm(target, cx);
-                self.timer_at = target;
+                self.timer_at = self.session.stamp(target);
             }
             return false;
         }
         // Nothing armed until a new target is computed.
-        self.timer_at = now;
+        self.timer_at = self.session.stamp(now);
         if self.session.handle_timeout(now) == Expired::Idle {
             tracing::debug!("idle timeout");
             // Through the queue, behind what is already queued.

@@ -34,8 +34,10 @@ use crate::proto::close::close_frame;
 
 /// A session's outbound queue.
 pub(crate) struct Outbox {
-    max_bytes: usize,
-    max_messages: usize,
+    /// The bounds, 32 bits on every session (saturated: a queue bound above
+    /// 4 GiB is one nobody reaches).
+    max_bytes: u32,
+    max_messages: u32,
     overflow: OverflowPolicy,
     /// The context's memory budget, which counts every queued byte.
     budget: Option<Arc<Budget>>,
@@ -144,9 +146,10 @@ impl Outbox {
         overflow: OverflowPolicy,
         budget: Option<Arc<Budget>>,
     ) -> Self {
+        let cap = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Self {
-            max_bytes,
-            max_messages,
+            max_bytes: cap(max_bytes),
+            max_messages: cap(max_messages),
             overflow,
             budget,
             queue: Mutex::new(Queue {
@@ -160,6 +163,14 @@ impl Outbox {
             wants_data: AtomicBool::new(false),
             room: Event::new(),
         }
+    }
+
+    fn max_bytes(&self) -> usize {
+        self.max_bytes as usize
+    }
+
+    fn max_messages(&self) -> usize {
+        self.max_messages as usize
     }
 
     /// Whether messages are still accepted.
@@ -209,8 +220,8 @@ impl Outbox {
         // ahead of it (see `Lane`).
         let full = |q: &Queue| {
             (!q.messages.is_empty() || ahead.bytes > 0 || ahead.messages > 0)
-                && (q.bytes + ahead.bytes + size > self.max_bytes
-                    || q.messages.len() + ahead.messages >= self.max_messages
+                && (q.bytes + ahead.bytes + size > self.max_bytes()
+                    || q.messages.len() + ahead.messages >= self.max_messages()
                     || self.budget.as_ref().is_some_and(|b| !b.fits(size)))
         };
         let mut dropped = 0;
@@ -355,7 +366,7 @@ impl Outbox {
 
     /// Whether the queue holds its byte bound or more.
     pub(crate) fn over_bound(&self) -> bool {
-        lock(&self.queue).bytes >= self.max_bytes
+        lock(&self.queue).bytes >= self.max_bytes()
     }
 
     /// Leaves the driver's waker for the next push (when `wants_data`) or
@@ -420,7 +431,7 @@ impl Outbox {
             };
             if !busy
                 && lane.bytes + size <= lane.limit
-                && lane.messages.len() < self.max_messages
+                && lane.messages.len() < self.max_messages()
                 && let Some(message) = slot.take()
             {
                 lane.bytes += size;
@@ -506,7 +517,7 @@ impl Lane {
     /// opened.
     pub(crate) fn open(outbox: &Outbox, pending: usize, write_batch: usize) -> Self {
         let me = std::ptr::from_ref(outbox).addr();
-        let max_bytes = outbox.max_bytes.min(write_batch);
+        let max_bytes = outbox.max_bytes().min(write_batch);
         if LANE_OWNER.get() != 0 {
             return Self {
                 open: false,

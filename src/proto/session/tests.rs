@@ -15,7 +15,9 @@ const PING: Duration = Duration::from_millis(30_000);
 const IDLE: Duration = Duration::from_millis(60_000);
 const CLOSE: Duration = Duration::from_millis(5_000);
 
-fn config() -> Arc<SessionConfig> {
+/// A config whose epoch is the clock's start (a real config is made before
+/// its sessions start).
+fn config(clock: &Clock) -> Arc<SessionConfig> {
     Arc::new(SessionConfig {
         ping_interval: PING,
         idle_timeout: IDLE,
@@ -24,15 +26,16 @@ fn config() -> Arc<SessionConfig> {
             max_frame_size: 1 << 16,
             max_message_size: 1 << 16,
         },
+        epoch: clock.now(),
     })
 }
 
 fn session(clock: &Clock) -> Session {
-    Session::new(config(), None, &[], clock.now())
+    Session::new(config(clock), None, &[], clock.now())
 }
 
 fn with_xor(clock: &Clock) -> Session {
-    Session::new(config(), Some(Box::new(Xor)), &[], clock.now())
+    Session::new(config(clock), Some(Box::new(Xor)), &[], clock.now())
 }
 
 /// A masked client frame with the given first byte (FIN, RSV and opcode).
@@ -454,7 +457,7 @@ fn with_deflate(clock: &Clock, mode: crate::proto::deflate::CompressionMode) -> 
     );
     let offers = crate::proto::extension::offers(&req);
     let (ext, _) = n.accept(&offers).unwrap();
-    Session::new(config(), Some(ext), &[], clock.now())
+    Session::new(config(clock), Some(ext), &[], clock.now())
 }
 
 /// A masked client frame of any length.
