@@ -261,3 +261,50 @@ fn a_callbacks_replies_keep_their_order_with_other_senders_and_its_close() {
         assert_eq!(ending.map(|f| f.code), Some(CloseCode::Normal));
     });
 }
+
+/// Answers every message with the session's path.
+struct PathEcho;
+
+impl Protocol for PathEcho {
+    type State = ();
+
+    fn name(&self) -> &str {
+        "path"
+    }
+
+    fn open(&self, _request: &Request, _session: &SessionHandle) -> Result<(), Reject> {
+        Ok(())
+    }
+
+    fn message(&self, _state: &mut (), session: &SessionHandle, _message: Message) {
+        session
+            .try_send(Message::text(session.path()))
+            .expect("answer queued");
+    }
+}
+
+/// A session's path is the one its request asked for: the mount's own (which
+/// sessions share with the mount) or one below a prefix mount (a copy).
+#[test]
+fn a_sessions_path_is_the_requested_one_on_exact_and_prefix_mounts() {
+    let vhost = VhostConfig::builder("default")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .protocol(PathEcho)
+        .mount(Mount::websocket("/room", ["path"]))
+        .mount(Mount::websocket("/topic", ["path"]).prefix(true))
+        .build()
+        .unwrap();
+    let server = Server::start(Config::builder().vhost(vhost).build().unwrap());
+    let addr = server.addr();
+    run(async move {
+        for path in ["/room", "/topic", "/topic/a/b", "/room"] {
+            let mut ws = connect(addr, path).await;
+            ws.send(Message::text("which?")).await.unwrap();
+            let answer = ws.next().await.expect("an answer").expect("a message");
+            assert_eq!(answer, Message::text(path), "session on {path}");
+            ws.close(None).await.unwrap();
+        }
+    });
+    let report = server.shutdown();
+    assert_eq!(report.forced, 0, "{report:?}");
+}
