@@ -161,10 +161,7 @@ const MAX_OFFERS: usize = 16;
 /// cannot read; it never fails the handshake for it).
 pub(crate) fn offers(request: &Request) -> Vec<ExtensionOffer> {
     let mut out = Vec::new();
-    for (name, value) in request.headers() {
-        if !name.eq_ignore_ascii_case("sec-websocket-extensions") {
-            continue;
-        }
+    for value in request.values("sec-websocket-extensions") {
         let Ok(value) = std::str::from_utf8(value) else {
             continue;
         };
