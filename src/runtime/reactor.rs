@@ -32,10 +32,8 @@
 //!   timeout) and wakes the owners of the ready sockets: a burst of ready
 //!   sockets costs async-io one wake-up and one re-arm. While bursts keep
 //!   coming it drains again after the tasks it woke have run, and re-arms
-//!   only when a drain finds nothing, so a busy worker makes about one
-//!   `epoll_wait` per burst and no `epoll_ctl`. A drain that finds a single
-//!   event (sparse traffic) re-arms at once instead of draining again for
-//!   nothing.
+//!   only when it finds nothing, so a busy worker makes about one
+//!   `epoll_wait` per burst and no `epoll_ctl`.
 //! - **Deadlines.** Every session's deadline (ping interval, idle and close
 //!   timeouts, linger) is an entry in one min-heap per worker, in ticks of
 //!   [`TICK`] ([`deadlines`]); the reactor's task sleeps on one async-io
@@ -421,12 +419,7 @@ impl Future for Drive {
                     };
                 if readable {
                     let found = this.reactor.dispatch();
-                    // One event is sparse traffic (a lone message): draining
-                    // again would most likely find nothing, a system call
-                    // per message for no event; re-arming now costs nothing
-                    // if the next event comes later, and little if it came
-                    // meanwhile (async-io reports it at its next look).
-                    this.busy = found > 1;
+                    this.busy = found > 0;
                     if !this.busy {
                         // Nothing (more): re-arm with async-io (above),
                         // which says "pending" the second time, and sleep.
