@@ -136,7 +136,8 @@ impl SessionHandle {
         &self.shared.vhost
     }
 
-    /// The mount path the session connected to.
+    /// The path the session's request asked for: its mount's, or one below
+    /// it on a prefix mount (without the query).
     pub fn path(&self) -> &str {
         &self.shared.path
     }
