@@ -16,7 +16,10 @@ const BATCH: usize = 4;
 /// Runs `ex` on the current thread until `future` completes, looking for I/O
 /// after every few tasks. A drop-in for `async_io::block_on(ex.run(future))`,
 /// which is also fine to use: the context does not depend on how its
-/// executors are driven.
+/// executors are driven. `future` is polled once at the start and then
+/// whenever its waker is woken, as any executor polls a task (not on every
+/// turn of the loop, so a future that makes a system call when polled, such
+/// as a read on a signal pipe, costs nothing while it sleeps).
 ///
 /// Why it exists: under `block_on(ex.run(..))` a busy executor runs 200 tasks
 /// before the loop polls the reactor again. Meanwhile async-io's helper
