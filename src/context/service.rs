@@ -240,7 +240,7 @@ fn open(
         })?;
     // Configuration validation makes a missing protocol impossible; answer
     // sanely anyway.
-    let protocol = vhost.protocol(name).ok_or(Refused::Internal)?;
+    let (protocol_index, protocol) = vhost.protocol(name).ok_or(Refused::Internal)?;
     let (extension, extension_header, extension_name) = negotiate_extension(vhost, &request);
     let handle = SessionHandle::new(
         SessionId(ctx.next_id()),
@@ -251,7 +251,7 @@ fn open(
         } else {
             request.path().into()
         },
-        protocol.clone(),
+        protocol_index,
         worker.clone(),
     );
     let mut callbacks = match protocol.open(&request, &handle) {

@@ -14,7 +14,6 @@ use async_executor::Task;
 
 use crate::common::lock;
 use crate::context::broker::SubscribeRequest;
-use crate::context::protocol::ErasedProtocol;
 use crate::error::SendError;
 use crate::runtime::outbox::Outbox;
 use crate::runtime::tasks::Spawner;
@@ -54,8 +53,10 @@ pub(crate) struct SessionShared {
     vhost: Vhost,
     /// Shared with its mount when the request asked for the mount's own path.
     path: Arc<str>,
-    /// The negotiated protocol (its name is the session's protocol).
-    protocol: Arc<dyn ErasedProtocol>,
+    /// The negotiated protocol, as its index among the vhost's (4 bytes
+    /// instead of a 16-byte pointer to it; the name is what sessions ask
+    /// for).
+    protocol: u32,
     /// The bounded queue in front of the session's single writer.
     pub(crate) outbox: Outbox,
     /// Messages dropped by the overflow policy.
@@ -94,7 +95,7 @@ impl SessionHandle {
         peer: SocketAddr,
         vhost: Vhost,
         path: Arc<str>,
-        protocol: Arc<dyn ErasedProtocol>,
+        protocol: u32,
         spawner: Spawner,
     ) -> Self {
         let limits = vhost.limits();
@@ -144,7 +145,7 @@ impl SessionHandle {
 
     /// The negotiated protocol's name.
     pub fn protocol(&self) -> &str {
-        self.shared.protocol.name()
+        self.shared.vhost.protocol_name(self.shared.protocol)
     }
 
     /// Whether the session still accepts messages.

@@ -193,12 +193,22 @@ impl Vhost {
         *lock(&self.0.local_addrs) = addrs;
     }
 
-    pub(crate) fn protocol(&self, name: &str) -> Option<Arc<dyn ErasedProtocol>> {
+    /// The protocol called `name`, and its index (which a session keeps
+    /// instead of a pointer: see [`Vhost::protocol_name`]).
+    pub(crate) fn protocol(&self, name: &str) -> Option<(u32, Arc<dyn ErasedProtocol>)> {
         self.0
             .protocols
             .iter()
-            .find(|(p, _)| p.name() == name)
-            .map(|(p, _)| p.clone())
+            .position(|(p, _)| p.name() == name)
+            .and_then(|i| Some((u32::try_from(i).ok()?, self.0.protocols[i].0.clone())))
+    }
+
+    /// The name of protocol `index` (as [`Vhost::protocol`] numbered it).
+    pub(crate) fn protocol_name(&self, index: u32) -> &str {
+        self.0
+            .protocols
+            .get(index as usize)
+            .map_or("", |(p, _)| p.name())
     }
 
     pub(crate) fn protocols(&self) -> impl Iterator<Item = &Arc<dyn ErasedProtocol>> {

@@ -61,25 +61,42 @@ pub(crate) struct Outbox {
     room: Event,
 }
 
+/// The queue is open (no close requested, not closed), closing (`closing`
+/// holds the requested Close) or closed: a pointer and a flag in the
+/// padding instead of a 16-byte state enum.
 struct Queue {
     messages: VecDeque<Message>,
     bytes: usize,
-    state: QueueState,
+    /// A close was requested; this Close goes out once the queue is empty.
+    closing: Option<Box<CloseFrame>>,
     /// The driver's waker, left by [`Outbox::park`].
     waker: Option<Waker>,
     /// A waiting sender found the queue full: the next pop tells `room`.
     /// (Notifying an event nobody listens to still takes its lock, and the
     /// first notification allocates its list.)
     room_wanted: bool,
+    /// The Close has been handed to the writer, or the session is over.
+    closed: bool,
 }
 
-#[derive(Debug)]
-enum QueueState {
-    Open,
-    /// A close was requested; it goes out once the queue is empty.
-    Closing(Box<CloseFrame>),
-    /// The Close has been handed to the writer, or the session is over.
-    Closed,
+impl Queue {
+    /// Neither closing nor closed.
+    fn is_open(&self) -> bool {
+        self.closing.is_none() && !self.closed
+    }
+
+    /// The requested Close, if any; the queue is closed from then on.
+    fn take_close(&mut self) -> Option<CloseFrame> {
+        let frame = self.closing.take()?;
+        self.closed = true;
+        Some(*frame)
+    }
+
+    /// Closed, dropping a requested Close not yet taken.
+    fn set_closed(&mut self) {
+        self.closing = None;
+        self.closed = true;
+    }
 }
 
 /// What one push did.
@@ -155,9 +172,10 @@ impl Outbox {
             queue: Mutex::new(Queue {
                 messages: VecDeque::new(),
                 bytes: 0,
-                state: QueueState::Open,
+                closing: None,
                 waker: None,
                 room_wanted: false,
+                closed: false,
             }),
             busy: AtomicBool::new(false),
             wants_data: AtomicBool::new(false),
@@ -175,7 +193,7 @@ impl Outbox {
 
     /// Whether messages are still accepted.
     pub(crate) fn is_open(&self) -> bool {
-        matches!(lock(&self.queue).state, QueueState::Open)
+        lock(&self.queue).is_open()
     }
 
     /// Bytes waiting.
@@ -202,7 +220,7 @@ impl Outbox {
         };
         let size = message.len();
         let mut q = lock(&self.queue);
-        if !matches!(q.state, QueueState::Open) {
+        if !q.is_open() {
             return Pushed {
                 result: Err(SendError::Closed(message)),
                 dropped: 0,
@@ -242,8 +260,7 @@ impl Outbox {
                     };
                 }
                 OverflowPolicy::Close(code) => {
-                    q.state =
-                        QueueState::Closing(Box::new(close_frame(code, "outbound queue full")));
+                    q.closing = Some(Box::new(close_frame(code, "outbound queue full")));
                     self.busy.store(true, Ordering::Release);
                     let waker = q.waker.take();
                     drop(q);
@@ -299,10 +316,10 @@ impl Outbox {
     /// this call started it.
     pub(crate) fn request_close(&self, code: CloseCode, reason: &str) -> bool {
         let mut q = lock(&self.queue);
-        if !matches!(q.state, QueueState::Open) {
+        if !q.is_open() {
             return false;
         }
-        q.state = QueueState::Closing(Box::new(close_frame(code, reason)));
+        q.closing = Some(Box::new(close_frame(code, reason)));
         self.busy.store(true, Ordering::Release);
         // A close wakes the driver even while it waits for the socket instead
         // of for messages: its close deadline must start now.
@@ -342,10 +359,8 @@ impl Outbox {
         }
         if count > 0 {
             q.bytes -= taken;
-            self.busy.store(
-                !q.messages.is_empty() || !matches!(q.state, QueueState::Open),
-                Ordering::Release,
-            );
+            self.busy
+                .store(!q.messages.is_empty() || !q.is_open(), Ordering::Release);
             let notify = std::mem::take(&mut q.room_wanted);
             drop(q);
             self.give_back(taken);
@@ -354,14 +369,8 @@ impl Outbox {
             }
             return None;
         }
-        match std::mem::replace(&mut q.state, QueueState::Closed) {
-            // Closed from now on: `busy` stays set.
-            QueueState::Closing(frame) => Some(*frame),
-            other => {
-                q.state = other;
-                None
-            }
-        }
+        // Closed from now on if a Close was taken: `busy` stays set.
+        q.take_close()
     }
 
     /// Whether the queue holds its byte bound or more.
@@ -373,8 +382,8 @@ impl Outbox {
     /// close request. Checks and registers under one lock.
     pub(crate) fn park(&self, waker: &Waker, wants_data: bool) -> Park {
         let mut q = lock(&self.queue);
-        let closing = !matches!(q.state, QueueState::Open);
-        if wants_data && (!q.messages.is_empty() || matches!(q.state, QueueState::Closing(_))) {
+        let closing = !q.is_open();
+        if wants_data && (!q.messages.is_empty() || q.closing.is_some()) {
             return Park {
                 retry: true,
                 closing,
@@ -395,7 +404,7 @@ impl Outbox {
     /// and releases waiting senders.
     pub(crate) fn mark_closed(&self) {
         let mut q = lock(&self.queue);
-        q.state = QueueState::Closed;
+        q.set_closed();
         q.messages.clear();
         self.busy.store(true, Ordering::Release);
         let bytes = std::mem::take(&mut q.bytes);
