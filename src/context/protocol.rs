@@ -180,8 +180,7 @@ pub(crate) trait ErasedProtocol: Send + Sync {
 
 /// One open session as the driver sees it: the protocol's callbacks with
 /// the session's state bound in, and the context's bookkeeping, in one
-/// allocation (the idle session's fourth; the callbacks and the
-/// bookkeeping were two).
+/// allocation.
 pub(crate) trait SessionCallbacks: SessionHooks {
     /// Hands over the context's bookkeeping (the session is registered and
     /// holds its place): from now on its end, or its hooks being dropped,

@@ -21,7 +21,7 @@ use super::session::{SessionHandle, SessionId};
 use super::vhost::{SlotRefused, Vhost};
 use crate::Limits;
 use crate::common::lock;
-use crate::proto::admission::{Admission, Table, admit};
+use crate::proto::admission::{Admission, Route, Table, admit};
 use crate::proto::close::CloseReason;
 use crate::proto::extension;
 use crate::proto::http::{Refused, Request, Upgrade, switching_protocols};
@@ -155,7 +155,7 @@ impl Service for ListenerService {
             } => {
                 let vhost = &routing.vhosts[site];
                 let asked = Asked {
-                    mount_path: &routing.table.sites[site].mounts[mount].path,
+                    route: &routing.table.sites[site].mounts[mount],
                     protocol: &protocol,
                     echo,
                     upgrade: &up,
@@ -197,8 +197,8 @@ fn http(
 
 /// The session a handshake asks for, as admission found it.
 struct Asked<'a> {
-    /// The path of the mount it matched.
-    mount_path: &'a Arc<str>,
+    /// The mount it matched.
+    route: &'a Route,
     protocol: &'a str,
     /// The client offered the protocol: the `101` names it.
     echo: bool,
@@ -215,7 +215,7 @@ fn open(
     worker: &Spawner,
 ) -> Result<Answer, Refused> {
     let &Asked {
-        mount_path,
+        route,
         protocol: name,
         echo,
         upgrade: up,
@@ -246,11 +246,7 @@ fn open(
         SessionId(ctx.next_id()),
         request.peer(),
         vhost.clone(),
-        if **mount_path == *request.path() {
-            mount_path.clone()
-        } else {
-            request.path().into()
-        },
+        route.session_path(request.path()),
         protocol_index,
         worker.clone(),
     );

@@ -199,8 +199,9 @@ impl Vhost {
         self.0
             .protocols
             .iter()
-            .position(|(p, _)| p.name() == name)
-            .and_then(|i| Some((u32::try_from(i).ok()?, self.0.protocols[i].0.clone())))
+            .zip(0..)
+            .find(|((p, _), _)| p.name() == name)
+            .map(|((p, _), index)| (index, p.clone()))
     }
 
     /// The name of protocol `index` (as [`Vhost::protocol`] numbered it).

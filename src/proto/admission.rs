@@ -50,6 +50,19 @@ pub(crate) struct Route {
     pub(crate) protocols: Option<Vec<String>>,
 }
 
+impl Route {
+    /// The path a session opened on this mount keeps: the mount's own,
+    /// shared, when the request asked for exactly it; a copy otherwise (a
+    /// path below a prefix mount).
+    pub(crate) fn session_path(&self, path: &str) -> Arc<str> {
+        if *self.path == *path {
+            self.path.clone()
+        } else {
+            path.into()
+        }
+    }
+}
+
 /// What to do with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Admission {

@@ -508,8 +508,8 @@ struct Ahead {
 /// to the queue, which counts the lane's messages as queued ahead of it:
 /// one callback still queues at most the bound, the overflow policy applies
 /// beyond, and a queue over its bound stops the reading as before (a peer
-/// that does not read is held by TCP). A callback that sends elsewhere, or a session that is not being
-/// delivered to, uses the queue as before.
+/// that does not read is held by TCP). A callback that sends elsewhere, or
+/// a session that is not being delivered to, uses the queue as before.
 pub(crate) struct Lane {
     open: bool,
     /// The most the session's output may hold with the lane's messages.

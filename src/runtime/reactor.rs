@@ -484,14 +484,9 @@ impl Token {
 impl Alarm {
     /// Arms the entry (see [`Token::arm`]); `false` if it is gone.
     fn arm(&self, at: Instant, waker: &Waker) -> bool {
-        let Self {
-            reactor,
-            index,
-            generation,
-        } = self;
-        let (index, generation) = (*index, *generation);
-        let tick = reactor.tick_at(at);
-        let mut state = lock(&reactor.state);
+        let (index, generation) = (self.index, self.generation);
+        let tick = self.reactor.tick_at(at);
+        let mut state = lock(&self.reactor.state);
         let State {
             entries,
             deadlines,
