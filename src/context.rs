@@ -657,7 +657,7 @@ impl ContextHandle {
         Ok(v.sessions()
             .iter()
             .filter(|s| s.path() == path)
-            .filter(|s| s.try_send(message.clone()).is_ok())
+            .filter(|s| s.offer(&message).is_ok())
             .count())
     }
 

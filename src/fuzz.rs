@@ -238,6 +238,7 @@ pub(crate) fn run_in_memory_with(
         limits.max_queue_messages,
         limits.overflow,
         Some(budget.clone()),
+        extension.is_none(),
     ));
     let reactor = crate::runtime::reactor::Reactor::new();
     let mut driver = Driver::new(

@@ -308,3 +308,92 @@ fn a_sessions_path_is_the_requested_one_on_exact_and_prefix_mounts() {
     let report = server.shutdown();
     assert_eq!(report.forced, 0, "{report:?}");
 }
+
+/// On any message, sends `Mixed::sequence()` from another thread: through
+/// the queue (not the callback's direct lane), small messages mixed with
+/// large ones, by value and by reference, waiting for room when the queue
+/// is full.
+struct Mixed;
+
+impl Mixed {
+    const COUNT: usize = 600;
+
+    fn sequence() -> Vec<Message> {
+        (0..Self::COUNT)
+            .map(|i| match i % 4 {
+                0 => Message::text(format!("small {i}")),
+                1 => Message::binary(vec![(i % 251) as u8; i % 200]),
+                2 => Message::binary(vec![(i % 253) as u8; 3000 + i]),
+                _ => Message::text("é".repeat(i % 300)),
+            })
+            .collect()
+    }
+}
+
+impl Protocol for Mixed {
+    type State = ();
+
+    fn name(&self) -> &str {
+        "mixed"
+    }
+
+    fn open(&self, _request: &Request, _session: &SessionHandle) -> Result<(), Reject> {
+        Ok(())
+    }
+
+    fn message(&self, _state: &mut (), session: &SessionHandle, _message: Message) {
+        let session = session.clone();
+        std::thread::spawn(move || {
+            for (i, m) in Self::sequence().into_iter().enumerate() {
+                let queued = if i % 3 == 0 {
+                    // Waits for room (the queue bound is small).
+                    futures_lite::future::block_on(session.send(m))
+                } else {
+                    let mut m = m;
+                    loop {
+                        match session.try_send_ref(&m) {
+                            Err(wsgate::SendError::Full(back)) => {
+                                m = back;
+                                std::thread::yield_now();
+                            }
+                            other => break other,
+                        }
+                    }
+                };
+                queued.expect("queued");
+            }
+        });
+    }
+}
+
+/// What other tasks and threads queue for a session arrives whole and in
+/// order, small messages (queued already encoded) between large ones
+/// (queued shared), through a queue too small to hold them all at once.
+#[test]
+fn queued_small_and_large_messages_arrive_whole_and_in_order() {
+    // A full queue refuses (the default closes the session).
+    let limits = wsgate::Limits::default()
+        .max_queue_messages(8)
+        .max_queue_bytes(16 * 1024)
+        .overflow(wsgate::OverflowPolicy::Reject);
+    let vhost = VhostConfig::builder("default")
+        .listen("127.0.0.1:0".parse().unwrap())
+        .limits(limits)
+        .protocol(Mixed)
+        .mount(Mount::websocket("/mixed", ["mixed"]))
+        .build()
+        .unwrap();
+    let server = Server::start(Config::builder().vhost(vhost).build().unwrap());
+    let addr = server.addr();
+    run(async move {
+        let mut ws = connect(addr, "/mixed").await;
+        ws.send(Message::text("go")).await.unwrap();
+        for (i, expected) in Mixed::sequence().into_iter().enumerate() {
+            let got = ws.next().await.expect("a message").expect("a frame");
+            assert_eq!(got, expected, "message {i}");
+        }
+        ws.close(None).await.unwrap();
+    });
+    let report = server.shutdown();
+    assert_eq!(report.forced, 0, "{report:?}");
+}

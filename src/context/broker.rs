@@ -45,11 +45,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::Message;
 use crate::common::lock;
 use crate::config::{Binding, ConfigBuilder};
 use crate::context::session::{SessionHandle, SessionId};
 use crate::runtime::tasks::Spawner;
-use crate::{Message, SendError};
 
 mod memory;
 
@@ -407,9 +407,10 @@ pub trait Broker: fmt::Debug + Send + Sync + 'static {
 pub(crate) fn fan_out(subscribers: &[SessionHandle], message: &Message) -> Published {
     let mut report = Published::default();
     for s in subscribers {
-        match s.try_send(message.clone()) {
-            Ok(()) => report.delivered += 1,
-            Err(SendError::Closed(_) | SendError::Full(_)) => report.missed += 1,
+        if s.offer(message).is_ok() {
+            report.delivered += 1;
+        } else {
+            report.missed += 1;
         }
     }
     report

@@ -249,6 +249,7 @@ fn open(
         route.session_path(request.path()),
         protocol_index,
         worker.clone(),
+        extension.is_none(),
     );
     let mut callbacks = match protocol.open(&request, &handle) {
         Ok(cb) => cb,

@@ -15,7 +15,7 @@ use async_executor::Task;
 use crate::common::lock;
 use crate::context::broker::SubscribeRequest;
 use crate::error::SendError;
-use crate::runtime::outbox::Outbox;
+use crate::runtime::outbox::{Outbox, Refusal};
 use crate::runtime::tasks::Spawner;
 use crate::{CloseCode, Message, Vhost};
 
@@ -90,6 +90,8 @@ struct Tasks {
 }
 
 impl SessionHandle {
+    /// A session's handle; `plain`: the session has no extension (its
+    /// queue may hold small messages encoded).
     pub(crate) fn new(
         id: SessionId,
         peer: SocketAddr,
@@ -97,6 +99,7 @@ impl SessionHandle {
         path: Arc<str>,
         protocol: u32,
         spawner: Spawner,
+        plain: bool,
     ) -> Self {
         let limits = vhost.limits();
         let budget = vhost.context().and_then(|c| c.budget().cloned());
@@ -105,6 +108,8 @@ impl SessionHandle {
             limits.max_queue_messages,
             limits.overflow,
             budget,
+            // Without an extension, small messages are queued encoded.
+            plain,
         );
         Self {
             shared: Arc::new(SessionShared {
@@ -260,6 +265,30 @@ impl SessionHandle {
     /// vhost's [`OverflowPolicy`](crate::OverflowPolicy) may also close the session.
     pub fn try_send(&self, message: Message) -> Result<(), SendError> {
         self.shared.push(message, true)
+    }
+
+    /// Queues `message` without waiting, as [`try_send`](Self::try_send)
+    /// does, for a message sent to many sessions: a small text or binary
+    /// message is copied into the queue already encoded (on a session
+    /// without an extension), a larger one shares its payload, so the caller
+    /// keeps the message and nothing is cloned that need not be.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_send`](Self::try_send)'s, carrying a copy of the message.
+    pub fn try_send_ref(&self, message: &Message) -> Result<(), SendError> {
+        self.offer(message).map_err(|refusal| match refusal {
+            Refusal::Closed => SendError::Closed(message.clone()),
+            Refusal::Full => SendError::Full(message.clone()),
+        })
+    }
+
+    /// [`try_send_ref`](Self::try_send_ref) for callers that only count the
+    /// refusals (a publish): no copy of the message for the error.
+    pub(crate) fn offer(&self, message: &Message) -> Result<(), Refusal> {
+        let (result, dropped) = self.shared.outbox.push_ref(message);
+        self.shared.count_drops(dropped);
+        result
     }
 
     /// Queues `message`, waiting for room in the queue if it is full.

@@ -68,7 +68,7 @@ mod tests;
 
 /// Payloads up to this size are copied next to their header; larger ones are
 /// written from the shared `Bytes` they arrived in.
-const COPY_MAX: usize = 1024;
+pub(crate) const COPY_MAX: usize = 1024;
 
 /// Beyond this many chunks the output list's memory is handed back once it
 /// has been written.
@@ -412,6 +412,24 @@ impl Session {
             State::Ending { due, .. } => *due,
             State::Closing { .. } | State::Done(_) => false,
         }
+    }
+
+    /// Queues `messages` data messages of `payload` bytes that are already
+    /// encoded, as [`send`](Self::send) would have encoded them for a
+    /// session without an extension (final, unmasked frames with no reserved
+    /// bits, which a session with one may send as well: they are
+    /// uncompressed messages). Dropped like `send`'s once the session takes
+    /// no more messages.
+    pub(crate) fn send_encoded(&mut self, frames: BytesMut, messages: u32, payload: usize) {
+        if !self.takes_messages() || frames.is_empty() {
+            return;
+        }
+        self.quiet = false;
+        let bufs = self.bufs();
+        let tally = &mut bufs.tally;
+        tally.messages_out = tally.messages_out.saturating_add(messages);
+        tally.bytes_out = tally.bytes_out.saturating_add(saturate(payload));
+        bufs.out.push_encoded(frames);
     }
 
     /// Whether the session is ending because the peer broke the protocol
@@ -827,6 +845,18 @@ impl Output {
             None => {
                 frame::encode(&mut self.scratch, message);
             }
+        }
+    }
+
+    /// Appends frames encoded elsewhere (copied if small, like a small
+    /// payload; shared otherwise).
+    fn push_encoded(&mut self, frames: BytesMut) {
+        if frames.len() <= COPY_MAX {
+            self.scratch.extend_from_slice(&frames);
+        } else {
+            self.seal();
+            self.len += frames.len();
+            self.chunks.push_back(frames.freeze());
         }
     }
 

@@ -156,7 +156,7 @@ impl Protocol for Broadcast {
             // A refused send is the recipient's queue being full (its vhost's
             // overflow policy has decided what happens to it) or the
             // recipient closing; neither concerns the sender or the others.
-            let _ = member.try_send(message.clone());
+            let _ = member.try_send_ref(&message);
         }
     }
 

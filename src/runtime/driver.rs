@@ -35,7 +35,7 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::budget::{Budget, HEAVY, Heavy, Kind};
-use super::outbox::{Batch, Lane, Outbox};
+use super::outbox::{Batch, Item, Lane, Outbox};
 use super::reactor::{Reactor, Token};
 use super::transport::Transport;
 use crate::config::Limits;
@@ -463,8 +463,13 @@ impl<S: Transport> Driver<S> {
                 if batch.is_empty() {
                     break;
                 }
-                for m in batch.drain() {
-                    self.session.send(&m);
+                for item in batch.drain() {
+                    match item {
+                        Item::Message(m) => self.session.send(&m),
+                        Item::Frames(f) => {
+                            self.session.send_encoded(f.bytes, f.messages, f.payload);
+                        }
+                    }
                 }
                 progress = true;
             }

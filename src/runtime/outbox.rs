@@ -14,6 +14,12 @@
 //!   lock as a push, so that no push slips between the driver's last look and
 //!   its sleep. A push wakes the driver only while it waits for messages; a
 //!   push from its own callbacks (an echo) costs no wake-up.
+//! - For a session without an extension, small data messages are queued
+//!   already encoded, back to back ([`Frames`]): a message published to many
+//!   sessions is copied into each queue as a frame (no shared buffer to count
+//!   references to, no queue entry per message), and the writer takes a run
+//!   of them as one piece. The bounds still count messages and payload
+//!   bytes.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -21,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
+use bytes::BytesMut;
 use event_listener::{Event, EventListener};
 use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
@@ -31,6 +38,8 @@ use crate::common::lock;
 use crate::config::OverflowPolicy;
 use crate::error::SendError;
 use crate::proto::close::close_frame;
+use crate::proto::frame;
+use crate::proto::session::COPY_MAX;
 
 /// A session's outbound queue.
 pub(crate) struct Outbox {
@@ -39,7 +48,12 @@ pub(crate) struct Outbox {
     max_bytes: u32,
     max_messages: u32,
     overflow: OverflowPolicy,
-    /// The context's memory budget, which counts every queued byte.
+    /// Whether small data messages are queued encoded ([`Frames`]): for a
+    /// session without an extension (which encodes each message itself),
+    /// unless the overflow policy drops the oldest messages one by one.
+    encodes: bool,
+    /// The context's memory budget, which counts what the queued messages
+    /// hold (see [`Item::charge`]).
     budget: Option<Arc<Budget>>,
     queue: Mutex<Queue>,
     /// Whether the queue is anything but open and empty (it holds messages,
@@ -65,8 +79,13 @@ pub(crate) struct Outbox {
 /// holds the requested Close) or closed: a pointer and a flag in the
 /// padding instead of a 16-byte state enum.
 struct Queue {
-    messages: VecDeque<Message>,
+    items: VecDeque<Item>,
+    /// Payload bytes of the messages in `items`.
     bytes: usize,
+    /// Messages in `items` (a [`Frames`] entry holds several).
+    messages: u32,
+    /// What `items` is charged to the memory budget (see [`Item::charge`]).
+    charged: usize,
     /// A close was requested; this Close goes out once the queue is empty.
     closing: Option<Box<CloseFrame>>,
     /// The driver's waker, left by [`Outbox::park`].
@@ -99,6 +118,94 @@ impl Queue {
     }
 }
 
+/// One entry of the queue.
+pub(crate) enum Item {
+    /// A message as it was sent.
+    Message(Message),
+    /// Small data messages, encoded.
+    Frames(Frames),
+}
+
+/// Small data messages queued as the frames the session would encode for
+/// them (unmasked, final, no extension bits), back to back. Encoded at the
+/// push, outside the driver; handed to the session as one piece.
+pub(crate) struct Frames {
+    pub(crate) bytes: BytesMut,
+    /// How many messages `bytes` holds.
+    pub(crate) messages: u32,
+    /// Their payload bytes (what the bounds and the budget count).
+    pub(crate) payload: usize,
+}
+
+/// The most encoded bytes one [`Frames`] entry holds.
+const FRAMES_MAX: usize = 4096;
+/// The first capacity of a [`Frames`] entry's buffer (it grows as frames are
+/// added, up to [`FRAMES_MAX`]).
+const FRAMES_FIRST: usize = 512;
+
+impl Item {
+    /// Payload bytes.
+    fn len(&self) -> usize {
+        match self {
+            Self::Message(m) => m.len(),
+            Self::Frames(f) => f.payload,
+        }
+    }
+
+    /// What the memory budget counts for it: a message's payload, or the
+    /// capacity of the buffer holding the encoded ones (its memory, charged
+    /// as it grows: a few times per buffer instead of once per message).
+    fn charge(&self) -> usize {
+        match self {
+            Self::Message(m) => m.len(),
+            Self::Frames(f) => f.bytes.capacity(),
+        }
+    }
+
+    /// Messages.
+    fn messages(&self) -> u32 {
+        match self {
+            Self::Message(_) => 1,
+            Self::Frames(f) => f.messages,
+        }
+    }
+}
+
+/// A message to queue: owned (handed back when refused), or borrowed (a
+/// publish to many queues: encoded from the borrow, cloned only if it is
+/// queued as a message).
+trait Offer {
+    fn message(&self) -> &Message;
+    fn into_message(self) -> Message;
+}
+
+impl Offer for Message {
+    fn message(&self) -> &Message {
+        self
+    }
+
+    fn into_message(self) -> Message {
+        self
+    }
+}
+
+impl Offer for &Message {
+    fn message(&self) -> &Message {
+        self
+    }
+
+    fn into_message(self) -> Message {
+        self.clone()
+    }
+}
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Closed,
+    Full,
+}
+
 /// What one push did.
 #[derive(Debug)]
 pub(crate) struct Pushed {
@@ -114,7 +221,7 @@ const BATCH: usize = 16;
 
 /// Messages taken from the queue in one go, on the driver's stack.
 pub(crate) struct Batch {
-    slots: [Option<Message>; BATCH],
+    slots: [Option<Item>; BATCH],
     len: usize,
 }
 
@@ -134,15 +241,15 @@ impl Batch {
         self.len == BATCH
     }
 
-    fn push(&mut self, m: Message) {
+    fn push(&mut self, m: Item) {
         if let Some(slot) = self.slots.get_mut(self.len) {
             *slot = Some(m);
             self.len += 1;
         }
     }
 
-    /// The messages, in order; the batch is empty afterwards.
-    pub(crate) fn drain(&mut self) -> impl Iterator<Item = Message> + '_ {
+    /// The entries, in order; the batch is empty afterwards.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = Item> + '_ {
         let len = std::mem::take(&mut self.len);
         self.slots[..len].iter_mut().filter_map(Option::take)
     }
@@ -157,21 +264,29 @@ pub(crate) struct Park {
 }
 
 impl Outbox {
+    /// A queue bounded by `max_bytes` of payload and `max_messages`;
+    /// `encodes`: whether small data messages may be queued encoded (only
+    /// for a session without an extension: see [`Frames`]).
     pub(crate) fn new(
         max_bytes: usize,
         max_messages: usize,
         overflow: OverflowPolicy,
         budget: Option<Arc<Budget>>,
+        encodes: bool,
     ) -> Self {
         let cap = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Self {
             max_bytes: cap(max_bytes),
             max_messages: cap(max_messages),
             overflow,
+            // Dropping the oldest message must find it on its own.
+            encodes: encodes && overflow != OverflowPolicy::DropOldest,
             budget,
             queue: Mutex::new(Queue {
-                messages: VecDeque::new(),
+                items: VecDeque::new(),
                 bytes: 0,
+                messages: 0,
+                charged: 0,
                 closing: None,
                 waker: None,
                 room_wanted: false,
@@ -218,13 +333,49 @@ impl Outbox {
             }
             Err(back) => back,
         };
+        let (result, dropped) = self.enqueue(message, ahead, apply_policy);
+        let result = result.map_err(|(refusal, message)| match refusal {
+            Refusal::Closed => SendError::Closed(message),
+            Refusal::Full => SendError::Full(message),
+        });
+        Pushed { result, dropped }
+    }
+
+    /// Queues a copy of `message` (a publish to many sessions), applying the
+    /// overflow policy to a full queue; returns the refusal, and how many
+    /// messages the policy dropped.
+    pub(crate) fn push_ref(&self, message: &Message) -> (Result<(), Refusal>, u64) {
+        if self.in_lane() {
+            let pushed = self.push(message.clone(), true);
+            let result = pushed.result.map_err(|e| match e {
+                SendError::Closed(_) => Refusal::Closed,
+                SendError::Full(_) => Refusal::Full,
+            });
+            return (result, pushed.dropped);
+        }
+        let (result, dropped) = self.enqueue(message, Ahead::default(), true);
+        (result.map_err(|(refusal, _)| refusal), dropped)
+    }
+
+    /// Queues what the lane did not take (`ahead`: what the lane holds for
+    /// this session, counted as queued ahead of it); a refusal hands the
+    /// offer back. Also returns how many messages the overflow policy
+    /// dropped.
+    fn enqueue<O: Offer>(
+        &self,
+        offer: O,
+        ahead: Ahead,
+        apply_policy: bool,
+    ) -> (Result<(), (Refusal, O)>, u64) {
+        let message = offer.message();
         let size = message.len();
+        // Encoded from the borrow, or queued as it is.
+        let encode = self.encodes
+            && size <= COPY_MAX
+            && matches!(message, Message::Text(_) | Message::Binary(_));
         let mut q = lock(&self.queue);
         if !q.is_open() {
-            return Pushed {
-                result: Err(SendError::Closed(message)),
-                dropped: 0,
-            };
+            return (Err((Refusal::Closed, offer)), 0);
         }
         // One message larger than the whole bound may still go out alone, or it
         // could never be sent at all; its size is the application's choice.
@@ -237,9 +388,9 @@ impl Outbox {
         // What the direct lane took before this message counts as queued
         // ahead of it (see `Lane`).
         let full = |q: &Queue| {
-            (!q.messages.is_empty() || ahead.bytes > 0 || ahead.messages > 0)
+            (q.messages > 0 || ahead.bytes > 0 || ahead.messages > 0)
                 && (q.bytes + ahead.bytes + size > self.max_bytes()
-                    || q.messages.len() + ahead.messages >= self.max_messages()
+                    || q.messages as usize + ahead.messages >= self.max_messages()
                     || self.budget.as_ref().is_some_and(|b| !b.fits(size)))
         };
         let mut dropped = 0;
@@ -247,17 +398,11 @@ impl Outbox {
             if !apply_policy {
                 // A waiting send: it listens to `room` and tries again.
                 q.room_wanted = true;
-                return Pushed {
-                    result: Err(SendError::Full(message)),
-                    dropped: 0,
-                };
+                return (Err((Refusal::Full, offer)), 0);
             }
             match self.overflow {
                 OverflowPolicy::Reject => {
-                    return Pushed {
-                        result: Err(SendError::Full(message)),
-                        dropped: 0,
-                    };
+                    return (Err((Refusal::Full, offer)), 0);
                 }
                 OverflowPolicy::Close(code) => {
                     q.closing = Some(Box::new(close_frame(code, "outbound queue full")));
@@ -267,36 +412,40 @@ impl Outbox {
                     tracing::debug!("outbound queue full, closing");
                     wake(waker);
                     self.room.notify(usize::MAX);
-                    return Pushed {
-                        result: Err(SendError::Full(message)),
-                        dropped: 0,
-                    };
+                    return (Err((Refusal::Full, offer)), 0);
                 }
                 OverflowPolicy::DropNewest => {
-                    return Pushed {
-                        result: Err(SendError::Full(message)),
-                        dropped: 1,
-                    };
+                    return (Err((Refusal::Full, offer)), 1);
                 }
                 OverflowPolicy::DropOldest => {
                     // An empty queue is never full.
                     while full(&q) {
-                        let Some(old) = q.messages.pop_front() else {
+                        let Some(old) = q.items.pop_front() else {
                             break;
                         };
-                        q.bytes -= old.len();
-                        dropped += 1;
+                        let (len, n, charge) = (old.len(), old.messages(), old.charge());
+                        q.bytes -= len;
+                        q.messages -= n;
+                        q.charged -= charge;
+                        dropped += u64::from(n);
                         // What the budget gets back is room for this one.
-                        self.give_back(old.len());
+                        self.give_back(charge);
                     }
                 }
             }
         }
         q.bytes += size;
+        q.messages += 1;
+        let charge = if encode {
+            append_frame(&mut q.items, message, size)
+        } else {
+            q.items.push_back(Item::Message(offer.into_message()));
+            size
+        };
+        q.charged += charge;
         if let Some(b) = &self.budget {
-            b.add(Kind::Outbound, size);
+            b.add(Kind::Outbound, charge);
         }
-        q.messages.push_back(message);
         self.busy.store(true, Ordering::Release);
         let waker = if self.wants_data.load(Ordering::Relaxed) {
             self.wants_data.store(false, Ordering::Relaxed);
@@ -306,10 +455,7 @@ impl Outbox {
         };
         drop(q);
         wake(waker);
-        Pushed {
-            result: Ok(()),
-            dropped,
-        }
+        (Ok(()), dropped)
     }
 
     /// Requests the close handshake behind the queued messages; `true` if
@@ -344,26 +490,30 @@ impl Outbox {
         let mut q = lock(&self.queue);
         let mut taken = 0;
         let mut count = 0;
+        let mut charged = 0;
         while !batch.is_full() {
-            let Some(size) = q.messages.front().map(Message::len) else {
+            let Some(size) = q.items.front().map(Item::len) else {
                 break;
             };
             if count > 0 && taken + size > max_bytes {
                 break;
             }
-            if let Some(m) = q.messages.pop_front() {
-                batch.push(m);
+            if let Some(item) = q.items.pop_front() {
+                q.messages -= item.messages();
+                charged += item.charge();
+                batch.push(item);
             }
             taken += size;
             count += 1;
         }
         if count > 0 {
             q.bytes -= taken;
+            q.charged -= charged;
             self.busy
-                .store(!q.messages.is_empty() || !q.is_open(), Ordering::Release);
+                .store(!q.items.is_empty() || !q.is_open(), Ordering::Release);
             let notify = std::mem::take(&mut q.room_wanted);
             drop(q);
-            self.give_back(taken);
+            self.give_back(charged);
             if notify {
                 self.room.notify(usize::MAX);
             }
@@ -383,7 +533,7 @@ impl Outbox {
     pub(crate) fn park(&self, waker: &Waker, wants_data: bool) -> Park {
         let mut q = lock(&self.queue);
         let closing = !q.is_open();
-        if wants_data && (!q.messages.is_empty() || q.closing.is_some()) {
+        if wants_data && (!q.items.is_empty() || q.closing.is_some()) {
             return Park {
                 retry: true,
                 closing,
@@ -405,28 +555,35 @@ impl Outbox {
     pub(crate) fn mark_closed(&self) {
         let mut q = lock(&self.queue);
         q.set_closed();
-        q.messages.clear();
+        q.items.clear();
+        q.messages = 0;
         self.busy.store(true, Ordering::Release);
-        let bytes = std::mem::take(&mut q.bytes);
+        q.bytes = 0;
+        let charged = std::mem::take(&mut q.charged);
         let waker = q.waker.take();
         drop(q);
-        self.give_back(bytes);
+        self.give_back(charged);
         drop(waker);
         self.room.notify(usize::MAX);
     }
 }
 
 impl Outbox {
+    /// Whether this thread is delivering to this queue's session (its
+    /// callbacks' sends to it may take the direct lane).
+    fn in_lane(&self) -> bool {
+        LANE_OWNER.get() == std::ptr::from_ref(self).addr()
+    }
+
     /// Hands `message` to the direct lane if this thread is delivering to
     /// this very session, nothing is queued before it, and it fits (see
     /// [`Lane`]); otherwise hands it back for the queue, with what the lane
     /// holds for this session (nothing unless this thread is delivering to
     /// it), which the queue's bounds count as ahead of it.
     fn offer_to_lane(&self, message: Message) -> Result<(), (Message, Ahead)> {
-        let me = std::ptr::from_ref(self).addr();
         // The common case of a push from elsewhere (a publish to many
         // subscribers) costs one thread-local load.
-        if LANE_OWNER.get() != me {
+        if !self.in_lane() {
             return Err((message, Ahead::default()));
         }
         let size = message.len();
@@ -609,6 +766,38 @@ impl Drop for Lane {
     }
 }
 
+/// Appends `message` (a small text or binary message of `size` payload
+/// bytes) to the queue's last [`Frames`] entry, or to a new one if the last
+/// entry is a message or has no room; returns the memory this took (what
+/// the buffers' capacity grew by).
+fn append_frame(items: &mut VecDeque<Item>, message: &Message, size: usize) -> usize {
+    let framed = frame::header(0, true, size).1 + size;
+    if let Some(Item::Frames(last)) = items.back_mut()
+        && last.bytes.len() + framed <= FRAMES_MAX
+    {
+        let before = last.bytes.capacity();
+        last.add(message, size);
+        return last.bytes.capacity().saturating_sub(before);
+    }
+    let mut frames = Frames {
+        bytes: BytesMut::with_capacity(framed.max(FRAMES_FIRST)),
+        messages: 0,
+        payload: 0,
+    };
+    frames.add(message, size);
+    let charge = frames.bytes.capacity();
+    items.push_back(Item::Frames(frames));
+    charge
+}
+
+impl Frames {
+    fn add(&mut self, message: &Message, size: usize) {
+        frame::encode(&mut self.bytes, message);
+        self.messages += 1;
+        self.payload += size;
+    }
+}
+
 fn wake(waker: Option<Waker>) {
     if let Some(w) = waker {
         w.wake();
@@ -623,13 +812,16 @@ mod tests {
     use super::*;
 
     fn outbox(max_bytes: usize, max_messages: usize) -> Outbox {
-        Outbox::new(max_bytes, max_messages, OverflowPolicy::Reject, None)
+        Outbox::new(max_bytes, max_messages, OverflowPolicy::Reject, None, false)
     }
 
     fn texts(batch: &mut Batch) -> Vec<String> {
         batch
             .drain()
-            .map(|m| m.into_text().map(|t| t.to_string()).unwrap_or_default())
+            .map(|item| match item {
+                Item::Message(m) => m.into_text().map(|t| t.to_string()).unwrap_or_default(),
+                Item::Frames(_) => "<frames>".to_owned(),
+            })
             .collect()
     }
 
@@ -669,7 +861,7 @@ mod tests {
     fn a_close_by_the_overflow_policy_or_a_request_is_seen_by_the_next_pop() {
         // The driver looks at an empty queue without the lock: whatever
         // makes it non-empty must say so.
-        let o = Outbox::new(4, 1, OverflowPolicy::Close(CloseCode::Policy), None);
+        let o = Outbox::new(4, 1, OverflowPolicy::Close(CloseCode::Policy), None, false);
         let mut batch = Batch::new();
         assert!(o.pop_batch(&mut batch, usize::MAX).is_none());
         assert!(o.push(Message::text("full"), true).result.is_ok());
@@ -778,5 +970,153 @@ mod tests {
         assert!(o.pop_batch(&mut batch, usize::MAX).is_none());
         assert_eq!(listener.as_mut().poll(&mut cx), Poll::Ready(()));
         assert!(o.push(Message::text("more"), false).result.is_ok());
+    }
+
+    fn encoding(max_bytes: usize, max_messages: usize) -> Outbox {
+        Outbox::new(max_bytes, max_messages, OverflowPolicy::Reject, None, true)
+    }
+
+    /// What the session would have encoded for `messages`, back to back.
+    fn encoded(messages: &[Message]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        for m in messages {
+            frame::encode(&mut out, m);
+        }
+        out.to_vec()
+    }
+
+    #[test]
+    fn small_messages_are_queued_encoded_in_order_around_large_ones() {
+        let o = encoding(1 << 20, 1000);
+        let large = Message::binary(vec![7u8; COPY_MAX + 1]);
+        let first = [Message::text("a"), Message::binary(vec![1, 2, 3])];
+        for m in &first {
+            assert!(o.push(m.clone(), true).result.is_ok());
+        }
+        assert!(o.push_ref(&large).0.is_ok());
+        assert!(o.push_ref(&Message::text("b")).0.is_ok());
+        // Pings are not data: queued as they are.
+        assert!(
+            o.push(Message::Ping(Default::default()), true)
+                .result
+                .is_ok()
+        );
+        assert_eq!(o.queued_bytes(), 1 + 3 + COPY_MAX + 1 + 1);
+        let mut batch = Batch::new();
+        assert!(o.pop_batch(&mut batch, usize::MAX).is_none());
+        let items: Vec<Item> = batch.drain().collect();
+        assert_eq!(items.len(), 4);
+        match &items[0] {
+            Item::Frames(f) => {
+                assert_eq!(f.bytes.to_vec(), encoded(&first));
+                assert_eq!((f.messages, f.payload), (2, 4));
+            }
+            Item::Message(_) => panic!("small messages are encoded"),
+        }
+        assert!(matches!(&items[1], Item::Message(m) if *m == large));
+        match &items[2] {
+            Item::Frames(f) => {
+                assert_eq!(f.bytes.to_vec(), encoded(&[Message::text("b")]));
+                assert_eq!((f.messages, f.payload), (1, 1));
+            }
+            Item::Message(_) => panic!("small messages are encoded"),
+        }
+        assert!(matches!(&items[3], Item::Message(Message::Ping(_))));
+        assert_eq!(o.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn encoded_messages_count_one_by_one_against_the_bounds() {
+        let o = encoding(1 << 20, 3);
+        for _ in 0..3 {
+            assert!(o.push_ref(&Message::text("aa")).0.is_ok());
+        }
+        assert_eq!(o.push_ref(&Message::text("aa")).0, Err(Refusal::Full));
+        assert!(matches!(
+            o.push(Message::text("aa"), true).result,
+            Err(SendError::Full(m)) if m == Message::text("aa")
+        ));
+        assert_eq!(o.queued_bytes(), 6);
+        let o = encoding(5, 100);
+        assert!(o.push_ref(&Message::text("aaaa")).0.is_ok());
+        assert_eq!(o.push_ref(&Message::text("bb")).0, Err(Refusal::Full));
+        o.mark_closed();
+        assert_eq!(o.push_ref(&Message::text("c")).0, Err(Refusal::Closed));
+        assert!(matches!(
+            o.push(Message::text("c"), true).result,
+            Err(SendError::Closed(_))
+        ));
+    }
+
+    #[test]
+    fn an_encoded_run_stays_under_its_size_and_a_batch_under_its_room() {
+        let o = encoding(1 << 20, 1000);
+        let m = Message::binary(vec![9u8; 100]);
+        for _ in 0..100 {
+            assert!(o.push_ref(&m).0.is_ok());
+        }
+        let mut batch = Batch::new();
+        // One run at least, however small the room.
+        assert!(o.pop_batch(&mut batch, 1).is_none());
+        let mut runs: Vec<Item> = batch.drain().collect();
+        assert_eq!(runs.len(), 1);
+        assert!(o.pop_batch(&mut batch, usize::MAX).is_none());
+        runs.extend(batch.drain());
+        let mut messages = 0;
+        let mut bytes = Vec::new();
+        for item in runs {
+            let Item::Frames(f) = item else {
+                panic!("small messages are encoded");
+            };
+            assert!(f.bytes.len() <= FRAMES_MAX, "{}", f.bytes.len());
+            messages += f.messages;
+            bytes.extend_from_slice(&f.bytes);
+        }
+        assert_eq!(messages, 100);
+        assert_eq!(bytes, encoded(&vec![m; 100]));
+        assert_eq!(o.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn drop_oldest_queues_messages_as_they_are() {
+        let o = Outbox::new(1 << 20, 2, OverflowPolicy::DropOldest, None, true);
+        for s in ["a", "b", "c"] {
+            assert!(o.push_ref(&Message::text(s)).0.is_ok());
+        }
+        let mut batch = Batch::new();
+        assert!(o.pop_batch(&mut batch, usize::MAX).is_none());
+        assert_eq!(texts(&mut batch), ["b", "c"]);
+    }
+
+    #[test]
+    fn the_budget_counts_the_encoded_buffers_and_gets_all_of_it_back() {
+        let budget = Budget::new(1 << 30);
+        let o = Outbox::new(
+            1 << 20,
+            10_000,
+            OverflowPolicy::Reject,
+            Some(budget.clone()),
+            true,
+        );
+        let small = Message::binary(vec![1u8; 30]);
+        let large = Message::binary(vec![2u8; COPY_MAX + 1]);
+        assert!(o.push_ref(&small).0.is_ok());
+        // A first buffer of its first capacity, for one 32-byte frame.
+        assert_eq!(budget.total(), FRAMES_FIRST);
+        for _ in 0..200 {
+            assert!(o.push_ref(&small).0.is_ok());
+        }
+        assert!(o.push_ref(&large).0.is_ok());
+        let held = budget.total();
+        // Buffers (at most twice what they hold) and the large payload.
+        assert!(held > 201 * 32 + COPY_MAX, "{held}");
+        assert!(held <= 2 * 201 * 32 + FRAMES_FIRST + COPY_MAX + 1, "{held}");
+        let mut batch = Batch::new();
+        assert!(o.pop_batch(&mut batch, 2 * FRAMES_MAX).is_none());
+        assert!(budget.total() < held);
+        assert!(o.push_ref(&small).0.is_ok());
+        o.mark_closed();
+        assert_eq!(budget.total(), 0);
+        drop(batch);
     }
 }

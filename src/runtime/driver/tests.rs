@@ -190,6 +190,7 @@ fn run(seed: u64) -> (bool, u64, u64) {
                 limits.max_queue_messages,
                 limits.overflow,
                 Some(budget.clone()),
+                true,
             ));
             let driver = Driver::new(
                 Scripted(pipe.clone()),
