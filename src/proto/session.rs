@@ -419,17 +419,24 @@ impl Session {
     /// session without an extension (final, unmasked frames with no reserved
     /// bits, which a session with one may send as well: they are
     /// uncompressed messages). Dropped like `send`'s once the session takes
-    /// no more messages.
-    pub(crate) fn send_encoded(&mut self, frames: BytesMut, messages: u32, payload: usize) {
+    /// no more messages. Hands the buffer back, emptied, unless the session
+    /// keeps it.
+    pub(crate) fn send_encoded(
+        &mut self,
+        mut frames: BytesMut,
+        messages: u32,
+        payload: usize,
+    ) -> Option<BytesMut> {
         if !self.takes_messages() || frames.is_empty() {
-            return;
+            frames.clear();
+            return Some(frames);
         }
         self.quiet = false;
         let bufs = self.bufs();
         let tally = &mut bufs.tally;
         tally.messages_out = tally.messages_out.saturating_add(messages);
         tally.bytes_out = tally.bytes_out.saturating_add(saturate(payload));
-        bufs.out.push_encoded(frames);
+        bufs.out.push_encoded(frames)
     }
 
     /// Whether the session is ending because the peer broke the protocol
@@ -848,15 +855,19 @@ impl Output {
         }
     }
 
-    /// Appends frames encoded elsewhere (copied if small, like a small
-    /// payload; shared otherwise).
-    fn push_encoded(&mut self, frames: BytesMut) {
+    /// Appends frames encoded elsewhere: copied if small, like a small
+    /// payload (the emptied buffer is handed back, for its next use), shared
+    /// otherwise.
+    fn push_encoded(&mut self, mut frames: BytesMut) -> Option<BytesMut> {
         if frames.len() <= COPY_MAX {
             self.scratch.extend_from_slice(&frames);
+            frames.clear();
+            Some(frames)
         } else {
             self.seal();
             self.len += frames.len();
             self.chunks.push_back(frames.freeze());
+            None
         }
     }
 

@@ -35,7 +35,7 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::budget::{Budget, HEAVY, Heavy, Kind};
-use super::outbox::{Batch, Item, Lane, Outbox};
+use super::outbox::{self, Batch, Item, Lane, Outbox};
 use super::reactor::{Reactor, Token};
 use super::transport::Transport;
 use crate::config::Limits;
@@ -467,7 +467,10 @@ impl<S: Transport> Driver<S> {
                     match item {
                         Item::Message(m) => self.session.send(&m),
                         Item::Frames(f) => {
-                            self.session.send_encoded(f.bytes, f.messages, f.payload);
+                            let spare = self.session.send_encoded(f.bytes, f.messages, f.payload);
+                            if let Some(buf) = spare {
+                                outbox::recycle(buf);
+                            }
                         }
                     }
                 }

@@ -84,8 +84,6 @@ struct Queue {
     bytes: usize,
     /// Messages in `items` (a [`Frames`] entry holds several).
     messages: u32,
-    /// What `items` is charged to the memory budget (see [`Item::charge`]).
-    charged: usize,
     /// A close was requested; this Close goes out once the queue is empty.
     closing: Option<Box<CloseFrame>>,
     /// The driver's waker, left by [`Outbox::park`].
@@ -142,6 +140,64 @@ const FRAMES_MAX: usize = 4096;
 /// The first capacity of a [`Frames`] entry's buffer (it grows as frames are
 /// added, up to [`FRAMES_MAX`]).
 const FRAMES_FIRST: usize = 512;
+/// The most a thread keeps of emptied [`Frames`] buffers (see [`recycle`]):
+/// enough for a publish to a thousand sessions.
+const SPARE_BYTES: usize = 1 << 20;
+
+thread_local! {
+    /// Emptied buffers of [`Frames`] entries the writers on this thread
+    /// have copied out, for the next entries encoded on it: a publish on
+    /// the thread that also writes (one service thread) allocates none.
+    static SPARE: RefCell<Spare> = const {
+        RefCell::new(Spare {
+            buffers: Vec::new(),
+            bytes: 0,
+        })
+    };
+}
+
+struct Spare {
+    buffers: Vec<BytesMut>,
+    /// Their capacity.
+    bytes: usize,
+}
+
+/// Keeps the emptied buffer of a [`Frames`] entry for the next one encoded
+/// on this thread (none larger than two entries' worth, at most
+/// [`SPARE_BYTES`] of them).
+pub(crate) fn recycle(mut buf: BytesMut) {
+    let size = buf.capacity();
+    if !(FRAMES_FIRST..=2 * FRAMES_MAX).contains(&size) {
+        return;
+    }
+    buf.clear();
+    let _ = SPARE.try_with(|spare| {
+        if let Ok(mut spare) = spare.try_borrow_mut()
+            && spare.bytes + size <= SPARE_BYTES
+        {
+            spare.bytes += size;
+            spare.buffers.push(buf);
+        }
+    });
+}
+
+/// A buffer for a new [`Frames`] entry whose first frame is `framed` bytes:
+/// a spare one of this thread's if it has room, else a new one.
+fn run_buffer(framed: usize) -> BytesMut {
+    let spare = SPARE
+        .try_with(|spare| {
+            let mut spare = spare.try_borrow_mut().ok()?;
+            if spare.buffers.last()?.capacity() < framed {
+                return None;
+            }
+            let buf = spare.buffers.pop()?;
+            spare.bytes -= buf.capacity();
+            Some(buf)
+        })
+        .ok()
+        .flatten();
+    spare.unwrap_or_else(|| BytesMut::with_capacity(framed.max(FRAMES_FIRST)))
+}
 
 impl Item {
     /// Payload bytes.
@@ -286,7 +342,6 @@ impl Outbox {
                 items: VecDeque::new(),
                 bytes: 0,
                 messages: 0,
-                charged: 0,
                 closing: None,
                 waker: None,
                 room_wanted: false,
@@ -426,7 +481,6 @@ impl Outbox {
                         let (len, n, charge) = (old.len(), old.messages(), old.charge());
                         q.bytes -= len;
                         q.messages -= n;
-                        q.charged -= charge;
                         dropped += u64::from(n);
                         // What the budget gets back is room for this one.
                         self.give_back(charge);
@@ -442,7 +496,6 @@ impl Outbox {
             q.items.push_back(Item::Message(offer.into_message()));
             size
         };
-        q.charged += charge;
         if let Some(b) = &self.budget {
             b.add(Kind::Outbound, charge);
         }
@@ -508,7 +561,6 @@ impl Outbox {
         }
         if count > 0 {
             q.bytes -= taken;
-            q.charged -= charged;
             self.busy
                 .store(!q.items.is_empty() || !q.is_open(), Ordering::Release);
             let notify = std::mem::take(&mut q.room_wanted);
@@ -555,11 +607,11 @@ impl Outbox {
     pub(crate) fn mark_closed(&self) {
         let mut q = lock(&self.queue);
         q.set_closed();
-        q.items.clear();
+        // What the budget gets back: what the entries were charged.
+        let charged = q.items.drain(..).map(|item| item.charge()).sum();
         q.messages = 0;
         self.busy.store(true, Ordering::Release);
         q.bytes = 0;
-        let charged = std::mem::take(&mut q.charged);
         let waker = q.waker.take();
         drop(q);
         self.give_back(charged);
@@ -780,7 +832,7 @@ fn append_frame(items: &mut VecDeque<Item>, message: &Message, size: usize) -> u
         return last.bytes.capacity().saturating_sub(before);
     }
     let mut frames = Frames {
-        bytes: BytesMut::with_capacity(framed.max(FRAMES_FIRST)),
+        bytes: run_buffer(framed),
         messages: 0,
         payload: 0,
     };
