@@ -7,6 +7,7 @@
 //! service (the context, above) routes, admits and calls the application.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use event_listener::EventListener;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
 
 use super::budget::Budget;
-use super::driver::{Driver, DriverConfig, SessionHooks, registered};
+use super::driver::{Driver, DriverConfig, SessionHooks, registered, with_read_buffer};
 use super::reactor::{Sleep, Token};
 use super::tasks::Spawner;
 use super::transport::Transport;
@@ -281,6 +282,9 @@ impl<S: Transport> Future for SessionTask<S> {
     }
 }
 
+/// The most one read of a request head takes.
+const HEAD_READ: usize = 2048;
+
 async fn read_head<S>(
     stream: &mut S,
     buf: &mut Vec<u8>,
@@ -305,20 +309,23 @@ where
                 }
             }
             // Never hold more than the head limit plus one read's worth; the
-            // parse above refuses anything longer. The read goes straight
-            // into `buf`, which is trimmed back within the same poll, so it
-            // stays whole if this future is dropped mid-read (and no buffer
-            // lives in the connection's task across the wait).
+            // parse above refuses anything longer. The read goes into the
+            // thread's read buffer and what it brought is appended to `buf`
+            // within the same poll, so `buf` stays whole if this future is
+            // dropped mid-read, holds only what arrived (no zero-filled
+            // room), and no buffer lives in the connection's task across the
+            // wait.
             let read = future::poll_fn(|cx| {
-                let start = buf.len();
-                buf.resize(start + 2048, 0);
-                let poll = Pin::new(&mut *stream).poll_read(cx, &mut buf[start..]);
-                let n = match &poll {
-                    Poll::Ready(Ok(n)) => *n,
-                    _ => 0,
-                };
-                buf.truncate(start + n);
-                poll
+                with_read_buffer(|scratch| {
+                    let room = &mut scratch[..HEAD_READ];
+                    let poll = Pin::new(&mut *stream).poll_read(cx, room);
+                    if let Poll::Ready(Ok(n)) = &poll {
+                        // In bounds: `n <= room.len()` by the `AsyncRead` contract.
+                        buf.extend_from_slice(&room[..*n]);
+                    }
+                    poll
+                })
+                .unwrap_or_else(|| Poll::Ready(Err(io::Error::other("read buffer busy"))))
             })
             .await;
             match read {

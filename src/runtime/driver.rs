@@ -73,6 +73,20 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
 }
 
+/// Runs `read` on this thread's read buffer (see `SCRATCH`), of which it
+/// may use the first [`SCRATCH_SIZE`] bytes; `None` if the buffer is in use
+/// (a read inside a read: not something wsgate does) or the thread is
+/// ending. Nothing that might read again runs inside `read`.
+pub(crate) fn with_read_buffer<R>(read: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+    SCRATCH
+        .try_with(|scratch| {
+            let mut scratch = scratch.try_borrow_mut().ok()?;
+            Some(read(&mut scratch))
+        })
+        .ok()
+        .flatten()
+}
+
 /// What a session's driver needs from the layer above: its queue and where
 /// its messages go.
 pub(crate) trait SessionHooks: Send {

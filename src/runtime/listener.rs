@@ -14,6 +14,7 @@ use event_listener::Event;
 use futures_lite::future;
 
 use super::connection::{Service, refuse_busy, serve};
+use super::reactor::NonBlocking;
 use super::transport::{Acceptor, Tcp, Transport};
 use super::workers::Workers;
 use crate::common::lock;
@@ -168,7 +169,7 @@ impl AcceptLoop {
             // The accepted socket is not registered with async-io here: a
             // plain connection is registered with its worker's reactor.
             let accepted = future::or(
-                async { Some(socket.read_with(|l| l.accept()).await) },
+                async { Some(socket.read_with(NonBlocking::accept).await) },
                 async {
                     stop.await;
                     None
@@ -189,8 +190,8 @@ impl AcceptLoop {
         tracing::debug!(local = %listener.local, "listener stopped");
     }
 
-    fn on_accept(&self, stream: TcpStream, peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
+    fn on_accept(&self, stream: NonBlocking, peer: SocketAddr) {
+        let _ = stream.get_ref().set_nodelay(true);
         let Some(mut slot) = self.workers.try_connection() else {
             // Refusals are short and bounded (MAX_REFUSING); they stay on the
             // accepting worker.
@@ -198,7 +199,7 @@ impl AcceptLoop {
             let refusing = &self.listener.refusing;
             if refusing.fetch_add(1, Ordering::AcqRel) < MAX_REFUSING {
                 let refusing = refusing.clone();
-                let Ok(stream) = Async::new(stream) else {
+                let Ok(stream) = Async::new(stream.into_inner()) else {
                     refusing.fetch_sub(1, Ordering::AcqRel);
                     return;
                 };
@@ -232,12 +233,14 @@ impl AcceptLoop {
                     // The worker's task set is gone (teardown).
                     None => return,
                 };
+                #[cfg(not(target_os = "linux"))]
+                let stream = stream.into_inner();
                 if let Some(stream) = register(stream, peer) {
                     worker.spawn(serve(Tcp(stream), peer, service, slot, accepted_at));
                 }
             }
             Some(acceptor) => {
-                let Some(stream) = register(stream, peer) else {
+                let Some(stream) = register(stream.into_inner(), peer) else {
                     return;
                 };
                 let mut accepting = acceptor.accept(stream, peer);

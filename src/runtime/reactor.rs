@@ -55,12 +55,14 @@
 //!   reaches the entry that reuses its slot.
 
 use std::future::Future;
+use std::io;
 #[cfg(target_os = "linux")]
-use std::io::{self, IoSlice};
+use std::io::IoSlice;
 #[cfg(target_os = "linux")]
 use std::mem::MaybeUninit;
 #[cfg(target_os = "linux")]
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 #[cfg(target_os = "linux")]
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
@@ -252,16 +254,19 @@ impl Reactor {
     /// Registers `stream` edge-triggered in the nested epoll; `Err` gives
     /// the stream back when there is no nested epoll or it refused it.
     #[cfg(target_os = "linux")]
-    pub(crate) fn register(self: &Arc<Self>, stream: TcpStream) -> Result<Registered, TcpStream> {
+    pub(crate) fn register(self: &Arc<Self>, stream: NonBlocking) -> Result<Registered, TcpStream> {
+        let stream = stream.0;
         let Some(epoll) = &self.epoll else {
             return Err(stream);
         };
-        if stream.set_nonblocking(true).is_err() {
-            return Err(stream);
-        }
-        // Ready at first: the request may be there already; the first read
-        // finds out.
-        let (index, generation) = lock(&self.state).entries.insert(READ | WRITE);
+        // Writable at first, but not readable: registering reports what
+        // the socket has already (epoll's ADD polls it), so the first read
+        // waits for that report instead of guessing. A read that guessed
+        // found nothing yet (a request that had not arrived: always, over a
+        // real network), or took the request before the report, which then
+        // made the session's first read find nothing: a system call for
+        // nothing either way.
+        let (index, generation) = lock(&self.state).entries.insert(WRITE);
         let token = Token(Alarm {
             reactor: self.clone(),
             index,
@@ -278,7 +283,7 @@ impl Reactor {
         Ok(Registered {
             token,
             stream,
-            ready: READ | WRITE,
+            ready: WRITE,
             seq: 0,
         })
     }
@@ -616,6 +621,45 @@ impl std::fmt::Debug for Token {
         f.debug_struct("Token")
             .field("index", &self.0.index)
             .finish()
+    }
+}
+
+/// An accepted TCP stream in non-blocking mode, as the nested epoll's reads
+/// and writes need it: on Linux accepted so (`accept4` with
+/// `SOCK_NONBLOCK`, no separate system call to switch it), elsewhere
+/// switched after `accept`.
+#[derive(Debug)]
+pub(crate) struct NonBlocking(TcpStream);
+
+impl NonBlocking {
+    /// Accepts the next connection from `listener` (non-blocking itself).
+    pub(crate) fn accept(listener: &TcpListener) -> io::Result<(Self, SocketAddr)> {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::net::{SocketFlags, acceptfrom_with};
+            let (fd, peer) =
+                acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+            let stream = TcpStream::from(fd);
+            let peer = match peer.and_then(|a| SocketAddr::try_from(a).ok()) {
+                Some(peer) => peer,
+                None => stream.peer_addr()?,
+            };
+            Ok((Self(stream), peer))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let (stream, peer) = listener.accept()?;
+            stream.set_nonblocking(true)?;
+            Ok((Self(stream), peer))
+        }
+    }
+
+    pub(crate) fn get_ref(&self) -> &TcpStream {
+        &self.0
+    }
+
+    pub(crate) fn into_inner(self) -> TcpStream {
+        self.0
     }
 }
 
