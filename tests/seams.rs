@@ -343,3 +343,106 @@ fn publishes_from_the_host_and_from_pubsub_clients_go_through_the_configured_bro
     assert_eq!(*broker.0.published.lock().unwrap(), ["t", "t"]);
     drop(server);
 }
+
+/// A transport that breaks the `AsyncRead` contract: after its first read
+/// (the request head) it claims one byte more than the buffer it was given.
+struct Overclaiming {
+    inner: Async<TcpStream>,
+    reads: usize,
+}
+
+impl futures_lite::AsyncRead for Overclaiming {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            std::task::Poll::Ready(Ok(n)) if n > 0 => {
+                this.reads += 1;
+                let n = if this.reads > 1 { buf.len() + 1 } else { n };
+                std::task::Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+}
+
+impl futures_lite::AsyncWrite for Overclaiming {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+impl Transport for Overclaiming {}
+
+struct OverclaimingAcceptor;
+
+impl Acceptor for OverclaimingAcceptor {
+    fn accept(&self, stream: Async<TcpStream>, _peer: SocketAddr) -> Accepting {
+        Box::pin(async move {
+            Ok(Box::new(Overclaiming {
+                inner: stream,
+                reads: 0,
+            }) as Box<dyn Transport>)
+        })
+    }
+}
+
+/// An application's transport that says it read more than it was given
+/// ends its own connection (a transport error) instead of panicking a
+/// session's task, and the gateway goes on serving.
+#[test]
+fn a_transport_claiming_more_than_it_read_ends_its_connection_without_a_panic() {
+    let overreads = Arc::new(AtomicUsize::new(0));
+    let counted = overreads.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.to_string().contains("out of range for slice") {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    }));
+    let vhost = echo_vhost("overclaiming")
+        .acceptor(Arc::new(OverclaimingAcceptor))
+        .build()
+        .unwrap();
+    let server = Server::start(Config::builder().vhost(vhost).build().unwrap());
+    let addr = server.addr();
+    run(async move {
+        // The head is read honestly: the handshake succeeds.
+        let mut ws = connect(addr, "/echo").await;
+        futures_util::SinkExt::send(&mut ws, Message::text("then a lie"))
+            .await
+            .unwrap();
+        // The session's read is the lie: the connection ends, no echo.
+        while let Some(Ok(m)) = ws.next().await {
+            assert!(m.is_close(), "no echo after the lie: {m:?}");
+        }
+        // The gateway still serves.
+        let mut ws = connect(addr, "/echo").await;
+        drop(ws.close(None).await);
+    });
+    std::panic::set_hook(previous);
+    assert_eq!(overreads.load(Ordering::SeqCst), 0, "a slice panicked");
+    let report = server.shutdown();
+    assert_eq!(report.forced, 0, "{report:?}");
+}

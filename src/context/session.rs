@@ -7,7 +7,7 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_executor::Task;
@@ -74,19 +74,16 @@ pub(crate) struct SessionShared {
     spawner: Spawner,
     /// The tasks [`SessionHandle::spawn`] started (boxed on the first),
     /// cancelled when the session ends.
-    tasks: Mutex<Tasks>,
-}
-
-/// The tasks a session spawned.
-#[derive(Default)]
-struct Tasks {
-    /// The session has ended: no more can be spawned.
-    ended: bool,
     #[expect(
         clippy::box_collection,
         reason = "8 bytes on every session instead of a Vec's 24; most never spawn"
     )]
-    list: Option<Box<Vec<Task<()>>>>,
+    tasks: Mutex<Option<Box<Vec<Task<()>>>>>,
+    /// The session has ended: no more tasks can be spawned. Read and written
+    /// only while `tasks` is locked, which orders it; an atomic only so that
+    /// it can live outside the lock's value (in the padding beside
+    /// `protocol`: inside, it took `SessionShared` over a size class).
+    tasks_ended: AtomicBool,
 }
 
 impl SessionHandle {
@@ -122,7 +119,8 @@ impl SessionHandle {
                 dropped: AtomicU64::new(0),
                 topics: Mutex::new(None),
                 spawner,
-                tasks: Mutex::new(Tasks::default()),
+                tasks: Mutex::new(None),
+                tasks_ended: AtomicBool::new(false),
             }),
         }
     }
@@ -245,11 +243,11 @@ impl SessionHandle {
         // Under the lock, so that a session ending at this moment either
         // sees the task and cancels it, or refuses it.
         let mut tasks = lock(&self.shared.tasks);
-        if tasks.ended {
+        if self.shared.tasks_ended.load(Ordering::Relaxed) {
             return Err(crate::Error::SessionClosed);
         }
         let task = spawner.spawn_task(task).ok_or(crate::Error::Closed)?;
-        let tasks = tasks.list.get_or_insert_with(Box::default);
+        let tasks = tasks.get_or_insert_with(Box::default);
         // Bounded by what is still running: finished tasks are let go here.
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);
@@ -344,8 +342,8 @@ impl SessionShared {
     pub(crate) fn cancel_tasks(&self) {
         let tasks = {
             let mut tasks = lock(&self.tasks);
-            tasks.ended = true;
-            tasks.list.take()
+            self.tasks_ended.store(true, Ordering::Relaxed);
+            tasks.take()
         };
         // Dropped outside the lock: a task's drop may run arbitrary code.
         drop(tasks);

@@ -320,8 +320,13 @@ where
                     let room = &mut scratch[..HEAD_READ];
                     let poll = Pin::new(&mut *stream).poll_read(cx, room);
                     if let Poll::Ready(Ok(n)) = &poll {
-                        // In bounds: `n <= room.len()` by the `AsyncRead` contract.
-                        buf.extend_from_slice(&room[..*n]);
+                        // A transport (an application's, through an
+                        // `Acceptor`) claiming more than it was given broke
+                        // the `AsyncRead` contract: an error, not a panic.
+                        let Some(read) = room.get(..*n) else {
+                            return Poll::Ready(Err(io::Error::other("read past the buffer")));
+                        };
+                        buf.extend_from_slice(read);
                     }
                     poll
                 })

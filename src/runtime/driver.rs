@@ -613,8 +613,13 @@ impl<S: Transport> Driver<S> {
             let buf = &mut scratch[..want];
             match Pin::new(io).poll_read(cx, buf) {
                 Poll::Ready(Ok(n)) if n > 0 => {
-                    // In bounds: `n <= buf.len()` by the `AsyncRead` contract.
-                    session.receive(&buf[..n], Instant::now());
+                    // A transport (an application's, through an `Acceptor`)
+                    // claiming more than it was given broke the `AsyncRead`
+                    // contract: an error, not a panic.
+                    let Some(read) = buf.get(..n) else {
+                        return Poll::Ready(Err(io::Error::other("read past the buffer")));
+                    };
+                    session.receive(read, Instant::now());
                     Poll::Ready(Ok(n))
                 }
                 other => other,
