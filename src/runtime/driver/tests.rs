@@ -229,6 +229,13 @@ fn run(seed: u64) -> (bool, u64, u64) {
                     .push(Message::binary(vec![0u8; size]), rng.below(2) == 0);
             }
             7 => lock(&live[i].pipe).eof = true,
+            9 => {
+                // A small one, queued encoded (in runs with its neighbours).
+                let size = rng.below(1024);
+                let _ = live[i]
+                    .outbox
+                    .push(Message::binary(vec![0u8; size]), rng.below(2) == 0);
+            }
             8 if rng.below(4) == 0 => {
                 // Forced down: the task dropped mid-session.
                 let gone = live.swap_remove(i);
