@@ -217,9 +217,10 @@ async fn upgrade<S: Transport>(
         return;
     };
     span.in_scope(|| tracing::debug!("session open"));
-    let driver = Driver::new(
+    let mut driver = Driver::new(
         stream, leftover, session, extension, driver, budget, &reactor,
     );
+    driver.set_span(span);
     // Sized for the session alone: the handshake's state (request, buffers,
     // timers) is freed with this task instead of living as long as the
     // connection.
@@ -228,9 +229,6 @@ async fn upgrade<S: Transport>(
         driver: Some(driver),
         hooks: Some(hooks),
         conn: Some(conn),
-        // A disabled span (no subscriber wants it) costs an idle session
-        // nothing but the pointer.
-        span: (!span.is_disabled()).then(|| Box::new(span)),
     };
     spawner.spawn(task);
 }
@@ -243,15 +241,23 @@ struct SessionTask<S> {
     driver: Option<Driver<S>>,
     hooks: Option<Box<dyn SessionHooks>>,
     conn: Option<ConnectionSlot>,
-    /// The session's span, entered while the task runs and while it is
-    /// dropped (`tracing::Instrumented` would keep it inline, 40 bytes on
-    /// every connection even when nothing records it).
-    span: Option<Box<tracing::Span>>,
+}
+
+impl<S> SessionTask<S> {
+    /// The session's span (kept in the driver's cold state, and only while
+    /// a subscriber records it: `tracing::Instrumented` would keep it
+    /// inline, 40 bytes on every connection even when nothing records it),
+    /// as a handle of its own, to be entered while the task runs and while
+    /// it is dropped: the driver may go first.
+    fn span(&self) -> Option<tracing::Span> {
+        self.driver.as_ref().and_then(Driver::span).cloned()
+    }
 }
 
 impl<S> Drop for SessionTask<S> {
     fn drop(&mut self) {
-        let _entered = self.span.as_deref().map(tracing::Span::enter);
+        let span = self.span();
+        let _entered = span.as_ref().map(tracing::Span::enter);
         // In this order, as when the session ends by itself.
         self.driver = None;
         self.hooks = None;
@@ -264,7 +270,8 @@ impl<S: Transport> Future for SessionTask<S> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
         let this = &mut *self;
-        let _entered = this.span.as_deref().map(tracing::Span::enter);
+        let span = this.span();
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let (Some(driver), Some(hooks)) = (this.driver.as_mut(), this.hooks.as_mut()) else {
             return Poll::Ready(());
         };

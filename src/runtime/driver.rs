@@ -179,6 +179,13 @@ struct Cold {
     /// The session has ended in failure; the peer's input is being
     /// discarded before the socket closes.
     linger: Option<Linger>,
+    /// What the session's extension's memory is charged to the budget (see
+    /// [`Charged`]; only a session with an extension has any).
+    compression: u32,
+    /// The session's tracing span, entered while its task runs and while it
+    /// is dropped; only while a subscriber records it (see
+    /// [`Driver::set_span`]).
+    span: Option<tracing::Span>,
 }
 
 /// A failed session's last moments (see [`LINGER_TIME`]).
@@ -194,26 +201,28 @@ struct Linger {
 
 /// What a session has charged to the memory budget, by kind (32 bits: a
 /// session's buffers are bounded far below 4 GiB by its limits; a count
-/// beyond is charged as 4 GiB).
+/// beyond is charged as 4 GiB). The compression kind's count is in the
+/// driver's cold state: only sessions with an extension have one, and
+/// eight bytes less keep every session's task a size class smaller.
 #[derive(Debug, Default)]
 struct Charged {
     inbound: u32,
     outbound: u32,
-    compression: u32,
+}
+
+/// Moves `*charged` of `kind` to `now`.
+fn reconcile(budget: &Budget, kind: Kind, charged: &mut u32, now: usize) {
+    let now = u32::try_from(now).unwrap_or(u32::MAX);
+    let mut wide = *charged as usize;
+    budget.reconcile(kind, &mut wide, now as usize);
+    *charged = now;
 }
 
 impl Charged {
-    /// Charges `budget` with what the session holds now, by kind.
-    fn update(&mut self, budget: &Budget, inbound: usize, outbound: usize, compression: usize) {
-        let reconcile = |kind, charged: &mut u32, now: usize| {
-            let now = u32::try_from(now).unwrap_or(u32::MAX);
-            let mut wide = *charged as usize;
-            budget.reconcile(kind, &mut wide, now as usize);
-            *charged = now;
-        };
-        reconcile(Kind::Inbound, &mut self.inbound, inbound);
-        reconcile(Kind::Outbound, &mut self.outbound, outbound);
-        reconcile(Kind::Compression, &mut self.compression, compression);
+    /// Charges `budget` with what the session's buffers hold now.
+    fn update(&mut self, budget: &Budget, inbound: usize, outbound: usize) {
+        reconcile(budget, Kind::Inbound, &mut self.inbound, inbound);
+        reconcile(budget, Kind::Outbound, &mut self.outbound, outbound);
     }
 }
 
@@ -572,12 +581,18 @@ impl<S: Transport> Driver<S> {
             return;
         };
         let held = self.session.buffered_in();
-        self.charged.update(
-            budget,
-            held,
-            self.session.pending(),
-            self.session.extension_memory(),
-        );
+        self.charged.update(budget, held, self.session.pending());
+        let compression = self.session.extension_memory();
+        let charged = self.cold.as_ref().map_or(0, |c| c.compression);
+        if compression != charged as usize {
+            let cold = self.cold.get_or_insert_with(Box::default);
+            reconcile(
+                budget,
+                Kind::Compression,
+                &mut cold.compression,
+                compression,
+            );
+        }
         let unfinished = if self.session.is_reading() { held } else { 0 };
         if unfinished >= HEAVY && self.heavy().is_none() {
             let h = Heavy::new();
@@ -753,6 +768,19 @@ pub(crate) fn registered<S: Transport>(io: &S) -> Option<&Token> {
 }
 
 impl<S> Driver<S> {
+    /// Keeps the session's tracing span, if a subscriber records it (a
+    /// disabled span costs the session nothing).
+    pub(crate) fn set_span(&mut self, span: tracing::Span) {
+        if !span.is_disabled() {
+            self.cold().span = Some(span);
+        }
+    }
+
+    /// The session's tracing span, if it was kept.
+    pub(crate) fn span(&self) -> Option<&tracing::Span> {
+        self.cold.as_ref().and_then(|c| c.span.as_ref())
+    }
+
     /// The rarely used state, created if need be.
     fn cold(&mut self) -> &mut Cold {
         self.cold.get_or_insert_with(Box::default)
@@ -776,7 +804,10 @@ impl<S> Drop for Driver<S> {
             if let Some(heavy) = self.heavy() {
                 budget.settle(heavy);
             }
-            self.charged.update(budget, 0, 0, 0);
+            self.charged.update(budget, 0, 0);
+            if let Some(cold) = self.cold.as_mut() {
+                reconcile(budget, Kind::Compression, &mut cold.compression, 0);
+            }
         }
     }
 }
