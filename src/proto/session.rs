@@ -137,6 +137,14 @@ pub(crate) struct Tally {
     pub(crate) extension: ExtensionTally,
 }
 
+impl Tally {
+    /// `messages` data messages of `bytes` payload bytes went out.
+    fn count_out(&mut self, messages: u32, bytes: usize) {
+        self.messages_out = self.messages_out.saturating_add(messages);
+        self.bytes_out = self.bytes_out.saturating_add(saturate(bytes));
+    }
+}
+
 /// Bytes of the messages that went through the extension, as on the wire
 /// (compressed) and as the application sees them.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -427,15 +435,13 @@ impl Session {
         messages: u32,
         payload: usize,
     ) -> Option<BytesMut> {
-        if !self.takes_messages() || frames.is_empty() {
+        if !self.takes_messages() {
             frames.clear();
             return Some(frames);
         }
         self.quiet = false;
         let bufs = self.bufs();
-        let tally = &mut bufs.tally;
-        tally.messages_out = tally.messages_out.saturating_add(messages);
-        tally.bytes_out = tally.bytes_out.saturating_add(saturate(payload));
+        bufs.tally.count_out(messages, payload);
         bufs.out.push_encoded(frames)
     }
 
@@ -475,11 +481,9 @@ impl Session {
             .as_deref_mut()
             .and_then(|e| e.encode(payload).map(|p| (e.rsv(), p)));
         let bufs = self.bufs();
-        let tally = &mut bufs.tally;
-        tally.messages_out = tally.messages_out.saturating_add(1);
-        tally.bytes_out = tally.bytes_out.saturating_add(saturate(len));
+        bufs.tally.count_out(1, len);
         if let Some((rsv, p)) = encoded {
-            let ext = &mut tally.extension;
+            let ext = &mut bufs.tally.extension;
             ext.plain_out = ext.plain_out.saturating_add(saturate(len));
             ext.wire_out = ext.wire_out.saturating_add(saturate(p.len()));
             bufs.out.push_payload(op, rsv, p);

@@ -7,7 +7,6 @@
 //! service (the context, above) routes, admits and calls the application.
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,7 +18,7 @@ use event_listener::EventListener;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, future};
 
 use super::budget::Budget;
-use super::driver::{Driver, DriverConfig, SessionHooks, registered, with_read_buffer};
+use super::driver::{Driver, DriverConfig, SessionHooks, read_once, registered};
 use super::reactor::{Sleep, Token};
 use super::tasks::Spawner;
 use super::transport::Transport;
@@ -323,21 +322,9 @@ where
             // room), and no buffer lives in the connection's task across the
             // wait.
             let read = future::poll_fn(|cx| {
-                with_read_buffer(|scratch| {
-                    let room = &mut scratch[..HEAD_READ];
-                    let poll = Pin::new(&mut *stream).poll_read(cx, room);
-                    if let Poll::Ready(Ok(n)) = &poll {
-                        // A transport (an application's, through an
-                        // `Acceptor`) claiming more than it was given broke
-                        // the `AsyncRead` contract: an error, not a panic.
-                        let Some(read) = room.get(..*n) else {
-                            return Poll::Ready(Err(io::Error::other("read past the buffer")));
-                        };
-                        buf.extend_from_slice(read);
-                    }
-                    poll
+                read_once(&mut *stream, cx, HEAD_READ, |read| {
+                    buf.extend_from_slice(read);
                 })
-                .unwrap_or_else(|| Poll::Ready(Err(io::Error::other("read buffer busy"))))
             })
             .await;
             match read {

@@ -31,6 +31,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use event_listener::EventListener;
+use futures_lite::AsyncRead;
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 
@@ -73,18 +74,38 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
 }
 
-/// Runs `read` on this thread's read buffer (see `SCRATCH`), of which it
-/// may use the first [`SCRATCH_SIZE`] bytes; `None` if the buffer is in use
-/// (a read inside a read: not something wsgate does) or the thread is
-/// ending. Nothing that might read again runs inside `read`.
-pub(crate) fn with_read_buffer<R>(read: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+/// Reads once from `io` into this thread's read buffer (at most `want`
+/// bytes, and at most [`SCRATCH_SIZE`]) and hands what arrived to `take`;
+/// returns how many bytes that was (0: EOF). Every reader of a connection
+/// goes through here: the request head, the session, the linger after a
+/// failure. No callback runs while the buffer is borrowed, so no other
+/// reader on this thread can want it meanwhile. A transport (an
+/// application's, through an `Acceptor`) that claims more than it was
+/// given broke the `AsyncRead` contract: an error, not a panic.
+pub(crate) fn read_once<S: AsyncRead + Unpin + ?Sized>(
+    io: &mut S,
+    cx: &mut TaskContext<'_>,
+    want: usize,
+    take: impl FnOnce(&[u8]),
+) -> Poll<io::Result<usize>> {
     SCRATCH
         .try_with(|scratch| {
-            let mut scratch = scratch.try_borrow_mut().ok()?;
-            Some(read(&mut scratch))
+            let Ok(mut scratch) = scratch.try_borrow_mut() else {
+                return Poll::Ready(Err(io::Error::other("read buffer busy")));
+            };
+            let room = &mut scratch[..want.min(SCRATCH_SIZE)];
+            match Pin::new(io).poll_read(cx, room) {
+                Poll::Ready(Ok(n)) => match room.get(..n) {
+                    Some(read) => {
+                        take(read);
+                        Poll::Ready(Ok(n))
+                    }
+                    None => Poll::Ready(Err(io::Error::other("read past the buffer"))),
+                },
+                other => other,
+            }
         })
-        .ok()
-        .flatten()
+        .unwrap_or_else(|_| Poll::Ready(Err(io::Error::other("read buffer gone"))))
 }
 
 /// What a session's driver needs from the layer above: its queue and where
@@ -312,15 +333,7 @@ impl<S: Transport> Driver<S> {
                     Poll::Pending => break false,
                 }
             }
-            let io = &mut self.io;
-            let read = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-                Ok(mut scratch) => {
-                    let want = scratch.len().min(linger.left);
-                    Pin::new(io).poll_read(cx, &mut scratch[..want])
-                }
-                Err(_) => Poll::Ready(Err(io::Error::other("read buffer busy"))),
-            });
-            match read {
+            match read_once(&mut self.io, cx, linger.left, |_| {}) {
                 Poll::Ready(Ok(n)) if n > 0 && n < linger.left => linger.left -= n,
                 Poll::Ready(_) => break true,
                 Poll::Pending => break false,
@@ -618,26 +631,10 @@ impl<S: Transport> Driver<S> {
             }
         }
         let want = self.config.read_size as usize;
-        let (io, session) = (&mut self.io, &mut self.session);
-        let read = SCRATCH.with(|scratch| {
-            // No callback runs while the buffer is borrowed, so no other
-            // session on this thread can want it at the same time.
-            let Ok(mut scratch) = scratch.try_borrow_mut() else {
-                return Poll::Ready(Err(io::Error::other("read buffer busy")));
-            };
-            let buf = &mut scratch[..want];
-            match Pin::new(io).poll_read(cx, buf) {
-                Poll::Ready(Ok(n)) if n > 0 => {
-                    // A transport (an application's, through an `Acceptor`)
-                    // claiming more than it was given broke the `AsyncRead`
-                    // contract: an error, not a panic.
-                    let Some(read) = buf.get(..n) else {
-                        return Poll::Ready(Err(io::Error::other("read past the buffer")));
-                    };
-                    session.receive(read, Instant::now());
-                    Poll::Ready(Ok(n))
-                }
-                other => other,
+        let session = &mut self.session;
+        let read = read_once(&mut self.io, cx, want, |read| {
+            if !read.is_empty() {
+                session.receive(read, Instant::now());
             }
         });
         match read {
